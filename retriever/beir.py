@@ -24,6 +24,7 @@ import logging
 import os
 import pathlib
 import re
+import secrets
 import shutil
 import stat
 import tempfile
@@ -518,7 +519,8 @@ def download_beir(
     extracted into a temporary directory that is renamed to ``<name>`` at the end, so the
     collection directory exists only when complete, and its existence means "done" on later
     calls (a verified ``<name>.zip`` left by an interrupted run is extracted without downloading
-    again). The archive is deleted after extraction.
+    again). ``sha256`` is therefore checked only when an archive is downloaded or resumed, not
+    against an existing collection directory. The archive is deleted after extraction.
     """
     if not isinstance(name, str) or not _NAME_RE.match(name):
         raise ValueError(f"name must be a plain collection name like 'scifact', got {name!r}")
@@ -548,7 +550,9 @@ def download_beir(
             tmp.unlink(missing_ok=True)
             raise
         os.replace(tmp, archive)
-    staging = pathlib.Path(tempfile.mkdtemp(prefix=f".extract-{name}-", dir=cache))
+    # Not tempfile.mkdtemp: its 0700 mode would stick to a flat archive's collection directory.
+    staging = cache / f".extract-{name}-{secrets.token_hex(8)}"
+    staging.mkdir()
     try:
         try:
             _safe_extract(archive, staging)
