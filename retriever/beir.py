@@ -382,7 +382,7 @@ def _sha256_file(path: pathlib.Path) -> str:
 
 def _fetch(url: str, dest_dir: pathlib.Path, progress: bool) -> pathlib.Path:
     """Download ``url`` into a fresh temporary file in ``dest_dir`` and return its path."""
-    from tqdm.auto import tqdm  # only needed here; keeps `import retriever.beir` light
+    from tqdm import tqdm  # only needed here; keeps `import retriever.beir` light
 
     fd, tmp_name = tempfile.mkstemp(prefix=".download-", suffix=".part", dir=dest_dir)
     tmp = pathlib.Path(tmp_name)

@@ -221,25 +221,30 @@ def _rows(
             raise ValueError(f"ids hold row {int(ids.max())} but doc_ids has only {n_docs} entries")
     elif ids.dtype.kind not in "UO":
         raise TypeError(f"ids must be integer rows or string ids, got dtype {ids.dtype}")
-    for qi, qid in enumerate(query_ids):
+    names = None
+    if integer and isinstance(doc_ids, np.ndarray) and len(doc_ids):
+        # Gather only the referenced ids (O(n_queries * k)), not the whole id table.
+        names = doc_ids[np.maximum(ids, 0)].tolist()
+    for qi, (qid, id_row, score_row) in enumerate(zip(query_ids, ids.tolist(), scores.tolist())):
+        name_row = names[qi] if names is not None else None
         row: list[tuple[str, float]] = []
         seen: set[str] = set()
-        for j in range(ids.shape[1]):
-            s = float(scores[qi, j])
-            raw = ids[qi, j]
+        for j, (raw, s) in enumerate(zip(id_row, score_row)):
+            s = float(s)
             if s == -math.inf:
                 continue
             if integer:
                 if raw < 0:
                     continue
-                did = doc_ids[int(raw)]
+                did = name_row[j] if name_row is not None else doc_ids[raw]
             else:
                 if raw is None or raw == "":
                     continue
                 did = raw
             if not isinstance(did, str):
                 raise TypeError(f"document ids must be strings, got {type(did).__name__} in row {qi}")
-            did = str(did)  # np.str_ -> str
+            if type(did) is not str:
+                did = str(did)  # np.str_ -> str
             if did in seen:
                 raise ValueError(f"row {qi} (query {qid!r}) retrieves document {did!r} twice")
             seen.add(did)

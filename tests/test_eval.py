@@ -265,6 +265,10 @@ def test_run_from_arrays_integer_rows_with_padding():
     assert run == {"q1": {"c": pytest.approx(0.9), "a": 0.5}, "q2": {"d": pytest.approx(0.7), "b": pytest.approx(0.6)}}
     assert all(type(d) is str for docs in run.values() for d in docs)
     assert all(type(s) is float for docs in run.values() for s in docs.values())
+    assert run_from_arrays(["q1", "q2"], ids, scores, list(doc_ids)) == run
+    # All padding (an empty index): every query present, with no documents.
+    empty = run_from_arrays(["q"], np.full((1, 3), -1), np.full((1, 3), -np.inf), np.array([], dtype=str))
+    assert empty == {"q": {}}
 
 
 def test_run_from_arrays_string_ids():
