@@ -163,6 +163,7 @@ def test_identical_ids_ignored_like_beir():
     assert evaluate(run, qrels, ["mrr@10"], ignore_identical_ids=False) == {"mrr@10": 0.5}
     # Ranks below shift up too: with it ignored, d1 enters the top 1.
     assert evaluate(run, qrels, ["recall@1"]) == {"recall@1": 1.0}
+    assert run == {"q1": {"q1": 9.0, "d1": 1.0}}  # unlike BEIR, the caller's run is not mutated
 
 
 def test_metric_validation_and_errors():
