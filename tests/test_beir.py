@@ -8,7 +8,6 @@ import hashlib
 import http.server
 import io
 import json
-import os
 import pathlib
 import stat
 import threading
@@ -27,7 +26,7 @@ from retriever.beir import (
     read_queries,
 )
 
-BEIR_DIR = pathlib.Path(os.environ.get("RETRIEVER_TEST_BEIR", "/work/shared/beir"))
+from conftest import require_beir
 
 CORPUS = [
     {"_id": "d1", "title": "Aspirin", "text": "Aspirin reduces fever.", "metadata": {}},
@@ -212,9 +211,7 @@ def test_load_beir_drops_qrels_queries_without_text(tmp_path, caplog):
     ],
 )
 def test_real_collections(name, n_docs, split_counts):
-    root = BEIR_DIR / name
-    if not root.is_dir():
-        pytest.skip(f"{root} not available")
+    root = require_beir(name)
     for split, (n_q, n_judgments) in split_counts.items():
         ds = load_beir(root, split)
         assert len(ds.corpus) == n_docs

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import math
-import os
-import pathlib
 
 import numpy as np
 import pytest
@@ -21,7 +19,7 @@ from retriever.eval import (
     write_trec_run,
 )
 
-BEIR_DIR = pathlib.Path(os.environ.get("RETRIEVER_TEST_BEIR", "/work/shared/beir"))
+from conftest import require_beir
 
 
 # -- reference: pytrec_eval ---------------------------------------------------------------------
@@ -234,12 +232,13 @@ def test_matches_pytrec_eval_random_large(seed):
     assert_matches_reference(run, qrels, list(DEFAULT_METRICS) + ["precision@10", "ndcg@100", "map@1000"])
 
 
-@pytest.mark.skipif(not (BEIR_DIR / "scifact").is_dir(), reason="BEIR scifact data not available")
 def test_scifact_test_qrels_synthetic_run():
     from retriever.beir import iter_corpus, read_qrels
 
-    qrels = read_qrels(BEIR_DIR / "scifact" / "qrels" / "test.tsv")
-    doc_ids = [d["_id"] for d in iter_corpus(BEIR_DIR / "scifact")]
+    scifact = require_beir("scifact")
+
+    qrels = read_qrels(scifact / "qrels" / "test.tsv")
+    doc_ids = [d["_id"] for d in iter_corpus(scifact)]
     assert len(qrels) == 300
     rng = np.random.default_rng(7)
     run = {}
