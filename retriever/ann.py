@@ -1,0 +1,128 @@
+"""Candidate search over FDE vectors with a FAISS maximum-inner-product index.
+
+The index type is a FAISS factory string (``"Flat"``, ``"HNSW32"``, ``"IVF1024,PQ64"``, ...),
+always with ``METRIC_INNER_PRODUCT``. FAISS row ``i`` is document row ``i`` of the token store.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+
+import faiss
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+__all__ = ["make_faiss_index", "train_and_add", "faiss_search", "min_training_points"]
+
+
+def make_faiss_index(factory: str, dim: int) -> faiss.Index:
+    """An empty inner-product FAISS index from a factory string; ``ValueError`` if FAISS rejects it."""
+    try:
+        return faiss.index_factory(int(dim), factory, faiss.METRIC_INNER_PRODUCT)
+    except RuntimeError as e:
+        msg = str(e).strip().splitlines()[-1] if str(e).strip() else repr(e)
+        raise ValueError(f"faiss_factory={factory!r} is not a valid FAISS factory string for dim {dim}: {msg}") from None
+
+
+def min_training_points(factory: str) -> int:
+    """The fewest vectors that can train ``factory``: nlist for IVF, 2**nbits for PQ; 0 if untrained."""
+    need = 0
+    for m in re.finditer(r"IVF(\d+)", factory):
+        need = max(need, int(m.group(1)))
+    for m in re.finditer(r"PQ\d+(?:x(\d+))?(fs)?", factory):
+        nbits = int(m.group(1)) if m.group(1) else (4 if m.group(2) else 8)
+        need = max(need, 2**nbits)
+    return need
+
+
+def train_and_add(index: faiss.Index, vectors: np.ndarray, factory: str, max_train: int = 100_000, seed: int = 1) -> None:
+    """Train ``index`` if it needs it (on a random sample of ``vectors``), then add all ``vectors``.
+
+    Raises ``ValueError`` when there are too few vectors to train the index type.
+    """
+    vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+    if not index.is_trained:
+        need = min_training_points(factory)
+        n = vectors.shape[0]
+        if n < max(need, 1):
+            raise ValueError(
+                f"faiss_factory={factory!r} needs at least {need} documents to train, the corpus has {n}; "
+                f"use 'Flat' or 'HNSW32' for small corpora, or a smaller IVF nlist / PQ nbits"
+            )
+        sample = vectors
+        if n > max_train:
+            sample = vectors[np.sort(np.random.default_rng(seed).choice(n, max_train, replace=False))]
+        log.info("training FAISS %s on %d vectors", factory, sample.shape[0])
+        try:
+            index.train(sample)
+        except RuntimeError as e:
+            raise ValueError(f"training faiss_factory={factory!r} on {sample.shape[0]} vectors failed: {e}") from None
+    index.add(vectors)
+
+
+def _search_params(index: faiss.Index, ef_search: int | None, nprobe: int | None, selector):
+    """FAISS per-call search parameters (thread-safe: the index itself is not modified)."""
+    base = faiss.downcast_index(index)
+    if isinstance(base, faiss.IndexPreTransform):
+        base = faiss.downcast_index(base.index)
+    if ef_search is not None and not isinstance(base, faiss.IndexHNSW):
+        raise ValueError(f"ef_search={ef_search} applies only to HNSW indexes, this one is {type(base).__name__}")
+    if nprobe is not None:
+        try:
+            faiss.extract_index_ivf(index)
+        except RuntimeError:
+            raise ValueError(f"nprobe={nprobe} applies only to IVF indexes, this one is {type(base).__name__}") from None
+    if isinstance(base, faiss.IndexHNSW):
+        p = faiss.SearchParametersHNSW()
+        if ef_search is not None:
+            p.efSearch = int(ef_search)
+        else:
+            p.efSearch = base.hnsw.efSearch
+    elif nprobe is not None or _is_ivf(index):
+        p = faiss.SearchParametersIVF()
+        p.nprobe = int(nprobe) if nprobe is not None else faiss.extract_index_ivf(index).nprobe
+    else:
+        p = faiss.SearchParameters()
+    if selector is not None:
+        p.sel = selector
+    return p
+
+
+def _is_ivf(index: faiss.Index) -> bool:
+    try:
+        faiss.extract_index_ivf(index)
+        return True
+    except RuntimeError:
+        return False
+
+
+def faiss_search(
+    index: faiss.Index,
+    queries: np.ndarray,
+    k: int,
+    *,
+    ef_search: int | None = None,
+    nprobe: int | None = None,
+    allowed_rows: np.ndarray | None = None,
+) -> np.ndarray:
+    """Top-``k`` FAISS rows for each query vector.
+
+    Parameters
+    ----------
+    queries : float32 (n_q, fde_dim)
+    k : number of candidates (>= 1)
+    allowed_rows : optional sorted int64 array of the only rows that may be returned
+        (deleted documents and subset filters); applied inside FAISS with an ID selector.
+
+    Returns
+    -------
+    rows : int64 (n_q, k), -1 where FAISS found fewer than ``k``.
+    """
+    selector = None
+    if allowed_rows is not None:
+        selector = faiss.IDSelectorBatch(allowed_rows.astype(np.int64))
+    params = _search_params(index, ef_search, nprobe, selector)
+    _, rows = index.search(np.ascontiguousarray(queries, dtype=np.float32), int(k), params=params)
+    return rows.astype(np.int64, copy=False)

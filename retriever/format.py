@@ -1,0 +1,120 @@
+"""The on-disk index format: file names, the manifest, and consistency checks.
+
+An index is a directory of plain files::
+
+    manifest.json     format name and version, library version, build configs, encoder identity,
+                      counts, dims, dtypes, and the size and sha256 of every other file
+    tokens.npy        (n_tokens, dim) float16 token store, memory-mapped for the exact rerank
+    doc_offsets.npy   (n_docs + 1,) int64 CSR offsets into tokens.npy
+    doc_ids.txt       one external document id per line; line i = document row i
+    fde.faiss         FAISS inner-product index over the documents' FDE vectors (row i = document i)
+    deleted.npy       (n_docs,) uint8, 1 = deleted (only when documents were deleted)
+
+No pickle anywhere. ``manifest.json`` is written last, so a directory without it is incomplete.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+
+from .storage import file_sha256
+
+FORMAT_NAME = "retriever-index"
+FORMAT_VERSION = 1
+
+MANIFEST = "manifest.json"
+TOKENS = "tokens.npy"
+DOC_OFFSETS = "doc_offsets.npy"
+DOC_IDS = "doc_ids.txt"
+FAISS = "fde.faiss"
+DELETED = "deleted.npy"
+
+# Files whose checksum load() always checks (small); tokens.npy and fde.faiss are checked
+# by size and header at load and by checksum in verify().
+SMALL_FILES = (DOC_OFFSETS, DOC_IDS, DELETED)
+
+
+class IndexFormatError(ValueError):
+    """The index directory is missing, incomplete, corrupt or of another format version."""
+
+
+def describe_files(directory: Path, names: list[str], checksum: bool = True) -> dict:
+    """{name: {"bytes": size, "sha256": hex}} for the files of a directory being saved."""
+    out = {}
+    for name in names:
+        p = directory / name
+        out[name] = {"bytes": p.stat().st_size}
+        if checksum:
+            out[name]["sha256"] = file_sha256(p)
+    return out
+
+
+def write_manifest(directory: Path, manifest: dict) -> None:
+    p = directory / MANIFEST
+    with open(p, "w", encoding="utf-8") as fh:
+        json.dump(manifest, fh, indent=2, sort_keys=True)
+        fh.write("\n")
+        fh.flush()
+        os.fsync(fh.fileno())
+
+
+def read_manifest(directory: Path) -> dict:
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise IndexFormatError(f"no index at {directory}: not a directory")
+    p = directory / MANIFEST
+    if not p.is_file():
+        raise IndexFormatError(f"no index at {directory}: {MANIFEST} is missing (not an index, or an incomplete save)")
+    try:
+        with open(p, encoding="utf-8") as fh:
+            manifest = json.load(fh)
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise IndexFormatError(f"{p} is not valid JSON: {e}") from None
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT_NAME:
+        raise IndexFormatError(f"{p} is not a {FORMAT_NAME} manifest")
+    version = manifest.get("format_version")
+    if version != FORMAT_VERSION:
+        raise IndexFormatError(
+            f"{p}: format_version {version!r} is not supported by this library (it reads version {FORMAT_VERSION}); "
+            f"rebuild the index or use the library version that wrote it ({manifest.get('library_version')})"
+        )
+    for key in ("n_docs", "n_tokens", "dim", "fde_dim", "files", "config", "id_type"):
+        if key not in manifest:
+            raise IndexFormatError(f"{p}: field {key!r} is missing")
+    return manifest
+
+
+def check_files(directory: Path, manifest: dict, full: bool) -> None:
+    """Check that every file of the manifest exists with its recorded size (and checksum).
+
+    ``full=False`` checksums the small files only; ``full=True`` checksums everything.
+    Raises ``IndexFormatError`` naming the file.
+    """
+    for name, info in manifest["files"].items():
+        p = directory / name
+        if not p.is_file():
+            raise IndexFormatError(f"{p} is missing")
+        size = p.stat().st_size
+        if size != info["bytes"]:
+            raise IndexFormatError(f"{p} has {size} bytes, the manifest says {info['bytes']} (truncated or replaced)")
+        if (full or name in SMALL_FILES) and "sha256" in info:
+            if file_sha256(p) != info["sha256"]:
+                raise IndexFormatError(f"{p} does not match its checksum in {MANIFEST} (the file was altered)")
+
+
+def load_array(directory: Path, name: str, mmap: bool, dtype, shape: tuple) -> np.ndarray:
+    """np.load without pickle, checking dtype and shape against the manifest."""
+    p = directory / name
+    try:
+        arr = np.load(p, mmap_mode="r" if mmap else None, allow_pickle=False)
+    except (ValueError, OSError) as e:
+        raise IndexFormatError(f"{p} is not a readable .npy file: {e}") from None
+    if arr.dtype != np.dtype(dtype) or tuple(arr.shape) != tuple(shape):
+        raise IndexFormatError(
+            f"{p} holds {arr.dtype} {tuple(arr.shape)}, the manifest says {np.dtype(dtype)} {tuple(shape)}"
+        )
+    return arr

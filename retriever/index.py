@@ -1,0 +1,635 @@
+"""The index: build from token embeddings or texts, search, save, load.
+
+``Retriever`` holds a float16 token store (CSR: ``tokens`` + ``doc_offsets``), the external
+document ids, and a FAISS inner-product index over the documents' MUVERA FDE vectors.
+Search fetches candidates by FDE inner product and reranks them by exact MaxSim.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import shutil
+import tempfile
+import threading
+import time
+import weakref
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable, Iterator
+
+import faiss
+import numpy as np
+from tqdm.auto import tqdm
+
+from . import format as fmt
+from .ann import make_faiss_index, train_and_add
+from .fde import FDEConfig, FDEEncoder
+from .search import DEFAULT_N_CANDIDATES, SearchResults, search_exact, search_fde
+from .storage import NpyAppender, atomic_replace_dir, make_temp_dir_beside, recover_interrupted_swap
+from .tokens import TokenEmbeddings, as_token_embeddings
+
+log = logging.getLogger(__name__)
+
+__all__ = ["IndexConfig", "Retriever"]
+
+_FDE_SPOOL = "fde_spool.npy"
+_TEXT_BATCH = 1024  # documents encoded per streaming step
+
+
+@dataclass(frozen=True)
+class IndexConfig:
+    """Build-time settings of an index (persisted in the manifest).
+
+    Parameters
+    ----------
+    fde : FDEConfig
+        MUVERA encoding of each document's token set into one vector.
+    faiss_factory : str
+        FAISS factory string of the candidate index, always inner product. ``"Flat"`` (exact,
+        4 bytes per FDE dimension per document) is the default; ``"HNSW32"`` for sub-linear
+        search; ``"IVF{nlist},PQ{m}"`` to compress FDEs when memory matters (needs training).
+    """
+
+    fde: FDEConfig = field(default_factory=FDEConfig)
+    faiss_factory: str = "Flat"
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.fde, FDEConfig):
+            raise TypeError(f"IndexConfig.fde must be an FDEConfig, got {type(self.fde).__name__}")
+        if not isinstance(self.faiss_factory, str) or not self.faiss_factory.strip():
+            raise ValueError(f"IndexConfig.faiss_factory must be a non-empty string, got {self.faiss_factory!r}")
+
+    def to_dict(self) -> dict:
+        return {"fde": self.fde.to_dict(), "faiss_factory": self.faiss_factory}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "IndexConfig":
+        unknown = set(d) - {"fde", "faiss_factory"}
+        if unknown:
+            raise ValueError(f"unknown IndexConfig keys: {sorted(unknown)}")
+        kw = dict(d)
+        if "fde" in kw:
+            kw["fde"] = FDEConfig.from_dict(kw["fde"])
+        return cls(**kw)
+
+
+# -- ids -------------------------------------------------------------------------------------
+
+
+def _check_ids(ids: list, id_type: str | None) -> str:
+    """Validate a batch of external ids; returns the id type ("int" or "str")."""
+    for pos, i in enumerate(ids):
+        if isinstance(i, (bool, np.bool_)):
+            raise TypeError(f"document id at position {pos} is a bool ({i!r}); ids are str or non-negative int")
+        if isinstance(i, (int, np.integer)):
+            t = "int"
+            if i < 0:
+                raise ValueError(f"document id at position {pos} is negative ({i}); -1 marks padding in results")
+        elif isinstance(i, str):
+            t = "str"
+            if not i or "\n" in i or "\r" in i or i != i.strip():
+                raise ValueError(
+                    f"document id at position {pos} ({i!r}) is empty, has surrounding whitespace or a line break"
+                )
+        else:
+            raise TypeError(f"document id at position {pos} has type {type(i).__name__}; ids are str or non-negative int")
+        if id_type is None:
+            id_type = t
+        elif t != id_type:
+            raise TypeError(f"document id at position {pos} ({i!r}) is {t}, earlier ids are {id_type}: do not mix types")
+    return id_type or "int"
+
+
+def _ids_array(ids: list, id_type: str) -> np.ndarray:
+    if id_type == "int":
+        return np.asarray(ids, dtype=np.int64).reshape(-1)
+    arr = np.empty(len(ids), dtype=object)
+    arr[:] = ids
+    return arr
+
+
+# -- building ----------------------------------------------------------------------------------
+
+
+class _Builder:
+    """Streams validated document batches into a token store and an FDE spool in ``workdir``."""
+
+    def __init__(self, workdir: Path, config: IndexConfig, dim: int):
+        self.workdir = workdir
+        self.config = config
+        self.dim = dim
+        self.fde_encoder = FDEEncoder(config.fde, dim)
+        self.tokens = NpyAppender(workdir / fmt.TOKENS, dim, np.float16)
+        self.fdes = NpyAppender(workdir / _FDE_SPOOL, self.fde_encoder.output_dim, np.float32)
+        self.lengths: list[np.ndarray] = []
+        self.ids: list = []
+        self.id_set: set = set()
+        self.id_type: str | None = None
+        self.timings = {"encode_s": 0.0, "fde_s": 0.0, "faiss_s": 0.0, "write_s": 0.0}
+
+    def add(self, emb: TokenEmbeddings, ids: list) -> None:
+        if emb.dim != self.dim:
+            raise ValueError(f"document embeddings have dim {emb.dim}, the index has dim {self.dim}")
+        if len(ids) != len(emb):
+            raise ValueError(f"{len(ids)} ids for {len(emb)} documents")
+        self.id_type = _check_ids(ids, self.id_type)
+        for pos, i in enumerate(ids):
+            if i in self.id_set:
+                raise ValueError(f"duplicate document id {i!r} (position {len(self.ids) + pos})")
+            self.id_set.add(i)
+        lengths = emb.lengths
+        if lengths.size and lengths.min() == 0:
+            j = int(np.flatnonzero(lengths == 0)[0])
+            raise ValueError(f"document {ids[j]!r} has zero tokens")
+        emb.check_finite(what="document embeddings")
+        t0 = time.perf_counter()
+        with np.errstate(over="ignore"):
+            half = emb.vectors.astype(np.float16)
+        if not np.isfinite(half).all():
+            raise ValueError("document embeddings hold values too large for the float16 token store (|x| > 65504)")
+        fde = self.fde_encoder.encode_documents(TokenEmbeddings(half.astype(np.float32), emb.offsets))
+        t1 = time.perf_counter()
+        self.tokens.append(half)
+        self.fdes.append(fde)
+        t2 = time.perf_counter()
+        self.timings["fde_s"] += t1 - t0
+        self.timings["write_s"] += t2 - t1
+        self.lengths.append(lengths)
+        self.ids.extend(ids)
+
+    def finish(self):
+        """Close the files, fill FAISS from the spool; returns (doc_offsets, ids array, faiss index)."""
+        if not self.ids:
+            raise ValueError("cannot build an index from an empty corpus")
+        t0 = time.perf_counter()
+        self.tokens.close()
+        self.fdes.close()
+        lengths = np.concatenate(self.lengths)
+        offsets = np.zeros(lengths.size + 1, dtype=np.int64)
+        np.cumsum(lengths, out=offsets[1:])
+        t1 = time.perf_counter()
+        fdes = np.load(self.workdir / _FDE_SPOOL, mmap_mode="r")
+        index = make_faiss_index(self.config.faiss_factory, fdes.shape[1])
+        train_and_add(index, fdes, self.config.faiss_factory, seed=self.config.fde.seed)
+        del fdes
+        (self.workdir / _FDE_SPOOL).unlink()
+        t2 = time.perf_counter()
+        self.timings["write_s"] += t1 - t0
+        self.timings["faiss_s"] += t2 - t1
+        return offsets, _ids_array(self.ids, self.id_type), index
+
+
+def _peek(iterable) -> tuple[object, Iterator]:
+    it = iter(iterable)
+    try:
+        first = next(it)
+    except StopIteration:
+        raise ValueError("cannot build an index from an empty corpus") from None
+    return first, itertools.chain([first], it)
+
+
+def _is_text_item(x) -> bool:
+    return isinstance(x, (str, dict)) or (isinstance(x, tuple) and len(x) == 2 and isinstance(x[1], str))
+
+
+def _text_items(items: Iterable, doc_ids) -> Iterator[tuple[object, str]]:
+    """(id, text) pairs from strings, (id, text) tuples, or BEIR dicts (_id, title, text)."""
+    from .beir import doc_text
+
+    ids_iter = iter(doc_ids) if doc_ids is not None else None
+    for pos, x in enumerate(items):
+        if isinstance(x, str):
+            i, text = (next(ids_iter) if ids_iter is not None else pos), x
+        elif isinstance(x, tuple) and len(x) == 2:
+            i, text = x
+        elif isinstance(x, dict):
+            if "_id" not in x:
+                raise ValueError(f"corpus item {pos} has no '_id' field")
+            i, text = x["_id"], doc_text(x)
+        else:
+            raise TypeError(f"corpus item {pos} is a {type(x).__name__}; expected str, (id, text) or a BEIR dict")
+        if not isinstance(text, str):
+            raise TypeError(f"corpus item {pos} (id {i!r}): text is {type(text).__name__}, not str")
+        yield i, text
+
+
+# -- the index ---------------------------------------------------------------------------------
+
+
+class Retriever:
+    """A multi-vector index: MUVERA FDE candidates from FAISS, exact MaxSim rerank.
+
+    Create one with :meth:`build` or :meth:`load`; the constructor is internal.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> rng = np.random.default_rng(0)
+    >>> docs = [rng.standard_normal((n, 16)).astype(np.float32) for n in (5, 9, 3)]
+    >>> r = Retriever.build(docs, doc_ids=["a", "b", "c"], show_progress=False)
+    >>> res = r.search(docs[1], k=2)
+    >>> res.ids[0, 0]
+    'b'
+    """
+
+    def __init__(
+        self,
+        *,
+        tokens: np.ndarray,
+        doc_offsets: np.ndarray,
+        doc_ids: np.ndarray,
+        id_type: str,
+        faiss_index,
+        config: IndexConfig,
+        encoder_info: dict | None = None,
+        encoder=None,
+        deleted: np.ndarray | None = None,
+        workdir: Path | None = None,
+        build_timings: dict | None = None,
+    ) -> None:
+        self.tokens = tokens
+        self.doc_offsets = doc_offsets
+        self.doc_ids = doc_ids
+        self.id_type = id_type
+        self.faiss_index = faiss_index
+        self.config = config
+        self.dim = int(tokens.shape[1])
+        self.fde_encoder = FDEEncoder(config.fde, self.dim)
+        self.encoder_info = encoder_info
+        self._encoder = encoder
+        self._encoder_lock = threading.Lock()
+        self.deleted = deleted if deleted is not None else np.zeros(len(doc_offsets) - 1, dtype=np.uint8)
+        self.build_timings = build_timings or {}
+        self._row_of: dict | None = None
+        if workdir is not None:  # temporary files of an unsaved build, removed with the object
+            weakref.finalize(self, shutil.rmtree, str(workdir), True)
+
+    # -- properties ------------------------------------------------------------------------
+    @property
+    def n_docs(self) -> int:
+        """Documents that can be returned (deleted ones excluded)."""
+        return int(len(self.doc_ids) - int(self.deleted.sum()))
+
+    @property
+    def n_tokens(self) -> int:
+        return int(self.tokens.shape[0])
+
+    def __len__(self) -> int:
+        return self.n_docs
+
+    def __repr__(self) -> str:
+        return (
+            f"Retriever(n_docs={self.n_docs}, n_tokens={self.n_tokens}, dim={self.dim}, "
+            f"fde_dim={self.fde_encoder.output_dim}, faiss={self.config.faiss_factory!r})"
+        )
+
+    # -- build -----------------------------------------------------------------------------
+    @classmethod
+    def build(
+        cls,
+        documents,
+        doc_ids=None,
+        *,
+        config: IndexConfig | None = None,
+        encoder=None,
+        path: str | Path | None = None,
+        show_progress: bool = True,
+    ) -> "Retriever":
+        """Build an index from token embeddings or from texts.
+
+        Parameters
+        ----------
+        documents :
+            Token embeddings — a ``TokenEmbeddings``, a list of ``(n_i, dim)`` arrays — or texts:
+            an iterable of strings, ``(id, text)`` pairs, or BEIR dicts (``_id``, ``title``, ``text``).
+            Texts are encoded with ``encoder`` (the bundled default when ``None``) and streamed to
+            disk batch by batch.
+        doc_ids : sequence of str or non-negative int, optional
+            External ids (unique). Default: 0..n-1. Not used with pairs or BEIR dicts, which carry ids.
+        config : IndexConfig, optional
+        encoder : ColBERTEncoder, optional
+        path : optional directory to build into (written atomically, like :meth:`save`);
+            without it the index lives in a temporary directory until saved.
+        """
+        config = config or IndexConfig()
+        if isinstance(documents, (str, bytes)):
+            raise TypeError("documents must be a collection of texts or token embeddings, not a single string")
+        if isinstance(documents, TokenEmbeddings) or isinstance(documents, np.ndarray) or hasattr(documents, "detach"):
+            is_text, items = False, documents
+        else:
+            first, items = _peek(documents)
+            is_text = _is_text_item(first)
+        target = Path(path) if path is not None else None
+        workdir = make_temp_dir_beside(target) if target is not None else Path(tempfile.mkdtemp(prefix="retriever-"))
+        try:
+            if is_text:
+                if encoder is None:
+                    from .encoder import ColBERTEncoder
+
+                    encoder = ColBERTEncoder.from_pretrained("default")
+                builder = _Builder(workdir, config, encoder.dim)
+                cls._stream_texts(builder, _text_items(items, doc_ids), encoder, show_progress)
+                encoder_info = encoder.identity()
+            else:
+                emb = as_token_embeddings(list(items) if not isinstance(items, TokenEmbeddings) else items)
+                ids = list(range(len(emb))) if doc_ids is None else list(doc_ids)
+                builder = _Builder(workdir, config, emb.dim)
+                builder.add(emb, ids)
+                encoder_info = encoder.identity() if encoder is not None else None
+            offsets, ids_arr, index = builder.finish()
+            tokens = fmt.load_array(workdir, fmt.TOKENS, True, np.float16, (int(offsets[-1]), builder.dim))
+            r = cls(
+                tokens=tokens,
+                doc_offsets=offsets,
+                doc_ids=ids_arr,
+                id_type=builder.id_type,
+                faiss_index=index,
+                config=config,
+                encoder_info=encoder_info,
+                encoder=encoder,
+                workdir=None if target is not None else workdir,
+                build_timings=builder.timings,
+            )
+            if target is not None:
+                r._write_into(workdir, tokens_in_place=True)
+                atomic_replace_dir(workdir, target)
+                r.tokens = fmt.load_array(target, fmt.TOKENS, True, np.float16, tokens.shape)
+            log.info("built %r (timings %s)", r, {k: round(v, 2) for k, v in builder.timings.items()})
+            return r
+        except BaseException:
+            shutil.rmtree(workdir, ignore_errors=True)
+            raise
+
+    @staticmethod
+    def _stream_texts(builder: _Builder, pairs: Iterator, encoder, show_progress: bool) -> None:
+        bar = tqdm(desc="encoding documents", unit="doc", disable=not show_progress)
+        try:
+            while True:
+                chunk = list(itertools.islice(pairs, _TEXT_BATCH))
+                if not chunk:
+                    break
+                ids = [i for i, _ in chunk]
+                t0 = time.perf_counter()
+                emb = encoder.encode_documents([t for _, t in chunk])
+                builder.timings["encode_s"] += time.perf_counter() - t0
+                builder.add(emb, ids)
+                bar.update(len(chunk))
+        finally:
+            bar.close()
+
+    # -- search ----------------------------------------------------------------------------
+    def search(
+        self,
+        queries,
+        k: int = 10,
+        *,
+        n_candidates: int | None = None,
+        mode: str = "fde",
+        ef_search: int | None = None,
+        nprobe: int | None = None,
+        subset=None,
+    ) -> SearchResults:
+        """Top-``k`` documents for each query by MaxSim (late interaction) similarity.
+
+        Parameters
+        ----------
+        queries :
+            Query token embeddings (``TokenEmbeddings``, a list of ``(n_i, dim)`` arrays, or one
+            ``(n, dim)`` array = a batch of one), or query texts (a string or a list of strings,
+            encoded with the index's encoder).
+        k : int >= 1
+        n_candidates : int >= k, default ``DEFAULT_N_CANDIDATES``
+            Documents fetched by FDE inner product and reranked exactly (``mode="fde"``).
+        mode : "fde" (FAISS candidates + exact rerank) or "exact" (exhaustive MaxSim, the ground truth)
+        ef_search : HNSW search depth (HNSW indexes only)
+        nprobe : IVF lists visited (IVF indexes only)
+        subset : optional collection of external ids; only these documents are returned
+
+        Returns
+        -------
+        SearchResults with (n_queries, k) ``ids``, ``scores`` (descending) and ``rows``.
+        """
+        if not isinstance(k, (int, np.integer)) or isinstance(k, bool) or k < 1:
+            raise ValueError(f"k must be an integer >= 1, got {k!r}")
+        if mode not in ("fde", "exact"):
+            raise ValueError(f"mode must be 'fde' or 'exact', got {mode!r}")
+        if n_candidates is None:
+            n_candidates = max(DEFAULT_N_CANDIDATES, int(k))
+        elif not isinstance(n_candidates, (int, np.integer)) or isinstance(n_candidates, bool) or n_candidates < k:
+            raise ValueError(f"n_candidates must be an integer >= k ({k}), got {n_candidates!r}")
+        q = self._query_embeddings(queries)
+        allowed = self._allowed_mask(subset)
+        n_allowed = int(allowed.sum()) if allowed is not None else len(self.doc_ids)
+        if mode == "exact" or n_candidates >= n_allowed:
+            # exhaustive scoring of every allowed document is exact and no slower here
+            rows, scores = search_exact(q, self.tokens, self.doc_offsets, k=int(k), allowed=allowed)
+        else:
+            qf = self.fde_encoder.encode_queries(q)
+            allowed_rows = np.flatnonzero(allowed) if allowed is not None else None
+            rows, scores = search_fde(
+                q, qf, self.faiss_index, self.tokens, self.doc_offsets, k=int(k), n_candidates=int(n_candidates),
+                ef_search=ef_search, nprobe=nprobe, allowed_rows=allowed_rows,
+            )
+        return SearchResults(ids=self._ids_of(rows), scores=scores, rows=rows)
+
+    def _allowed_mask(self, subset) -> np.ndarray | None:
+        """uint8 (n_rows,) mask of documents that may be returned, or None when all may."""
+        mask = None
+        if self.deleted.any():
+            mask = (self.deleted == 0).astype(np.uint8)
+        if subset is not None:
+            if isinstance(subset, (str, bytes)):
+                raise TypeError("subset must be a collection of document ids, not a single string")
+            rows = self.rows_of(list(subset))
+            sub = np.zeros(len(self.doc_ids), dtype=np.uint8)
+            sub[rows] = 1
+            mask = sub if mask is None else mask & sub
+        return mask
+
+    def rows_of(self, ids: list) -> np.ndarray:
+        """Internal rows of external ids; ``KeyError`` naming the first unknown id."""
+        if self._row_of is None:
+            self._row_of = {(_py(i)): r for r, i in enumerate(self.doc_ids)}
+        out = np.empty(len(ids), dtype=np.int64)
+        for j, i in enumerate(ids):
+            r = self._row_of.get(_py(i))
+            if r is None or self.deleted[r]:
+                raise KeyError(f"document id {i!r} is not in the index")
+            out[j] = r
+        return out
+
+    def _ids_of(self, rows: np.ndarray) -> np.ndarray:
+        if self.id_type == "int":
+            out = np.full(rows.shape, -1, dtype=np.int64)
+        else:
+            out = np.full(rows.shape, None, dtype=object)
+        hit = rows >= 0
+        out[hit] = self.doc_ids[rows[hit]]
+        return out
+
+    def _query_embeddings(self, queries) -> TokenEmbeddings:
+        if isinstance(queries, str) or (
+            isinstance(queries, (list, tuple)) and queries and all(isinstance(x, str) for x in queries)
+        ):
+            texts = [queries] if isinstance(queries, str) else list(queries)
+            q = self.encoder.encode_queries(texts)
+        else:
+            if isinstance(queries, (list, tuple)) and not queries:
+                raise ValueError("no queries given (empty list)")
+            q = as_token_embeddings(queries, dtype=np.float32)
+        if q.dim != self.dim:
+            raise ValueError(f"query embeddings have dim {q.dim}, the index has dim {self.dim}")
+        if q.lengths.min() == 0:
+            raise ValueError(f"query {int(np.flatnonzero(q.lengths == 0)[0])} has zero tokens")
+        q.check_finite(what="query embeddings")
+        return q
+
+    @property
+    def encoder(self):
+        """The text encoder this index was built with (created from the manifest on first use)."""
+        with self._encoder_lock:
+            if self._encoder is None:
+                if self.encoder_info is None:
+                    raise ValueError(
+                        "this index was built from token embeddings without an encoder; "
+                        "search it with query embeddings, or pass encoder= to Retriever.load"
+                    )
+                from .encoder import ColBERTEncoder, EncoderConfig
+
+                self._encoder = ColBERTEncoder.from_config(EncoderConfig.from_dict(self.encoder_info["config"]))
+                self._check_encoder(self._encoder)
+            return self._encoder
+
+    def _check_encoder(self, encoder) -> None:
+        if encoder.dim != self.dim:
+            raise ValueError(f"encoder produces dim {encoder.dim}, the index has dim {self.dim}")
+        if self.encoder_info is not None:
+            encoder.check_identity(self.encoder_info)
+
+    # -- persistence -----------------------------------------------------------------------
+    def save(self, path: str | Path) -> None:
+        """Write the index to directory ``path`` atomically (temporary directory + rename).
+
+        An existing index at ``path`` is replaced only once the new one is complete; readers that
+        memory-mapped the old files keep valid data.
+        """
+        target = Path(path)
+        tmp = make_temp_dir_beside(target)
+        try:
+            self._write_into(tmp, tokens_in_place=False)
+            atomic_replace_dir(tmp, target)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        log.info("saved %r to %s", self, target)
+
+    def _write_into(self, directory: Path, tokens_in_place: bool) -> None:
+        names = [fmt.TOKENS, fmt.DOC_OFFSETS, fmt.DOC_IDS, fmt.FAISS]
+        if not tokens_in_place:
+            with NpyAppender(directory / fmt.TOKENS, self.dim, np.float16) as w:
+                step = 1 << 20
+                for s in range(0, self.n_tokens, step):
+                    w.append(self.tokens[s : s + step])
+        np.save(directory / fmt.DOC_OFFSETS, self.doc_offsets, allow_pickle=False)
+        with open(directory / fmt.DOC_IDS, "w", encoding="utf-8", newline="\n") as fh:
+            fh.writelines(f"{_py(i)}\n" for i in self.doc_ids)
+        faiss.write_index(self.faiss_index, str(directory / fmt.FAISS))
+        if self.deleted.any():
+            np.save(directory / fmt.DELETED, self.deleted, allow_pickle=False)
+            names.append(fmt.DELETED)
+        from . import __version__
+
+        manifest = {
+            "format": fmt.FORMAT_NAME,
+            "format_version": fmt.FORMAT_VERSION,
+            "library_version": __version__,
+            "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "config": self.config.to_dict(),
+            "encoder": self.encoder_info,
+            "n_docs": len(self.doc_ids),
+            "n_deleted": int(self.deleted.sum()),
+            "n_tokens": self.n_tokens,
+            "dim": self.dim,
+            "fde_dim": self.fde_encoder.output_dim,
+            "id_type": self.id_type,
+            "dtypes": {"tokens": "float16", "doc_offsets": "int64"},
+            "files": fmt.describe_files(directory, names),
+        }
+        fmt.write_manifest(directory, manifest)
+
+    @classmethod
+    def load(cls, path: str | Path, *, mmap: bool = True, verify: bool = False, encoder=None) -> "Retriever":
+        """Load an index saved by :meth:`save`.
+
+        Parameters
+        ----------
+        mmap : memory-map the token store (default) instead of reading it into memory
+        verify : checksum every file (as :meth:`verify`); by default only sizes, headers and the
+            checksums of the small files are checked
+        encoder : optional text encoder; must match the one the index was built with
+        """
+        path = Path(path)
+        recover_interrupted_swap(path)
+        m = fmt.read_manifest(path)
+        fmt.check_files(path, m, full=verify)
+        try:
+            config = IndexConfig.from_dict(m["config"])
+        except (TypeError, ValueError) as e:
+            raise fmt.IndexFormatError(f"{path / fmt.MANIFEST}: bad config: {e}") from None
+        n_docs, n_tokens, dim = int(m["n_docs"]), int(m["n_tokens"]), int(m["dim"])
+        tokens = fmt.load_array(path, fmt.TOKENS, mmap, np.float16, (n_tokens, dim))
+        offsets = fmt.load_array(path, fmt.DOC_OFFSETS, False, np.int64, (n_docs + 1,))
+        if offsets[0] != 0 or offsets[-1] != n_tokens or np.any(np.diff(offsets) <= 0):
+            raise fmt.IndexFormatError(f"{path / fmt.DOC_OFFSETS} is not a valid CSR offset array for {n_tokens} tokens")
+        deleted = None
+        if fmt.DELETED in m["files"]:
+            deleted = fmt.load_array(path, fmt.DELETED, False, np.uint8, (n_docs,))
+        with open(path / fmt.DOC_IDS, encoding="utf-8") as fh:
+            raw = fh.read().split("\n")
+        if raw and raw[-1] == "":
+            raw.pop()
+        if len(raw) != n_docs:
+            raise fmt.IndexFormatError(f"{path / fmt.DOC_IDS} has {len(raw)} ids, the manifest says {n_docs}")
+        id_type = m["id_type"]
+        ids = _ids_array([int(x) for x in raw] if id_type == "int" else raw, id_type)
+        try:
+            index = faiss.read_index(str(path / fmt.FAISS))
+        except RuntimeError as e:
+            raise fmt.IndexFormatError(f"{path / fmt.FAISS} is not a readable FAISS index: {e}") from None
+        if index.ntotal != n_docs or index.d != int(m["fde_dim"]):
+            raise fmt.IndexFormatError(
+                f"{path / fmt.FAISS} holds {index.ntotal} vectors of dim {index.d}, "
+                f"the manifest says {n_docs} of dim {m['fde_dim']}"
+            )
+        r = cls(
+            tokens=tokens, doc_offsets=offsets, doc_ids=ids, id_type=id_type, faiss_index=index,
+            config=config, encoder_info=m.get("encoder"), deleted=deleted,
+        )
+        if r.fde_encoder.output_dim != int(m["fde_dim"]):
+            raise fmt.IndexFormatError(f"{path / fmt.MANIFEST}: fde_dim {m['fde_dim']} does not match its FDE config")
+        if encoder is not None:
+            r._check_encoder(encoder)
+            r._encoder = encoder
+        _warmup()
+        return r
+
+    @staticmethod
+    def verify(path: str | Path) -> dict:
+        """Check an index directory fully (every checksum, every header, loadability).
+
+        Returns the manifest; raises ``IndexFormatError`` naming the first problem.
+        """
+        Retriever.load(path, mmap=True, verify=True)
+        return fmt.read_manifest(Path(path))
+
+
+def _py(x):
+    return x.item() if isinstance(x, np.generic) else x
+
+
+def _warmup() -> None:
+    from kernels.maxsim import warmup
+
+    warmup()
+

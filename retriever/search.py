@@ -1,0 +1,93 @@
+"""The search pipeline over arrays: FDE candidates from FAISS, then exact MaxSim rerank.
+
+``Retriever.search`` validates inputs and calls :func:`search_fde` or :func:`search_exact`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from kernels.maxsim import maxsim_exhaustive_topk, maxsim_scores_batch
+from kernels.topk import topk_candidates
+
+from .ann import faiss_search
+from .tokens import TokenEmbeddings
+
+__all__ = ["SearchResults", "search_fde", "search_exact", "DEFAULT_N_CANDIDATES"]
+
+#: Documents fetched from FAISS by FDE inner product and reranked exactly, per query.
+DEFAULT_N_CANDIDATES = 1000
+
+
+@dataclass(frozen=True)
+class SearchResults:
+    """Top-k results for a batch of queries; row i answers query i.
+
+    Attributes
+    ----------
+    ids : ndarray (n_queries, k)
+        External document ids, best first. int64 padded with -1 for integer ids;
+        object (str) padded with None for string ids.
+    scores : float32 ndarray (n_queries, k)
+        MaxSim (late-interaction) similarities, descending; -inf where padded.
+    rows : int64 ndarray (n_queries, k)
+        Internal document rows of the index, -1 where padded.
+    """
+
+    ids: np.ndarray
+    scores: np.ndarray
+    rows: np.ndarray
+
+    def __len__(self) -> int:
+        return int(self.scores.shape[0])
+
+    def to_list(self) -> list[list[tuple[object, float]]]:
+        """Per query, the list of (id, score) pairs without padding."""
+        out = []
+        for ids, scores, rows in zip(self.ids, self.scores, self.rows):
+            keep = rows >= 0
+            out.append([(_py(i), float(s)) for i, s in zip(ids[keep], scores[keep])])
+        return out
+
+
+def _py(x):
+    return x.item() if isinstance(x, np.generic) else x
+
+
+def search_fde(
+    queries: TokenEmbeddings,
+    query_fdes: np.ndarray,
+    faiss_index,
+    tokens: np.ndarray,
+    doc_offsets: np.ndarray,
+    *,
+    k: int,
+    n_candidates: int,
+    ef_search: int | None = None,
+    nprobe: int | None = None,
+    allowed_rows: np.ndarray | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Candidates by FDE inner product, reranked by exact MaxSim.
+
+    Returns (rows int64 (n_q, k), scores float32 (n_q, k)), padded with -1 / -inf.
+    """
+    cand = faiss_search(faiss_index, query_fdes, n_candidates, ef_search=ef_search, nprobe=nprobe, allowed_rows=allowed_rows)
+    scores = maxsim_scores_batch(queries.vectors, queries.offsets, tokens, doc_offsets, cand)
+    return topk_candidates(cand, scores, k)
+
+
+def search_exact(
+    queries: TokenEmbeddings,
+    tokens: np.ndarray,
+    doc_offsets: np.ndarray,
+    *,
+    k: int,
+    allowed: np.ndarray | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Exhaustive MaxSim over every (allowed) document: the exact answer.
+
+    Returns (rows int64 (n_q, k), scores float32 (n_q, k)), padded with -1 / -inf.
+    """
+    return maxsim_exhaustive_topk(queries.vectors, queries.offsets, tokens, doc_offsets, k, allowed=allowed)

@@ -1,0 +1,197 @@
+"""On-disk primitives: a streaming ``.npy`` writer, atomic directory replacement, file checksums.
+
+Everything the index writes is a plain file (JSON, ``.npy``, FAISS, text). A save goes to a
+temporary directory next to the target and is swapped into place in one step, so an interrupted
+save never leaves a half-written index where a good one was.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import hashlib
+import logging
+import os
+import shutil
+import tempfile
+import uuid
+from pathlib import Path
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+__all__ = [
+    "NpyAppender",
+    "atomic_replace_dir",
+    "file_sha256",
+    "fsync_dir",
+    "make_temp_dir_beside",
+    "recover_interrupted_swap",
+]
+
+_HEADER_LEN = 128  # bytes reserved for the .npy header (magic + len + dict), a multiple of 64
+
+
+class NpyAppender:
+    """Write a 2-D ``.npy`` file row block by row block without knowing the final row count.
+
+    The header is written with room to spare and rewritten with the real shape on ``close()``,
+    so the file is a standard ``.npy`` that ``np.load(..., mmap_mode="r")`` reads.
+
+    Parameters
+    ----------
+    path : path of the file to create (truncated if it exists)
+    n_cols : number of columns
+    dtype : numpy dtype of the stored rows
+    """
+
+    def __init__(self, path: str | os.PathLike, n_cols: int, dtype) -> None:
+        self.path = Path(path)
+        self.n_cols = int(n_cols)
+        self.dtype = np.dtype(dtype)
+        self.n_rows = 0
+        self._fh = open(self.path, "wb")
+        self._fh.write(self._header(0))
+
+    def _header(self, n_rows: int) -> bytes:
+        d = {"descr": np.lib.format.dtype_to_descr(self.dtype), "fortran_order": False, "shape": (n_rows, self.n_cols)}
+        body = repr(d).encode("latin1")
+        prefix = b"\x93NUMPY\x01\x00"
+        room = _HEADER_LEN - len(prefix) - 2 - 1  # 2 bytes of length, 1 newline
+        if len(body) > room:
+            raise ValueError(f"npy header too long for {self.path}")
+        body = body + b" " * (room - len(body)) + b"\n"
+        return prefix + len(body).to_bytes(2, "little") + body
+
+    def append(self, rows: np.ndarray) -> None:
+        """Append rows of shape (n, n_cols); converted to this file's dtype."""
+        rows = np.asarray(rows)
+        if rows.ndim != 2 or rows.shape[1] != self.n_cols:
+            raise ValueError(f"expected rows of shape (n, {self.n_cols}), got {rows.shape}")
+        self._fh.write(np.ascontiguousarray(rows, dtype=self.dtype).tobytes())
+        self.n_rows += rows.shape[0]
+
+    def close(self) -> None:
+        """Rewrite the header with the final shape, flush and fsync."""
+        if self._fh.closed:
+            return
+        self._fh.seek(0)
+        self._fh.write(self._header(self.n_rows))
+        self._fh.flush()
+        os.fsync(self._fh.fileno())
+        self._fh.close()
+
+    def __enter__(self) -> "NpyAppender":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._fh.close() if exc[0] is not None else self.close()
+
+
+def file_sha256(path: str | os.PathLike, chunk: int = 1 << 22) -> str:
+    """Hex sha256 of a file, read in chunks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while True:
+            b = fh.read(chunk)
+            if not b:
+                break
+            h.update(b)
+    return h.hexdigest()
+
+
+def fsync_dir(path: str | os.PathLike) -> None:
+    """fsync a directory so that renames inside it are durable (no-op where unsupported)."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def make_temp_dir_beside(target: str | os.PathLike) -> Path:
+    """A fresh temporary directory in the same parent as ``target`` (same filesystem, so renames are atomic)."""
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    return Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+
+
+_RENAME_EXCHANGE = 2
+_AT_FDCWD = -100
+_libc = None
+
+
+def _renameat2_exchange(a: Path, b: Path) -> bool:
+    """Atomically exchange two paths with Linux renameat2(RENAME_EXCHANGE). False if unsupported."""
+    global _libc
+    if not hasattr(os, "uname") or os.uname().sysname != "Linux":
+        return False
+    try:
+        if _libc is None:
+            _libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        fn = _libc.renameat2
+    except (OSError, AttributeError):
+        return False
+    fn.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+    rc = fn(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE)
+    if rc == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in (38, 22, 95):  # ENOSYS, EINVAL (filesystem without exchange), EOPNOTSUPP
+        return False
+    raise OSError(err, os.strerror(err), str(a))
+
+
+def _old_name(target: Path) -> Path:
+    return target.parent / f".{target.name}.old-{uuid.uuid4().hex[:8]}"
+
+
+def atomic_replace_dir(src: str | os.PathLike, target: str | os.PathLike) -> None:
+    """Move the complete directory ``src`` to ``target``, replacing any existing ``target``.
+
+    On Linux the swap is one atomic ``renameat2(RENAME_EXCHANGE)``: at every instant ``target``
+    is either the old complete directory or the new one. Elsewhere the old directory is first
+    renamed aside (``.NAME.old-XXXX``); if the process dies between the two renames,
+    :func:`recover_interrupted_swap` (called by ``load``) puts it back.
+    Files of the old directory that are memory-mapped stay valid for their readers (POSIX
+    keeps unlinked files alive while mapped).
+    """
+    src, target = Path(src), Path(target)
+    fsync_dir(src)
+    if not target.exists():
+        os.rename(src, target)
+    elif _renameat2_exchange(src, target):
+        # src now holds the old index
+        shutil.rmtree(src, ignore_errors=True)
+    else:
+        old = _old_name(target)
+        os.rename(target, old)
+        os.rename(src, target)
+        shutil.rmtree(old, ignore_errors=True)
+    fsync_dir(target.parent)
+
+
+def recover_interrupted_swap(target: str | os.PathLike) -> None:
+    """If ``target`` is missing but an old copy was renamed aside by an interrupted save, restore it.
+
+    Old copies left beside an intact ``target`` are removed. Temporary ``.NAME.tmp-*``
+    directories are left alone: another process may be writing one right now.
+    """
+    target = Path(target)
+    parent = target.parent
+    if not parent.is_dir():
+        return
+    olds = sorted(parent.glob(f".{target.name}.old-*"), key=lambda p: p.stat().st_mtime, reverse=True)
+    if not target.exists() and olds:
+        log.warning("restoring %s from %s left by an interrupted save", target, olds[0])
+        os.rename(olds[0], target)
+        olds = olds[1:]
+    if target.exists():
+        for p in olds:
+            shutil.rmtree(p, ignore_errors=True)
