@@ -1,0 +1,127 @@
+"""From text to index: streaming build, text search, encoder identity, CLI (tiny checkpoints)."""
+
+from __future__ import annotations
+
+import gzip
+import json
+
+import numpy as np
+import pytest
+
+from conftest import REPO
+from retriever import index as index_mod
+from retriever.cli import main as cli_main
+from retriever.encoder import ColBERTEncoder
+from retriever.eval import read_trec_run
+from retriever.fde import FDEConfig
+from retriever.index import IndexConfig, Retriever
+
+FIXTURES = REPO / "tests" / "fixtures" / "encoder"
+CFG = IndexConfig(fde=FDEConfig(num_repetitions=4, num_simhash_projections=3, projection_dimension=8))
+
+DOCS = [
+    {"_id": "d1", "title": "Aspirin", "text": "Aspirin reduces fever and pain in adults."},
+    {"_id": "d2", "title": "", "text": "The heart pumps blood through the body."},
+    {"_id": "d3", "title": "Sleep", "text": "Sleep deprivation impairs memory, attention and mood."},
+    {"_id": "d4", "title": "Coffee", "text": "Caffeine is a stimulant found in coffee and tea."},
+    {"_id": "d5", "title": "Exercise", "text": "Regular exercise lowers blood pressure."},
+    {"_id": "d6", "title": "Empty", "text": ""},
+]
+
+
+@pytest.fixture(scope="module")
+def encoder():
+    return ColBERTEncoder.from_pretrained(str(FIXTURES / "bert_stanford"), dtype="float32")
+
+
+@pytest.fixture(scope="module")
+def text_index(encoder):
+    return Retriever.build(DOCS, encoder=encoder, config=CFG, show_progress=False)
+
+
+def test_text_build_equals_embedding_build(encoder, text_index):
+    from retriever.beir import doc_text
+
+    emb = encoder.encode_documents([doc_text(d) for d in DOCS])
+    ref = Retriever.build(emb, doc_ids=[d["_id"] for d in DOCS], config=CFG, encoder=encoder, show_progress=False)
+    np.testing.assert_array_equal(np.asarray(text_index.tokens), np.asarray(ref.tokens))
+    np.testing.assert_array_equal(text_index.doc_offsets, ref.doc_offsets)
+    assert list(text_index.doc_ids) == [d["_id"] for d in DOCS]
+    assert text_index.encoder_info == encoder.identity()
+
+
+def test_streaming_in_batches_gives_same_index(encoder, text_index, monkeypatch):
+    monkeypatch.setattr(index_mod, "_TEXT_BATCH", 2)
+    pairs = ((d["_id"], (d["title"] + " " + d["text"]).strip()) for d in DOCS)  # a generator: streamed once
+    r = Retriever.build(pairs, encoder=encoder, config=CFG, show_progress=False)
+    np.testing.assert_array_equal(np.asarray(r.tokens), np.asarray(text_index.tokens))
+    q = ["blood pressure and exercise", "coffee"]
+    np.testing.assert_array_equal(r.search(q, k=3).rows, text_index.search(q, k=3).rows)
+
+
+def test_text_search_matches_embedding_search(encoder, text_index):
+    q = ["does aspirin reduce fever", "caffeine"]
+    a = text_index.search(q, k=3)
+    b = text_index.search(encoder.encode_queries(q), k=3)
+    np.testing.assert_array_equal(a.rows, b.rows)
+    np.testing.assert_array_equal(a.scores, b.scores)
+    assert text_index.search("caffeine", k=2).ids.shape == (1, 2)
+
+
+def test_text_search_after_load_uses_recorded_encoder(tmp_path, text_index, encoder):
+    text_index.save(tmp_path / "t")
+    loaded = Retriever.load(tmp_path / "t")  # encoder re-created from the manifest on first text query
+    q = ["sleep and memory"]
+    np.testing.assert_array_equal(loaded.search(q, k=4).rows, text_index.search(q, k=4).rows)
+    # the same encoder passed explicitly is accepted; another checkpoint is refused
+    Retriever.load(tmp_path / "t", encoder=encoder)
+    other = ColBERTEncoder.from_pretrained(str(FIXTURES / "bert_pylate"), dtype="float32")
+    with pytest.raises(ValueError, match="encoder|dim"):
+        Retriever.load(tmp_path / "t", encoder=other)
+
+
+def test_text_inputs_errors(encoder):
+    with pytest.raises(ValueError, match="duplicate document id 'a'"):
+        Retriever.build([("a", "x y"), ("a", "z")], encoder=encoder, config=CFG, show_progress=False)
+    with pytest.raises(TypeError, match="document id"):
+        Retriever.build([(1.5, "x y")], encoder=encoder, config=CFG, show_progress=False)
+    with pytest.raises(TypeError, match="not str"):
+        Retriever.build([("a", "x"), ("b", 3)], encoder=encoder, config=CFG, show_progress=False)
+    with pytest.raises(ValueError, match="'_id'"):
+        Retriever.build([{"title": "t", "text": "x"}], encoder=encoder, config=CFG, show_progress=False)
+    with pytest.raises(ValueError, match="empty"):
+        Retriever.build(iter([]), encoder=encoder, config=CFG, show_progress=False)
+    with pytest.raises(TypeError, match="single string"):
+        Retriever.build("just one string", encoder=encoder, config=CFG, show_progress=False)
+    # plain strings get positional integer ids; an empty text is still a (markers-only) document
+    r = Retriever.build(["alpha beta", "", "gamma"], encoder=encoder, config=CFG, show_progress=False)
+    assert r.id_type == "int" and r.n_docs == 3
+
+
+def test_cli_index_and_search(tmp_path, capsys):
+    corpus = tmp_path / "corpus.jsonl.gz"
+    with gzip.open(corpus, "wt", encoding="utf-8") as fh:
+        for d in DOCS:
+            fh.write(json.dumps(d) + "\n")
+    queries = tmp_path / "queries.jsonl"
+    queries.write_text("".join(json.dumps({"_id": f"q{i}", "text": t}) + "\n"
+                               for i, t in enumerate(["aspirin fever", "tea and coffee"])))
+    model = str(FIXTURES / "bert_stanford")
+    out = tmp_path / "idx"
+    assert cli_main(["-q", "index", "--corpus", str(corpus), "--out", str(out), "--model", model,
+                     "--num-repetitions", "4", "--num-simhash-projections", "3", "--projection-dimension", "8"]) == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert summary["n_docs"] == len(DOCS)
+    run = tmp_path / "run.trec"
+    assert cli_main(["-q", "search", "--index", str(out), "--queries", str(queries), "--k", "3", "--out", str(run)]) == 0
+    got = read_trec_run(run)
+    assert set(got) == {"q0", "q1"} and all(len(v) == 3 for v in got.values())
+    # the run equals the API's answer
+    r = Retriever.load(out)
+    res = r.search(["aspirin fever", "tea and coffee"], k=3)
+    assert [max(got["q0"], key=got["q0"].get)] == [res.ids[0, 0]]
+    assert cli_main(["verify", str(out)]) == 0
+    (out / "doc_ids.txt").write_text("broken\n")
+    assert cli_main(["verify", str(out)]) == 1
+    assert "FAILED" in capsys.readouterr().out
+    assert cli_main(["-q", "search", "--index", str(tmp_path / "nope"), "--query", "x"]) == 2
