@@ -14,7 +14,7 @@ import numpy as np
 
 log = logging.getLogger(__name__)
 
-__all__ = ["make_faiss_index", "train_and_add", "faiss_search", "min_training_points"]
+__all__ = ["make_faiss_index", "train_index", "train_and_add", "faiss_search", "min_training_points"]
 
 
 def make_faiss_index(factory: str, dim: int) -> faiss.Index:
@@ -37,28 +37,36 @@ def min_training_points(factory: str) -> int:
     return need
 
 
-def train_and_add(index: faiss.Index, vectors: np.ndarray, factory: str, max_train: int = 100_000, seed: int = 1) -> None:
-    """Train ``index`` if it needs it (on a random sample of ``vectors``), then add all ``vectors``.
+def train_index(index: faiss.Index, factory: str, n_vectors: int, sample_rows, max_train: int = 100_000, seed: int = 1) -> None:
+    """Train ``index`` if its type needs it, on at most ``max_train`` random rows.
 
-    Raises ``ValueError`` when there are too few vectors to train the index type.
+    ``sample_rows(rows)`` returns the float32 vectors of the given sorted row numbers, so the
+    caller decides where they come from (memory or a file). Raises ``ValueError`` when there
+    are too few vectors to train the index type.
     """
+    if index.is_trained:
+        return
+    need = min_training_points(factory)
+    if n_vectors < max(need, 1):
+        raise ValueError(
+            f"faiss_factory={factory!r} needs at least {need} documents to train, the corpus has {n_vectors}; "
+            f"use 'Flat' or 'HNSW32' for small corpora, or a smaller IVF nlist / PQ nbits"
+        )
+    rows = np.arange(n_vectors)
+    if n_vectors > max_train:
+        rows = np.sort(np.random.default_rng(seed).choice(n_vectors, max_train, replace=False))
+    sample = np.ascontiguousarray(sample_rows(rows), dtype=np.float32)
+    log.info("training FAISS %s on %d vectors", factory, sample.shape[0])
+    try:
+        index.train(sample)
+    except RuntimeError as e:
+        raise ValueError(f"training faiss_factory={factory!r} on {sample.shape[0]} vectors failed: {e}") from None
+
+
+def train_and_add(index: faiss.Index, vectors: np.ndarray, factory: str, max_train: int = 100_000, seed: int = 1) -> None:
+    """Train ``index`` if it needs it (on a random sample of ``vectors``), then add all ``vectors``."""
     vectors = np.ascontiguousarray(vectors, dtype=np.float32)
-    if not index.is_trained:
-        need = min_training_points(factory)
-        n = vectors.shape[0]
-        if n < max(need, 1):
-            raise ValueError(
-                f"faiss_factory={factory!r} needs at least {need} documents to train, the corpus has {n}; "
-                f"use 'Flat' or 'HNSW32' for small corpora, or a smaller IVF nlist / PQ nbits"
-            )
-        sample = vectors
-        if n > max_train:
-            sample = vectors[np.sort(np.random.default_rng(seed).choice(n, max_train, replace=False))]
-        log.info("training FAISS %s on %d vectors", factory, sample.shape[0])
-        try:
-            index.train(sample)
-        except RuntimeError as e:
-            raise ValueError(f"training faiss_factory={factory!r} on {sample.shape[0]} vectors failed: {e}") from None
+    train_index(index, factory, vectors.shape[0], lambda rows: vectors[rows], max_train=max_train, seed=seed)
     index.add(vectors)
 
 

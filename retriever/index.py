@@ -23,10 +23,10 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from . import format as fmt
-from .ann import make_faiss_index, train_and_add
+from .ann import make_faiss_index, train_index
 from .fde import FDEConfig, FDEEncoder
 from .search import DEFAULT_N_CANDIDATES, SearchResults, search_exact, search_fde
-from .storage import NpyAppender, atomic_replace_dir, make_temp_dir_beside, recover_interrupted_swap
+from .storage import NpyAppender, atomic_replace_dir, iter_npy_rows, make_temp_dir_beside, recover_interrupted_swap
 from .tokens import TokenEmbeddings, as_token_embeddings
 
 log = logging.getLogger(__name__)
@@ -34,7 +34,8 @@ log = logging.getLogger(__name__)
 __all__ = ["IndexConfig", "Retriever"]
 
 _FDE_SPOOL = "fde_spool.npy"
-_TEXT_BATCH = 1024  # documents encoded per streaming step
+_TEXT_BATCH = 256  # documents encoded per streaming step (bounds the float32 tokens held at once)
+_FAISS_ADD_ROWS = 2048  # FDE rows read from the spool per FAISS add
 
 
 @dataclass(frozen=True)
@@ -169,11 +170,17 @@ class _Builder:
         offsets = np.zeros(lengths.size + 1, dtype=np.int64)
         np.cumsum(lengths, out=offsets[1:])
         t1 = time.perf_counter()
-        fdes = np.load(self.workdir / _FDE_SPOOL, mmap_mode="r")
-        index = make_faiss_index(self.config.faiss_factory, fdes.shape[1])
-        train_and_add(index, fdes, self.config.faiss_factory, seed=self.config.fde.seed)
-        del fdes
-        (self.workdir / _FDE_SPOOL).unlink()
+        spool = self.workdir / _FDE_SPOOL
+        index = make_faiss_index(self.config.faiss_factory, self.fdes.n_cols)
+
+        def sample_rows(rows):
+            fdes = np.load(spool, mmap_mode="r")
+            return np.array(fdes[rows])
+
+        train_index(index, self.config.faiss_factory, len(self.ids), sample_rows, seed=self.config.fde.seed)
+        for block in iter_npy_rows(spool, _FAISS_ADD_ROWS):  # plain reads: peak memory is one block + FAISS
+            index.add(block)
+        spool.unlink()
         t2 = time.perf_counter()
         self.timings["write_s"] += t1 - t0
         self.timings["faiss_s"] += t2 - t1

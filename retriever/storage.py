@@ -25,6 +25,7 @@ __all__ = [
     "NpyAppender",
     "atomic_replace_dir",
     "file_sha256",
+    "iter_npy_rows",
     "fsync_dir",
     "make_temp_dir_beside",
     "recover_interrupted_swap",
@@ -87,6 +88,26 @@ class NpyAppender:
 
     def __exit__(self, *exc) -> None:
         self._fh.close() if exc[0] is not None else self.close()
+
+
+def iter_npy_rows(path: str | os.PathLike, chunk_rows: int):
+    """Yield consecutive row blocks of a 2-D ``.npy`` file with plain reads (no memory map).
+
+    Peak memory is one block, whatever the file size: the pages of a memory map would count
+    towards the process's resident memory until unmapped.
+    """
+    with open(path, "rb") as fh:
+        version = np.lib.format.read_magic(fh)
+        shape, fortran, dtype = np.lib.format._read_array_header(fh, version)
+        if fortran or len(shape) != 2:
+            raise ValueError(f"{path}: expected a C-ordered 2-D array, got shape {shape}")
+        n, d = shape
+        for s in range(0, n, chunk_rows):
+            m = min(chunk_rows, n - s)
+            block = np.fromfile(fh, dtype=dtype, count=m * d)
+            if block.size != m * d:
+                raise ValueError(f"{path} is truncated at row {s}")
+            yield block.reshape(m, d)
 
 
 def file_sha256(path: str | os.PathLike, chunk: int = 1 << 22) -> str:
