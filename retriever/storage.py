@@ -97,8 +97,9 @@ def iter_npy_rows(path: str | os.PathLike, chunk_rows: int):
     towards the process's resident memory until unmapped.
     """
     with open(path, "rb") as fh:
-        version = np.lib.format.read_magic(fh)
-        shape, fortran, dtype = np.lib.format._read_array_header(fh, version)
+        major, _ = np.lib.format.read_magic(fh)
+        read_header = np.lib.format.read_array_header_1_0 if major == 1 else np.lib.format.read_array_header_2_0
+        shape, fortran, dtype = read_header(fh)
         if fortran or len(shape) != 2:
             raise ValueError(f"{path}: expected a C-ordered 2-D array, got shape {shape}")
         n, d = shape
