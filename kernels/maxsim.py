@@ -293,8 +293,8 @@ def _check_store(tokens, doc_offsets, full: bool) -> tuple[np.ndarray, np.ndarra
     return _readonly(store), _readonly(doc_offsets)
 
 
-def _check_doc_ids(name: str, ids: np.ndarray, doc_offsets: np.ndarray) -> None:
-    """Ids must be -1 or valid rows, and the rows they name must have sane offsets."""
+def _check_doc_ids(name: str, ids: np.ndarray, doc_offsets: np.ndarray, n_tokens: int) -> None:
+    """Ids must be -1 or valid rows, and the rows they name must have in-bounds offsets."""
     n_docs = doc_offsets.size - 1
     if ids.size == 0:
         return
@@ -303,8 +303,12 @@ def _check_doc_ids(name: str, ids: np.ndarray, doc_offsets: np.ndarray) -> None:
         bad = lo if lo < -1 else hi
         raise ValueError(f"{name} must hold document rows in [0, {n_docs}) or -1 for padding, got {bad}")
     real = ids[ids >= 0]
-    if real.size and bool(np.any(doc_offsets[real + 1] < doc_offsets[real])):
-        raise ValueError("doc_offsets must be non-decreasing")
+    if real.size:
+        start, stop = doc_offsets[real], doc_offsets[real + 1]
+        if bool(np.any(stop < start)):
+            raise ValueError("doc_offsets must be non-decreasing")
+        if bool(np.any(start < 0)) or bool(np.any(stop > n_tokens)):
+            raise ValueError(f"doc_offsets must lie in [0, n_tokens={n_tokens}]")
 
 
 def _check_queries(q_vectors, q_offsets, dim: int) -> None:
@@ -389,7 +393,7 @@ def maxsim_scores(query: np.ndarray, tokens: np.ndarray, doc_offsets: np.ndarray
     if query.shape[1] != tokens.shape[1]:
         raise ValueError(f"query dim {query.shape[1]} does not match tokens dim {tokens.shape[1]}")
     _check_array("doc_idx", doc_idx, (np.int64,), 1)
-    _check_doc_ids("doc_idx", doc_idx, doc_offsets)
+    _check_doc_ids("doc_idx", doc_idx, doc_offsets, tokens.shape[0])
     q_offsets = np.array([0, query.shape[0]], dtype=np.int64)
     return _score_pairs(query, q_offsets, store, offsets, doc_idx.reshape(1, -1))[0]
 
@@ -419,7 +423,7 @@ def maxsim_scores_batch(
     _check_array("candidates", candidates, (np.int64,), 2)
     if candidates.shape[0] != q_offsets.size - 1:
         raise ValueError(f"candidates has {candidates.shape[0]} rows but q_offsets describes {q_offsets.size - 1} queries")
-    _check_doc_ids("candidates", candidates, doc_offsets)
+    _check_doc_ids("candidates", candidates, doc_offsets, tokens.shape[0])
     return _score_pairs(q_vectors, q_offsets, store, offsets, candidates)
 
 

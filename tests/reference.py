@@ -1,0 +1,134 @@
+"""Plain-numpy oracles for the numba kernels in ``kernels/`` (slow, obvious, float64).
+
+* MaxSim is ``(q @ d.T).max(1).sum()`` per (query, document) pair, with the kernels'
+  conventions for empty inputs: a query with no tokens scores 0, a document with no tokens
+  scores ``-inf``, padding (``-1``) scores ``-inf``.
+* Top-k is a stable ``argsort`` with the kernels' rules: descending score, ties by lower id,
+  ``-inf``/NaN never returned, padding ``-1`` / ``-inf``.
+* :func:`check_topk_with_ties` compares a top-k result against reference scores while
+  tolerating reordering among (near-)ties, in the spirit of faiss
+  ``check_ref_knn_with_draws``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+U32 = 2.0**-24  # unit roundoff of float32
+
+
+def maxsim_ref(q: np.ndarray, d: np.ndarray) -> float:
+    """MaxSim of one query (n_q, dim) and one document (n_d, dim), in float64."""
+    if q.shape[0] == 0:
+        return 0.0
+    if d.shape[0] == 0:
+        return -np.inf
+    return float((q.astype(np.float64) @ d.astype(np.float64).T).max(1).sum())
+
+
+def maxsim_tolerance(q: np.ndarray, d: np.ndarray) -> float:
+    """A worst-case bound on the float32 error of one MaxSim value (dot products of ``dim``
+    terms, then a sum of ``n_q`` maxima): ``(dim + n_q + 2) * u * sum_i max_t sum_k |q_ik d_tk|``."""
+    if q.shape[0] == 0 or d.shape[0] == 0:
+        return 0.0
+    mag = (np.abs(q.astype(np.float64)) @ np.abs(d.astype(np.float64)).T).max(1).sum()
+    return float((q.shape[1] + q.shape[0] + 2) * U32 * mag)
+
+
+def split(vectors: np.ndarray, offsets: np.ndarray) -> list[np.ndarray]:
+    """CSR -> list of per-item arrays."""
+    return [vectors[offsets[i] : offsets[i + 1]] for i in range(offsets.size - 1)]
+
+
+def maxsim_pairs_ref(q_vectors, q_offsets, tokens, doc_offsets, candidates) -> tuple[np.ndarray, np.ndarray]:
+    """Reference scores (float64) and tolerances for ``maxsim_scores_batch`` inputs."""
+    queries, docs = split(q_vectors, q_offsets), split(tokens, doc_offsets)
+    ref = np.full(candidates.shape, -np.inf)
+    tol = np.zeros(candidates.shape)
+    for i, row in enumerate(candidates):
+        for j, d in enumerate(row):
+            if d >= 0:
+                ref[i, j] = maxsim_ref(queries[i], docs[d])
+                tol[i, j] = maxsim_tolerance(queries[i], docs[d])
+    return ref, tol
+
+
+def maxsim_exhaustive_ref(q_vectors, q_offsets, tokens, doc_offsets, allowed=None) -> tuple[np.ndarray, np.ndarray]:
+    """Reference scores (float64) and tolerances for every (query, document) pair."""
+    n_docs = doc_offsets.size - 1
+    cand = np.tile(np.arange(n_docs, dtype=np.int64), (q_offsets.size - 1, 1))
+    if allowed is not None:
+        cand[:, ~np.asarray(allowed, dtype=bool)] = -1
+    return maxsim_pairs_ref(q_vectors, q_offsets, tokens, doc_offsets, cand)
+
+
+def assert_scores_close(got: np.ndarray, ref: np.ndarray, tol: np.ndarray) -> None:
+    """``got`` equals ``ref`` within ``tol`` where finite, and has the same infinities."""
+    assert got.shape == ref.shape and got.dtype == np.float32
+    inf = np.isinf(ref)
+    np.testing.assert_array_equal(got[inf], ref[inf].astype(np.float32))
+    err = np.abs(got[~inf].astype(np.float64) - ref[~inf])
+    bad = err > tol[~inf] + 1e-30
+    assert not bad.any(), f"{bad.sum()} scores off; worst error {err.max():.3g} vs tolerance {tol[~inf][bad].min():.3g}"
+
+
+def topk_ref(scores: np.ndarray, k: int, ids: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Top-k per row by stable argsort. ``ids`` (same shape, -1 = padding) names the entries;
+    an id that occurs twice in a row keeps its best score (the first such entry)."""
+    n_rows, n = scores.shape
+    if ids is None:
+        ids = np.tile(np.arange(n, dtype=np.int64), (n_rows, 1))
+    out_i = np.full((n_rows, k), -1, dtype=np.int64)
+    out_s = np.full((n_rows, k), -np.inf, dtype=np.float32)
+    for r in range(n_rows):
+        # sort by id first so that, after the stable score sort, equal scores are in id order
+        by_id = np.argsort(ids[r], kind="stable")
+        s, i = scores[r][by_id], ids[r][by_id]
+        order = np.argsort(-s.astype(np.float64), kind="stable")
+        seen: set[int] = set()
+        m = 0
+        for j in order:
+            if m == k:
+                break
+            if i[j] < 0 or not s[j] > -np.inf or int(i[j]) in seen:
+                continue
+            seen.add(int(i[j]))
+            out_i[r, m], out_s[r, m] = i[j], s[j]
+            m += 1
+    return out_i, out_s
+
+
+def check_topk_with_ties(ref_scores: np.ndarray, got_idx: np.ndarray, got_vals: np.ndarray, k: int, tol) -> None:
+    """Check a top-k answer against full reference scores, allowing any order among near-ties.
+
+    Parameters
+    ----------
+    ref_scores : ndarray, shape (n_q, n), float64
+        Reference score of every entry (``-inf`` = not eligible).
+    got_idx, got_vals : ndarray, shape (n_q, k)
+        The answer under test, ``-1`` / ``-inf`` padded.
+    tol : float or ndarray broadcastable to ``ref_scores``
+        Scores closer than this are treated as tied.
+    """
+    n_q, n = ref_scores.shape
+    tol = np.broadcast_to(np.asarray(tol, dtype=np.float64), ref_scores.shape)
+    assert got_idx.shape == got_vals.shape == (n_q, k)
+    for r in range(n_q):
+        eligible = np.flatnonzero(ref_scores[r] > -np.inf)
+        n_hits = min(k, eligible.size)
+        hits, vals = got_idx[r, :n_hits], got_vals[r, :n_hits].astype(np.float64)
+        assert np.all(got_idx[r, n_hits:] == -1) and np.all(np.isneginf(got_vals[r, n_hits:])), f"row {r}: bad padding"
+        assert np.all(hits >= 0) and np.unique(hits).size == n_hits, f"row {r}: invalid or repeated ids {hits}"
+        assert np.all(np.diff(vals) <= 0), f"row {r}: scores not descending"
+        # each returned score is the reference score of its id
+        np.testing.assert_array_less(np.abs(vals - ref_scores[r, hits]), tol[r, hits] + 1e-30)
+        if n_hits == 0:
+            continue
+        # everything clearly better than the k-th returned score must be present
+        kth = ref_scores[r, hits[-1]]
+        must = eligible[ref_scores[r, eligible] > kth + tol[r, eligible] + tol[r, hits[-1]]]
+        missing = np.setdiff1d(must, hits)
+        assert missing.size == 0, f"row {r}: missing ids {missing[:10]} that beat the k-th score {kth}"
+        # and the returned scores match the sorted reference top scores within tolerance
+        best = np.sort(ref_scores[r, eligible])[::-1][:n_hits]
+        assert np.all(np.abs(vals - best) <= np.max(tol[r]) * 2 + 1e-30), f"row {r}: scores differ from reference top-{k}"
