@@ -2,10 +2,15 @@
 
 Pipeline: token embeddings -> FDE (one vector per document) -> FAISS inner-product candidates
 -> exact MaxSim (late interaction) rerank in numba kernels.
-"""
 
-from .tokens import TokenEmbeddings
+The text encoder (``retriever.encoder``, torch + transformers) is imported only when used.
+"""
 
 __version__ = "0.1.0"
 
-__all__ = ["TokenEmbeddings", "__version__"]
+from .fde import FDEConfig, FDEEncoder  # noqa: E402
+from .index import IndexConfig, Retriever  # noqa: E402
+from .search import SearchResults  # noqa: E402
+from .tokens import TokenEmbeddings  # noqa: E402
+
+__all__ = ["FDEConfig", "FDEEncoder", "IndexConfig", "Retriever", "SearchResults", "TokenEmbeddings", "__version__"]
