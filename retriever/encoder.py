@@ -536,6 +536,9 @@ class ColBERTEncoder:
         unknown = sorted(set(overrides) - known)
         if unknown:
             raise TypeError(f"unknown encoder settings {unknown}; valid ones are {sorted(known)}")
+        for k in ("query_prefix", "document_prefix"):
+            if overrides.get(k) == "":
+                overrides[k] = None  # PyLate's spelling of "no marker"
         path = resolve_model_path(model)
         info = inspect_checkpoint(path)
         kw = {**info.settings, **overrides}
@@ -574,13 +577,18 @@ class ColBERTEncoder:
             raise ValueError(f"{config_file}: not a transformers model config ({e})") from e
         _check_encoder_config(config_file, hf_cfg)
         weights = _weights_file(bb)
-        bars = transformers.utils.logging.is_progress_bar_enabled()
-        transformers.utils.logging.disable_progress_bar()
+        # Quiet while loading: the progress bar, and the load report that lists the Stanford
+        # ``linear.weight`` as unexpected (we read it ourselves; missing keys are checked below).
+        tlog = transformers.utils.logging
+        bars, verbosity = tlog.is_progress_bar_enabled(), tlog.get_verbosity()
+        tlog.disable_progress_bar()
+        tlog.set_verbosity_error()
         try:
             backbone, load_info = AutoModel.from_pretrained(bb, dtype=torch.float32, output_loading_info=True)
         finally:
+            tlog.set_verbosity(verbosity)
             if bars:
-                transformers.utils.logging.enable_progress_bar()
+                tlog.enable_progress_bar()
         missing = sorted(k for k in load_info.get("missing_keys", ()) if "pooler" not in k)
         if missing:
             raise ValueError(f"{weights}: weights missing for {len(missing)} backbone tensors, e.g. {missing[:3]}")
