@@ -11,10 +11,13 @@ An index is a directory of plain files::
     deleted.npy       (n_docs,) uint8, 1 = deleted (only when documents were deleted)
 
 No pickle anywhere. ``manifest.json`` is written last, so a directory without it is incomplete.
+The manifest carries the sha256 of its own content (``manifest_sha256``, computed over the
+canonical JSON of every other field), so an edited or damaged manifest is detected at load.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from pathlib import Path
@@ -53,7 +56,23 @@ def describe_files(directory: Path, names: list[str], checksum: bool = True) -> 
     return out
 
 
+REQUIRED_FILES = (TOKENS, DOC_OFFSETS, DOC_IDS, FAISS)
+KNOWN_FILES = REQUIRED_FILES + (DELETED,)
+CHECKSUM_FIELD = "manifest_sha256"
+_COUNT_FIELDS = ("n_docs", "n_tokens", "dim", "fde_dim")
+
+
+def manifest_checksum(manifest: dict) -> str:
+    """sha256 of the canonical JSON of a manifest without its own checksum field."""
+    body = {k: v for k, v in manifest.items() if k != CHECKSUM_FIELD}
+    canon = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False)
+    return hashlib.sha256(canon.encode("ascii")).hexdigest()
+
+
 def write_manifest(directory: Path, manifest: dict) -> None:
+    """Write ``manifest.json`` (with its ``manifest_sha256``), flushed and fsynced."""
+    manifest = dict(manifest)
+    manifest[CHECKSUM_FIELD] = manifest_checksum(manifest)
     p = directory / MANIFEST
     with open(p, "w", encoding="utf-8") as fh:
         json.dump(manifest, fh, indent=2, sort_keys=True)
@@ -82,10 +101,52 @@ def read_manifest(directory: Path) -> dict:
             f"{p}: format_version {version!r} is not supported by this library (it reads version {FORMAT_VERSION}); "
             f"rebuild the index or use the library version that wrote it ({manifest.get('library_version')})"
         )
-    for key in ("n_docs", "n_tokens", "dim", "fde_dim", "files", "config", "id_type"):
+    for key in ("n_docs", "n_tokens", "dim", "fde_dim", "files", "config", "id_type", CHECKSUM_FIELD):
         if key not in manifest:
             raise IndexFormatError(f"{p}: field {key!r} is missing")
+    try:
+        expected = manifest_checksum(manifest)
+    except ValueError as e:  # NaN/inf smuggled into the JSON
+        raise IndexFormatError(f"{p}: {e}") from None
+    if manifest[CHECKSUM_FIELD] != expected:
+        raise IndexFormatError(f"{p} does not match its {CHECKSUM_FIELD} (the manifest was edited or damaged)")
+    _check_manifest_fields(p, manifest)
     return manifest
+
+
+def _check_manifest_fields(p: Path, m: dict) -> None:
+    """Types and ranges of the fields load() relies on, so that a bad value is named, not crashed on."""
+    for key in _COUNT_FIELDS:
+        v = m[key]
+        if isinstance(v, bool) or not isinstance(v, int) or v < (1 if key in ("dim", "fde_dim") else 0):
+            raise IndexFormatError(f"{p}: field {key!r} must be a {'positive' if key in ('dim', 'fde_dim') else 'non-negative'} integer, got {v!r}")
+    if m["n_docs"] > m["n_tokens"]:
+        raise IndexFormatError(f"{p}: n_docs {m['n_docs']} exceeds n_tokens {m['n_tokens']} (every document has a token)")
+    if m["id_type"] not in ("int", "str"):
+        raise IndexFormatError(f"{p}: field 'id_type' must be 'int' or 'str', got {m['id_type']!r}")
+    if not isinstance(m["config"], dict):
+        raise IndexFormatError(f"{p}: field 'config' must be an object, got {type(m['config']).__name__}")
+    n_deleted = m.get("n_deleted", 0)
+    if isinstance(n_deleted, bool) or not isinstance(n_deleted, int) or not 0 <= n_deleted <= m["n_docs"]:
+        raise IndexFormatError(f"{p}: field 'n_deleted' must be an integer in [0, n_docs], got {n_deleted!r}")
+    files = m["files"]
+    if not isinstance(files, dict):
+        raise IndexFormatError(f"{p}: field 'files' must be an object, got {type(files).__name__}")
+    for name, info in files.items():
+        if name not in KNOWN_FILES:
+            raise IndexFormatError(f"{p}: 'files' lists {name!r}, which is not a file of this format")
+        if (
+            not isinstance(info, dict)
+            or isinstance(info.get("bytes"), bool)
+            or not isinstance(info.get("bytes"), int)
+            or not isinstance(info.get("sha256"), str)
+        ):
+            raise IndexFormatError(f"{p}: 'files' entry {name!r} must hold an integer 'bytes' and a string 'sha256', got {info!r}")
+    for name in REQUIRED_FILES:
+        if name not in files:
+            raise IndexFormatError(f"{p}: 'files' does not list {name!r}")
+    if (DELETED in files) != (n_deleted > 0):
+        raise IndexFormatError(f"{p}: n_deleted is {n_deleted} but {DELETED!r} is {'' if DELETED in files else 'not '}listed")
 
 
 def check_files(directory: Path, manifest: dict, full: bool) -> None:
@@ -117,4 +178,6 @@ def load_array(directory: Path, name: str, mmap: bool, dtype, shape: tuple) -> n
         raise IndexFormatError(
             f"{p} holds {arr.dtype} {tuple(arr.shape)}, the manifest says {np.dtype(dtype)} {tuple(shape)}"
         )
+    if arr.ndim > 1 and not arr.flags.c_contiguous:  # a header claiming Fortran order would transpose the data
+        raise IndexFormatError(f"{p} is not stored in C order (its header says fortran_order)")
     return arr

@@ -87,12 +87,18 @@ def _check_ids(ids: list, id_type: str | None) -> str:
             t = "int"
             if i < 0:
                 raise ValueError(f"document id at position {pos} is negative ({i}); -1 marks padding in results")
+            if i > _MAX_INT_ID:
+                raise ValueError(f"document id at position {pos} ({i}) does not fit in int64 (max {_MAX_INT_ID})")
         elif isinstance(i, str):
             t = "str"
             if not i or "\n" in i or "\r" in i or i != i.strip():
                 raise ValueError(
                     f"document id at position {pos} ({i!r}) is empty, has surrounding whitespace or a line break"
                 )
+            try:
+                i.encode("utf-8")
+            except UnicodeEncodeError:
+                raise ValueError(f"document id at position {pos} ({i!r}) cannot be written as UTF-8 (lone surrogate)") from None
         else:
             raise TypeError(f"document id at position {pos} has type {type(i).__name__}; ids are str or non-negative int")
         if id_type is None:
@@ -100,6 +106,46 @@ def _check_ids(ids: list, id_type: str | None) -> str:
         elif t != id_type:
             raise TypeError(f"document id at position {pos} ({i!r}) is {t}, earlier ids are {id_type}: do not mix types")
     return id_type or "int"
+
+
+_MAX_INT_ID = np.iinfo(np.int64).max
+
+
+def _validate_batch(emb: TokenEmbeddings, ids: list, dim: int, id_type: str | None, taken: set, pos0: int = 0,
+                    in_index=None) -> tuple[str, np.ndarray]:
+    """Check a batch of documents and their ids exactly as :meth:`Retriever.build` does.
+
+    ``taken`` holds the ids seen earlier in the same call; ``in_index(id)`` (optional) tells
+    whether an id is already a live document of the index. Nothing is modified.
+
+    Returns
+    -------
+    id_type : "int" or "str"
+    half : float16 (n_tokens, dim) token vectors as they will be stored
+    """
+    if emb.dim != dim:
+        raise ValueError(f"document embeddings have dim {emb.dim}, the index has dim {dim}")
+    if len(ids) != len(emb):
+        raise ValueError(f"{len(ids)} ids for {len(emb)} documents")
+    id_type = _check_ids(ids, id_type)
+    batch: set = set()
+    for pos, i in enumerate(ids):
+        key = _py(i)
+        if key in taken or key in batch:
+            raise ValueError(f"duplicate document id {i!r} (position {pos0 + pos})")
+        if in_index is not None and in_index(key):
+            raise ValueError(f"document id {i!r} (position {pos0 + pos}) is already in the index; use upsert() to replace it")
+        batch.add(key)
+    lengths = emb.lengths
+    if lengths.size and lengths.min() == 0:
+        j = int(np.flatnonzero(lengths == 0)[0])
+        raise ValueError(f"document {ids[j]!r} has zero tokens")
+    emb.check_finite(what="document embeddings")
+    with np.errstate(over="ignore"):
+        half = emb.vectors.astype(np.float16)
+    if not np.isfinite(half).all():
+        raise ValueError("document embeddings hold values too large for the float16 token store (|x| > 65504)")
+    return id_type, half
 
 
 def _ids_array(ids: list, id_type: str) -> np.ndarray:
@@ -130,25 +176,10 @@ class _Builder:
         self.timings = {"encode_s": 0.0, "fde_s": 0.0, "faiss_s": 0.0, "write_s": 0.0}
 
     def add(self, emb: TokenEmbeddings, ids: list) -> None:
-        if emb.dim != self.dim:
-            raise ValueError(f"document embeddings have dim {emb.dim}, the index has dim {self.dim}")
-        if len(ids) != len(emb):
-            raise ValueError(f"{len(ids)} ids for {len(emb)} documents")
-        self.id_type = _check_ids(ids, self.id_type)
-        for pos, i in enumerate(ids):
-            if i in self.id_set:
-                raise ValueError(f"duplicate document id {i!r} (position {len(self.ids) + pos})")
-            self.id_set.add(i)
+        self.id_type, half = _validate_batch(emb, ids, self.dim, self.id_type, self.id_set, len(self.ids))
+        self.id_set.update(_py(i) for i in ids)
         lengths = emb.lengths
-        if lengths.size and lengths.min() == 0:
-            j = int(np.flatnonzero(lengths == 0)[0])
-            raise ValueError(f"document {ids[j]!r} has zero tokens")
-        emb.check_finite(what="document embeddings")
         t0 = time.perf_counter()
-        with np.errstate(over="ignore"):
-            half = emb.vectors.astype(np.float16)
-        if not np.isfinite(half).all():
-            raise ValueError("document embeddings hold values too large for the float16 token store (|x| > 65504)")
         fde = self.fde_encoder.encode_documents(TokenEmbeddings(half.astype(np.float32), emb.offsets))
         t1 = time.perf_counter()
         self.tokens.append(half)
@@ -205,9 +236,17 @@ def _text_items(items: Iterable, doc_ids) -> Iterator[tuple[object, str]]:
     from .beir import doc_text
 
     ids_iter = iter(doc_ids) if doc_ids is not None else None
+    pos, used = -1, 0
     for pos, x in enumerate(items):
         if isinstance(x, str):
-            i, text = (next(ids_iter) if ids_iter is not None else pos), x
+            if ids_iter is None:
+                i = pos
+            else:
+                i = next(ids_iter, _NO_ID)
+                if i is _NO_ID:
+                    raise ValueError(f"doc_ids has {used} ids, fewer than the documents")
+                used += 1
+            text = x
         elif isinstance(x, tuple) and len(x) == 2:
             i, text = x
         elif isinstance(x, dict):
@@ -219,6 +258,11 @@ def _text_items(items: Iterable, doc_ids) -> Iterator[tuple[object, str]]:
         if not isinstance(text, str):
             raise TypeError(f"corpus item {pos} (id {i!r}): text is {type(text).__name__}, not str")
         yield i, text
+    if used and next(ids_iter, _NO_ID) is not _NO_ID:
+        raise ValueError(f"doc_ids has more ids than the {pos + 1} documents")
+
+
+_NO_ID = object()
 
 
 # -- the index ---------------------------------------------------------------------------------
@@ -268,9 +312,21 @@ class Retriever:
         self._encoder_lock = threading.Lock()
         self.deleted = deleted if deleted is not None else np.zeros(len(doc_offsets) - 1, dtype=np.uint8)
         self.build_timings = build_timings or {}
-        self._row_of: dict | None = None
+        self._row_of: dict | None = None  # external id -> live row, built on first use
+        self._ids_lock = threading.Lock()  # guards _row_of
+        self._write_lock = threading.RLock()  # serialises add/upsert/delete/compact/save
+        self._workdir: Path | None = None
+        self._workdir_cleanup = None
         if workdir is not None:  # temporary files of an unsaved build, removed with the object
-            weakref.finalize(self, shutil.rmtree, str(workdir), True)
+            self._adopt_workdir(workdir)
+
+    def _adopt_workdir(self, workdir: Path | None) -> None:
+        """Make ``workdir`` this object's temporary directory (removed with it); drop the previous one."""
+        old = self._workdir_cleanup
+        self._workdir = workdir
+        self._workdir_cleanup = weakref.finalize(self, shutil.rmtree, str(workdir), True) if workdir is not None else None
+        if old is not None:
+            old()  # memory maps of its files stay valid until they are released
 
     # -- properties ------------------------------------------------------------------------
     @property
@@ -455,16 +511,21 @@ class Retriever:
         return mask
 
     def rows_of(self, ids: list) -> np.ndarray:
-        """Internal rows of external ids; ``KeyError`` naming the first unknown id."""
-        if self._row_of is None:
-            self._row_of = {(_py(i)): r for r, i in enumerate(self.doc_ids)}
-        out = np.empty(len(ids), dtype=np.int64)
-        for j, i in enumerate(ids):
-            r = self._row_of.get(_py(i))
-            if r is None or self.deleted[r]:
-                raise KeyError(f"document id {i!r} is not in the index")
-            out[j] = r
-        return out
+        """Internal rows of the live documents with external ids ``ids``, int64 (len(ids),).
+
+        Raises ``KeyError`` naming the ids that are not in the index (never added, or deleted).
+        """
+        from .lifecycle import lookup_rows
+
+        return lookup_rows(self, ids)
+
+    def _live_row_map(self) -> dict:
+        """{external id: row} over the live documents (a deleted id may have been re-added at a new row)."""
+        with self._ids_lock:
+            if self._row_of is None:
+                live = np.flatnonzero(self.deleted == 0)
+                self._row_of = dict(zip(self.doc_ids[live].tolist(), live.tolist()))
+            return self._row_of
 
     def _ids_of(self, rows: np.ndarray) -> np.ndarray:
         if self.id_type == "int":
@@ -514,21 +575,93 @@ class Retriever:
         if self.encoder_info is not None:
             encoder.check_identity(self.encoder_info)
 
+    # -- lifecycle: add, upsert, delete, compact ---------------------------------------------
+    def add(self, documents, doc_ids=None, *, show_progress: bool = False) -> None:
+        """Append documents without re-encoding or rebuilding what the index holds.
+
+        Parameters
+        ----------
+        documents :
+            As for :meth:`build`: token embeddings (a ``TokenEmbeddings``, a list of ``(n_i, dim)``
+            arrays, a 3-D array) or texts (strings, ``(id, text)`` pairs, BEIR dicts), which are
+            encoded with the index's encoder.
+        doc_ids : sequence of str or non-negative int, optional
+            Ids of the new documents, of the index's id type and not already in the index
+            (an id that was deleted may be added again). Default for integer-id indexes: the
+            next integers after the largest id the index holds; string-id indexes need them.
+
+        The new documents' FDEs are added to the FAISS index; a trained FAISS index (IVF, PQ)
+        keeps its training (see :meth:`compact` for retraining). Validation is as in
+        :meth:`build`; on any error the index is left exactly as it was. The change lives in
+        this object until :meth:`save`. Not safe to run while other threads search this object.
+        """
+        from .lifecycle import add_documents
+
+        with self._write_lock:
+            add_documents(self, documents, doc_ids, replace=False, show_progress=show_progress)
+
+    def upsert(self, documents, doc_ids=None, *, show_progress: bool = False) -> None:
+        """Add documents, replacing the live documents that have the same ids.
+
+        Same arguments as :meth:`add`, but ids are required (``doc_ids``, or carried by
+        ``(id, text)`` pairs / BEIR dicts) and may exist: the old version of each such document
+        is deleted and the new one appended, in one step (all or nothing).
+        """
+        from .lifecycle import add_documents
+
+        with self._write_lock:
+            add_documents(self, documents, doc_ids, replace=True, show_progress=show_progress)
+
+    def delete(self, ids) -> None:
+        """Remove documents by external id; from now on no search mode returns them.
+
+        Parameters
+        ----------
+        ids : collection of str or int
+            Ids of live documents (repeats are deleted once). ``KeyError`` naming the unknown
+            ids, and nothing is deleted, if any is not in the index.
+
+        Deleted rows keep their space until :meth:`compact`. The change lives in this object
+        until :meth:`save`.
+        """
+        from .lifecycle import delete_documents
+
+        with self._write_lock:
+            delete_documents(self, ids)
+
+    def compact(self, *, retrain: bool = False) -> int:
+        """Reclaim the space of deleted documents; returns the number of rows removed.
+
+        Rewrites the token store, offsets and ids without deleted rows and rebuilds the FAISS
+        index over the remaining documents (whose ids do not change). FDEs are deterministic
+        functions of the stored tokens: Flat and HNSW-Flat indexes reuse their stored vectors,
+        other types re-encode them. A trained FAISS index (IVF, PQ) keeps its training unless
+        ``retrain=True``, which trains afresh on the remaining documents as :meth:`build` does
+        (advisable after many additions, see the README). Raises ``ValueError`` if every
+        document is deleted (an index cannot be empty). Not safe while other threads search.
+        """
+        from .lifecycle import compact_index
+
+        with self._write_lock:
+            return compact_index(self, retrain=retrain)
+
     # -- persistence -----------------------------------------------------------------------
     def save(self, path: str | Path) -> None:
         """Write the index to directory ``path`` atomically (temporary directory + rename).
 
         An existing index at ``path`` is replaced only once the new one is complete; readers that
-        memory-mapped the old files keep valid data.
+        memory-mapped the old files keep valid data. :meth:`add`, :meth:`upsert`, :meth:`delete`
+        and :meth:`compact` change only this object: they are durable once saved.
         """
         target = Path(path)
-        tmp = make_temp_dir_beside(target)
-        try:
-            self._write_into(tmp, tokens_in_place=False)
-            atomic_replace_dir(tmp, target)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
+        with self._write_lock:
+            tmp = make_temp_dir_beside(target)
+            try:
+                self._write_into(tmp, tokens_in_place=False)
+                atomic_replace_dir(tmp, target)
+            except BaseException:
+                shutil.rmtree(tmp, ignore_errors=True)
+                raise
         log.info("saved %r to %s", self, target)
 
     def _write_into(self, directory: Path, tokens_in_place: bool) -> None:
@@ -592,14 +725,21 @@ class Retriever:
         deleted = None
         if fmt.DELETED in m["files"]:
             deleted = fmt.load_array(path, fmt.DELETED, False, np.uint8, (n_docs,))
-        with open(path / fmt.DOC_IDS, encoding="utf-8") as fh:
-            raw = fh.read().split("\n")
+            if deleted.max(initial=0) > 1 or int(deleted.sum()) != int(m.get("n_deleted", 0)):
+                raise fmt.IndexFormatError(
+                    f"{path / fmt.DELETED} must hold 0/1 flags, {m.get('n_deleted', 0)} of them set (the manifest's n_deleted)"
+                )
+        try:
+            with open(path / fmt.DOC_IDS, encoding="utf-8") as fh:
+                raw = fh.read().split("\n")
+        except UnicodeDecodeError as e:
+            raise fmt.IndexFormatError(f"{path / fmt.DOC_IDS} is not valid UTF-8: {e}") from None
         if raw and raw[-1] == "":
             raw.pop()
         if len(raw) != n_docs:
             raise fmt.IndexFormatError(f"{path / fmt.DOC_IDS} has {len(raw)} ids, the manifest says {n_docs}")
         id_type = m["id_type"]
-        ids = _ids_array([int(x) for x in raw] if id_type == "int" else raw, id_type)
+        ids = _parse_ids(path / fmt.DOC_IDS, raw, id_type)
         try:
             index = faiss.read_index(str(path / fmt.FAISS))
         except RuntimeError as e:
@@ -625,14 +765,34 @@ class Retriever:
     def verify(path: str | Path) -> dict:
         """Check an index directory fully (every checksum, every header, loadability).
 
+        Beyond :meth:`load` with ``verify=True``: the live document ids are unique, and, for
+        FAISS types that store vectors exactly (Flat, HNSW-Flat), the stored FDEs of a sample of
+        documents equal those recomputed from ``tokens.npy`` under the manifest's FDE config.
+
         Returns the manifest; raises ``IndexFormatError`` naming the first problem.
         """
-        Retriever.load(path, mmap=True, verify=True)
+        from .lifecycle import check_consistency
+
+        r = Retriever.load(path, mmap=True, verify=True)
+        check_consistency(r, Path(path))
         return fmt.read_manifest(Path(path))
 
 
 def _py(x):
     return x.item() if isinstance(x, np.generic) else x
+
+
+def _parse_ids(p: Path, raw: list[str], id_type: str) -> np.ndarray:
+    """The ids of doc_ids.txt lines; ``IndexFormatError`` naming the first bad line."""
+    if id_type == "int":
+        for lineno, x in enumerate(raw, 1):
+            if not (x.isascii() and x.isdigit()) or (len(x) > 18 and int(x) > _MAX_INT_ID):
+                raise fmt.IndexFormatError(f"{p}:{lineno}: {x!r} is not a non-negative int64 id")
+        return np.array([int(x) for x in raw], dtype=np.int64)
+    for lineno, x in enumerate(raw, 1):
+        if not x or x != x.strip():
+            raise fmt.IndexFormatError(f"{p}:{lineno}: {x!r} is not a valid document id (empty or padded)")
+    return _ids_array(raw, id_type)
 
 
 def _warmup() -> None:

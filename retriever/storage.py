@@ -47,13 +47,45 @@ class NpyAppender:
     dtype : numpy dtype of the stored rows
     """
 
-    def __init__(self, path: str | os.PathLike, n_cols: int, dtype) -> None:
+    def __init__(self, path: str | os.PathLike, n_cols: int, dtype, *, durable: bool = True) -> None:
         self.path = Path(path)
         self.n_cols = int(n_cols)
         self.dtype = np.dtype(dtype)
         self.n_rows = 0
+        self.durable = durable
         self._fh = open(self.path, "wb")
         self._fh.write(self._header(0))
+
+    @classmethod
+    def resume(cls, path: str | os.PathLike, n_cols: int, dtype, n_rows: int, *, durable: bool = False) -> "NpyAppender":
+        """Reopen a file written by ``NpyAppender`` to append after its first ``n_rows`` rows.
+
+        Bytes after those rows (left by an append that was rolled back) are discarded. The
+        header keeps the old shape until :meth:`close`, so readers that map the first
+        ``n_rows`` rows are unaffected by the appends. Raises ``ValueError`` if the file is
+        not such a file or is shorter than ``n_rows`` rows.
+        """
+        self = cls.__new__(cls)
+        self.path, self.n_cols, self.dtype, self.durable = Path(path), int(n_cols), np.dtype(dtype), durable
+        self.n_rows = int(n_rows)
+        fh = open(self.path, "r+b")
+        try:
+            with open(self.path, "rb") as rd:
+                major, _ = np.lib.format.read_magic(rd)
+                read_header = np.lib.format.read_array_header_1_0 if major == 1 else np.lib.format.read_array_header_2_0
+                shape, fortran, dtype_on_disk = read_header(rd)
+                if rd.tell() != _HEADER_LEN or fortran or dtype_on_disk != self.dtype or len(shape) != 2 or shape[1] != self.n_cols:
+                    raise ValueError(f"{self.path} was not written by NpyAppender with {self.dtype} rows of {self.n_cols} columns")
+            end = _HEADER_LEN + self.n_rows * self.n_cols * self.dtype.itemsize
+            if os.fstat(fh.fileno()).st_size < end:
+                raise ValueError(f"{self.path} holds fewer than {self.n_rows} rows")
+            fh.truncate(end)
+            fh.seek(end)
+        except BaseException:
+            fh.close()
+            raise
+        self._fh = fh
+        return self
 
     def _header(self, n_rows: int) -> bytes:
         d = {"descr": np.lib.format.dtype_to_descr(self.dtype), "fortran_order": False, "shape": (n_rows, self.n_cols)}
@@ -74,14 +106,25 @@ class NpyAppender:
         self.n_rows += rows.shape[0]
 
     def close(self) -> None:
-        """Rewrite the header with the final shape, flush and fsync."""
+        """Rewrite the header with the final shape, flush (and fsync unless ``durable=False``)."""
         if self._fh.closed:
             return
         self._fh.seek(0)
         self._fh.write(self._header(self.n_rows))
         self._fh.flush()
-        os.fsync(self._fh.fileno())
+        if self.durable:
+            os.fsync(self._fh.fileno())
         self._fh.close()
+
+    def truncate_to(self, n_rows: int) -> None:
+        """Cut a file back to its first ``n_rows`` rows and rewrite its header (rollback of appends)."""
+        if not self._fh.closed:
+            self._fh.close()
+        self.n_rows = int(n_rows)
+        with open(self.path, "r+b") as fh:
+            fh.truncate(_HEADER_LEN + int(n_rows) * self.n_cols * self.dtype.itemsize)
+            fh.seek(0)
+            fh.write(self._header(int(n_rows)))
 
     def __enter__(self) -> "NpyAppender":
         return self

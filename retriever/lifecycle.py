@@ -1,0 +1,470 @@
+"""Changing a built index: add, upsert, delete, compact (the work behind the ``Retriever`` methods).
+
+How each change is made
+-----------------------
+* **add / upsert** validate every new document exactly as ``build`` does (dims, NaN/inf,
+  zero-token documents, float16 range, id type and uniqueness) before anything visible changes.
+  Token vectors are staged behind the end of the token store and FDE vectors in a spool file;
+  only then are the FDEs added to FAISS and the new arrays swapped in. A failing call leaves the
+  object as it was (the staged bytes are cut off again).
+* **The token store grows** in the object's own temporary directory. An index built without a
+  path already keeps its store there, and new rows are appended to that file in place (old rows
+  are never rewritten; existing memory maps stay valid). The store of a *loaded* index belongs
+  to the saved directory, which must not change before ``save``: the first ``add`` copies it, in
+  blocks, into a new temporary directory (one sequential copy), and later ones append there. An
+  index loaded with ``mmap=False`` keeps its store in memory and concatenates.
+* **delete** sets rows of the ``deleted`` mask (a new array, swapped in), which every search
+  path honours: the exhaustive kernels take the mask, FAISS gets an ID selector of the allowed
+  rows, so deleted documents cost no candidate slots and recall is that of the remaining set.
+  A deleted id may be added again: it then names a new row.
+* **compact** copies the live rows' tokens to a new store and rebuilds FAISS over them: Flat and
+  HNSW-Flat reuse their stored FDE vectors (identical to re-encoding), other types re-encode
+  from the float16 tokens. Trained types (IVF, PQ) keep their training unless ``retrain=True``.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+import faiss
+import numpy as np
+
+from . import format as fmt
+from .ann import make_faiss_index, train_index
+from .index import (
+    _FAISS_ADD_ROWS,
+    _TEXT_BATCH,
+    Retriever,
+    _check_ids,
+    _ids_array,
+    _is_text_item,
+    _py,
+    _text_items,
+    _validate_batch,
+)
+from .storage import NpyAppender, iter_npy_rows
+from .tokens import TokenEmbeddings, as_token_embeddings
+
+log = logging.getLogger(__name__)
+
+__all__ = ["add_documents", "delete_documents", "compact_index", "lookup_rows"]
+
+_COPY_ROWS = 1 << 18  # token rows per block when copying a store (64 MiB of float16 at dim 128)
+_FDE_DOCS = 256  # documents re-encoded per step by compact
+_MAX_NAMED = 10  # unknown ids named in a KeyError
+
+
+# -- ids -----------------------------------------------------------------------------------------
+
+
+def _id_list(ids, what: str) -> list:
+    """A list of external ids from a collection; a lone str/int is refused (its shape is ambiguous)."""
+    if isinstance(ids, (str, bytes, int, np.integer)):
+        raise TypeError(f"{what} must be a collection of document ids, not a single {type(ids).__name__} "
+                        f"(wrap it in a list: [{ids!r}])")
+    try:
+        return list(ids)
+    except TypeError:
+        raise TypeError(f"{what} must be a collection of document ids, got {type(ids).__name__}") from None
+
+
+def lookup_rows(r: Retriever, ids, what: str = "ids") -> np.ndarray:
+    """Rows of the live documents ``ids``; ``KeyError`` naming every id that is not in the index."""
+    ids = _id_list(ids, what)
+    row_of = r._live_row_map()
+    out = np.empty(len(ids), dtype=np.int64)
+    missing = []
+    for j, i in enumerate(ids):
+        if isinstance(i, (bool, np.bool_)) or not isinstance(i, (str, int, np.integer)):
+            raise TypeError(f"{what}[{j}] has type {type(i).__name__}; document ids are str or int")
+        row = row_of.get(_py(i))
+        if row is None or r.deleted[row]:
+            missing.append(i)
+        else:
+            out[j] = row
+    if missing:
+        named = ", ".join(repr(_py(i)) for i in missing[:_MAX_NAMED])
+        more = f" and {len(missing) - _MAX_NAMED} more" if len(missing) > _MAX_NAMED else ""
+        hint = f" (this index has {r.id_type} ids)" if any(_type_of(i) != r.id_type for i in missing) else ""
+        noun = "document id" if len(missing) == 1 else f"{len(missing)} document ids"
+        raise KeyError(f"{noun} not in the index: {named}{more}{hint}")
+    return out
+
+
+def _type_of(i) -> str:
+    return "str" if isinstance(i, str) else "int"
+
+
+# -- add / upsert --------------------------------------------------------------------------------
+
+
+class _TokenSink:
+    """Receives the float16 tokens of new documents behind the current store until commit."""
+
+    def __init__(self, r: Retriever) -> None:
+        self.r = r
+        self.n_old = r.n_tokens
+        self.n_new = 0
+        self.mem: list[np.ndarray] | None = None
+        self.app: NpyAppender | None = None
+        self.new_workdir: Path | None = None
+        tokens = r.tokens
+        if not isinstance(tokens, np.memmap):
+            self.mem = []
+        elif _owns_token_file(r):
+            self.app = NpyAppender.resume(r._workdir / fmt.TOKENS, r.dim, np.float16, self.n_old)
+        else:  # the store belongs to a saved directory: copy it once into our own workdir
+            self.new_workdir = Path(tempfile.mkdtemp(prefix="retriever-"))
+            try:
+                self.app = NpyAppender(self.new_workdir / fmt.TOKENS, r.dim, np.float16, durable=False)
+                for s in range(0, self.n_old, _COPY_ROWS):
+                    self.app.append(tokens[s : s + _COPY_ROWS])
+            except BaseException:
+                self.rollback()
+                raise
+
+    def append(self, half: np.ndarray) -> None:
+        if self.mem is not None:
+            self.mem.append(half)
+        else:
+            self.app.append(half)
+        self.n_new += half.shape[0]
+
+    def finish(self) -> np.ndarray:
+        """The grown store: a memory map of the file (header now final) or an in-memory array."""
+        if self.mem is not None:
+            return np.concatenate([self.r.tokens, *self.mem], axis=0)
+        self.app.close()
+        return fmt.load_array(self.app.path.parent, fmt.TOKENS, True, np.float16, (self.n_old + self.n_new, self.r.dim))
+
+    def rollback(self) -> None:
+        if self.new_workdir is not None:
+            if self.app is not None:
+                self.app._fh.close()
+            shutil.rmtree(self.new_workdir, ignore_errors=True)
+        elif self.app is not None:
+            self.app.truncate_to(self.n_old)
+
+
+def _owns_token_file(r: Retriever) -> bool:
+    if r._workdir is None or not isinstance(r.tokens, np.memmap) or r.tokens.filename is None:
+        return False
+    return Path(r.tokens.filename).resolve() == (r._workdir / fmt.TOKENS).resolve()
+
+
+class _Stager:
+    """Validates, encodes and stages batches of new documents; ``commit`` makes them visible."""
+
+    def __init__(self, r: Retriever, replace: bool) -> None:
+        self.r = r
+        self.replace = replace
+        self.ids: list = []
+        self.taken: set = set()
+        self.lengths: list[np.ndarray] = []
+        self.sink: _TokenSink | None = None
+        self.spool_dir: Path | None = None
+        self.fdes: NpyAppender | None = None
+        self.timings = {"encode_s": 0.0, "fde_s": 0.0, "faiss_s": 0.0, "write_s": 0.0}
+
+    def add(self, emb: TokenEmbeddings, ids: list) -> None:
+        r = self.r
+        if ids:
+            batch_type = _check_ids(ids, None)
+            if batch_type != r.id_type:
+                raise TypeError(f"document ids are {batch_type}, this index has {r.id_type} ids (e.g. {_py(ids[0])!r})")
+        row_of = r._live_row_map()
+        in_index = None if self.replace else (lambda i: i in row_of)
+        _, half = _validate_batch(emb, ids, r.dim, r.id_type, self.taken, len(self.ids), in_index)
+        t0 = time.perf_counter()
+        fde = r.fde_encoder.encode_documents(TokenEmbeddings(half.astype(np.float32), emb.offsets))
+        t1 = time.perf_counter()
+        if self.sink is None:
+            self.sink = _TokenSink(r)
+            self.spool_dir = Path(tempfile.mkdtemp(prefix="retriever-add-"))
+            self.fdes = NpyAppender(self.spool_dir / "fde_spool.npy", fde.shape[1], np.float32, durable=False)
+        self.sink.append(half)
+        self.fdes.append(fde)
+        self.timings["fde_s"] += t1 - t0
+        self.timings["write_s"] += time.perf_counter() - t1
+        self.taken.update(_py(i) for i in ids)
+        self.ids.extend(ids)
+        self.lengths.append(emb.lengths)
+
+    def commit(self) -> int:
+        r = self.r
+        if not self.ids:
+            return 0
+        # everything that can fail for a reason other than memory happens before FAISS changes
+        lengths = np.concatenate(self.lengths)
+        offsets = np.empty(len(r.doc_offsets) + lengths.size, dtype=np.int64)
+        offsets[: len(r.doc_offsets)] = r.doc_offsets
+        np.cumsum(lengths, out=offsets[len(r.doc_offsets) :])
+        offsets[len(r.doc_offsets) :] += r.doc_offsets[-1]
+        new_ids = _ids_array(self.ids, r.id_type)
+        doc_ids = np.concatenate([r.doc_ids, new_ids])
+        deleted = np.concatenate([r.deleted, np.zeros(len(self.ids), dtype=np.uint8)])
+        n_before = len(r.doc_ids)
+        replaced = []
+        if self.replace:
+            row_of = r._live_row_map()
+            replaced = [row_of[_py(i)] for i in self.ids if _py(i) in row_of]
+            deleted[replaced] = 1
+        self.fdes.close()
+        tokens = self.sink.finish()
+        t0 = time.perf_counter()
+        index = r.faiss_index
+        ntotal = index.ntotal
+        try:
+            for block in iter_npy_rows(self.fdes.path, _FAISS_ADD_ROWS):
+                index.add(block)
+        except BaseException as e:
+            _undo_faiss_add(index, ntotal, e)
+            raise
+        self.timings["faiss_s"] += time.perf_counter() - t0
+        # swap in (plain attribute assignments: nothing below can fail)
+        r.tokens = tokens
+        r.doc_offsets = offsets
+        r.doc_ids = doc_ids
+        r.deleted = deleted
+        if self.sink.new_workdir is not None:
+            r._adopt_workdir(self.sink.new_workdir)
+        with r._ids_lock:
+            if r._row_of is not None:
+                for j, i in enumerate(self.ids):
+                    r._row_of[_py(i)] = n_before + j
+        shutil.rmtree(self.spool_dir, ignore_errors=True)
+        log.info("added %d documents (%d replaced) to %r", len(self.ids), len(replaced), r)
+        return len(self.ids)
+
+    def abort(self) -> None:
+        if self.fdes is not None and not self.fdes._fh.closed:
+            self.fdes._fh.close()
+        if self.spool_dir is not None:
+            shutil.rmtree(self.spool_dir, ignore_errors=True)
+        if self.sink is not None:
+            self.sink.rollback()
+
+
+def _undo_faiss_add(index, ntotal: int, cause: BaseException) -> None:
+    if index.ntotal == ntotal:
+        return
+    try:
+        index.remove_ids(faiss.IDSelectorRange(ntotal, index.ntotal))
+    except RuntimeError:
+        raise RuntimeError(
+            f"adding to the FAISS index failed ({cause!r}) after {index.ntotal - ntotal} vectors, and this index "
+            f"type cannot remove them: this Retriever is inconsistent, load it again from disk"
+        ) from cause
+
+
+def add_documents(r: Retriever, documents, doc_ids, *, replace: bool, show_progress: bool) -> int:
+    """Validate, stage and commit new documents (see :meth:`Retriever.add`); returns how many."""
+    verb = "upsert" if replace else "add"
+    if isinstance(documents, (str, bytes)):
+        raise TypeError(f"documents must be a collection of texts or token embeddings, not a single string "
+                        f"(wrap it in a list)")
+    if isinstance(doc_ids, (str, bytes)):
+        raise TypeError("doc_ids must be a collection of ids, not a single string")
+    if isinstance(documents, TokenEmbeddings) or isinstance(documents, np.ndarray) or hasattr(documents, "detach"):
+        is_text, items = False, documents
+    else:
+        items = list(documents)
+        if not items:
+            if doc_ids is not None and len(list(doc_ids)):
+                raise ValueError(f"{len(list(doc_ids))} doc_ids for 0 documents")
+            return 0
+        is_text = _is_text_item(items[0])
+    stager = _Stager(r, replace)
+    try:
+        if is_text:
+            encoder = r.encoder  # ValueError if the index has none
+            if doc_ids is None and all(isinstance(x, str) for x in items):
+                doc_ids = _default_ids(r, len(items), verb)
+            Retriever._stream_texts(stager, _text_items(items, doc_ids), encoder, show_progress)
+        else:
+            emb = as_token_embeddings(list(items) if not isinstance(items, TokenEmbeddings) else items)
+            ids = _default_ids(r, len(emb), verb) if doc_ids is None else list(doc_ids)
+            stager.add(emb, ids)
+        return stager.commit()
+    except BaseException:
+        stager.abort()
+        raise
+
+
+def _default_ids(r: Retriever, n: int, verb: str) -> list:
+    if verb == "upsert":
+        raise ValueError("upsert needs doc_ids (or (id, text) pairs / BEIR dicts that carry ids)")
+    if r.id_type != "int":
+        raise ValueError("doc_ids are required: this index has string ids")
+    start = int(r.doc_ids.max()) + 1 if len(r.doc_ids) else 0
+    return list(range(start, start + n))
+
+
+# -- delete --------------------------------------------------------------------------------------
+
+
+def delete_documents(r: Retriever, ids) -> int:
+    """Mark live documents deleted (all or nothing); returns how many were deleted."""
+    rows = np.unique(lookup_rows(r, ids))
+    if rows.size == 0:
+        return 0
+    deleted = r.deleted.copy()
+    deleted[rows] = 1
+    with r._ids_lock:
+        r.deleted = deleted  # one reference swap: a concurrent search sees the old or the new mask
+        if r._row_of is not None:
+            for key in r.doc_ids[rows].tolist():
+                r._row_of.pop(key, None)
+    log.info("deleted %d documents from %r", rows.size, r)
+    return int(rows.size)
+
+
+# -- compact -------------------------------------------------------------------------------------
+
+
+def _runs(rows: np.ndarray) -> list[tuple[int, int]]:
+    """[start, stop) ranges of consecutive values in a sorted int array."""
+    if rows.size == 0:
+        return []
+    breaks = np.flatnonzero(np.diff(rows) != 1) + 1
+    starts = rows[np.r_[0, breaks]]
+    stops = rows[np.r_[breaks - 1, rows.size - 1]] + 1
+    return list(zip(starts.tolist(), stops.tolist()))
+
+
+def _stores_exact_vectors(index) -> bool:
+    """True when ``reconstruct`` returns the vectors exactly as added (Flat and HNSW-Flat)."""
+    base = faiss.downcast_index(index)
+    if isinstance(base, faiss.IndexFlat):
+        return True
+    if isinstance(base, faiss.IndexHNSW):
+        return isinstance(faiss.downcast_index(base.storage), faiss.IndexFlat)
+    return False
+
+
+def _copy_search_defaults(src, dst) -> None:
+    """Carry HNSW efSearch/efConstruction and IVF nprobe over to a rebuilt index."""
+    a, b = faiss.downcast_index(src), faiss.downcast_index(dst)
+    if isinstance(a, faiss.IndexHNSW) and isinstance(b, faiss.IndexHNSW):
+        b.hnsw.efSearch = a.hnsw.efSearch
+        b.hnsw.efConstruction = a.hnsw.efConstruction
+    try:
+        faiss.extract_index_ivf(dst).nprobe = faiss.extract_index_ivf(src).nprobe
+    except RuntimeError:
+        pass
+
+
+def _compacted_faiss(r: Retriever, live: np.ndarray, tokens: np.ndarray, offsets: np.ndarray, workdir: Path,
+                     retrain: bool):
+    old = r.faiss_index
+    factory = r.config.faiss_factory
+    fresh = make_faiss_index(factory, old.d)
+    needs_training = not fresh.is_trained
+    if not needs_training and _stores_exact_vectors(old):
+        _copy_search_defaults(old, fresh)
+        for s in range(0, live.size, _FAISS_ADD_ROWS):
+            fresh.add(old.reconstruct_batch(live[s : s + _FAISS_ADD_ROWS]))
+        return fresh
+    spool_path = workdir / "fde_spool.npy"
+    with NpyAppender(spool_path, old.d, np.float32, durable=False) as spool:
+        n = live.size
+        for s in range(0, n, _FDE_DOCS):
+            e = min(n, s + _FDE_DOCS)
+            t0, t1 = int(offsets[s]), int(offsets[e])
+            emb = TokenEmbeddings(np.asarray(tokens[t0:t1], dtype=np.float32), offsets[s : e + 1] - t0)
+            spool.append(r.fde_encoder.encode_documents(emb))
+    if needs_training and not retrain:
+        index = faiss.clone_index(old)
+        index.reset()  # keeps the trained quantiser / codebooks, drops the vectors
+    else:
+        index = fresh
+
+        def sample_rows(rows):
+            return np.array(np.load(spool_path, mmap_mode="r")[rows])
+
+        train_index(index, factory, int(live.size), sample_rows, seed=r.config.fde.seed)
+        _copy_search_defaults(old, index)
+    for block in iter_npy_rows(spool_path, _FAISS_ADD_ROWS):
+        index.add(block)
+    spool_path.unlink()
+    return index
+
+
+def compact_index(r: Retriever, *, retrain: bool = False) -> int:
+    """Rewrite ``r`` without its deleted rows (see :meth:`Retriever.compact`); returns rows removed."""
+    if not isinstance(retrain, (bool, np.bool_)):
+        raise TypeError(f"retrain must be a bool, got {retrain!r}")
+    n_dead = int(r.deleted.sum())
+    if n_dead == 0 and not retrain:
+        return 0
+    live = np.flatnonzero(r.deleted == 0)
+    if live.size == 0:
+        raise ValueError("every document is deleted and an index cannot be empty: build a new index instead")
+    lengths = np.diff(r.doc_offsets)[live]
+    offsets = np.zeros(live.size + 1, dtype=np.int64)
+    np.cumsum(lengths, out=offsets[1:])
+    src_off = r.doc_offsets
+    workdir = Path(tempfile.mkdtemp(prefix="retriever-"))
+    try:
+        if isinstance(r.tokens, np.memmap):
+            with NpyAppender(workdir / fmt.TOKENS, r.dim, np.float16, durable=False) as w:
+                for a, b in _runs(live):
+                    t0, t1 = int(src_off[a]), int(src_off[b])
+                    for s in range(t0, t1, _COPY_ROWS):
+                        w.append(r.tokens[s : min(t1, s + _COPY_ROWS)])
+            tokens = fmt.load_array(workdir, fmt.TOKENS, True, np.float16, (int(offsets[-1]), r.dim))
+        else:
+            tokens = np.concatenate([r.tokens[int(src_off[a]) : int(src_off[b])] for a, b in _runs(live)], axis=0)
+        index = _compacted_faiss(r, live, tokens, offsets, workdir, retrain)
+    except BaseException:
+        shutil.rmtree(workdir, ignore_errors=True)
+        raise
+    with r._ids_lock:
+        r.tokens = tokens
+        r.doc_offsets = offsets
+        r.doc_ids = r.doc_ids[live]
+        r.deleted = np.zeros(live.size, dtype=np.uint8)
+        r.faiss_index = index
+        r._row_of = None
+    if isinstance(tokens, np.memmap):
+        r._adopt_workdir(workdir)
+    else:
+        shutil.rmtree(workdir, ignore_errors=True)
+    log.info("compacted %r: %d deleted rows removed%s", r, n_dead, " (FAISS retrained)" if retrain else "")
+    return n_dead
+
+
+# -- deep checks ---------------------------------------------------------------------------------
+
+_FDE_SAMPLE = 64  # documents whose stored FDE verify() compares with a fresh encoding
+
+
+def check_consistency(r: Retriever, path: Path) -> None:
+    """Checks of :meth:`Retriever.verify` beyond checksums; ``IndexFormatError`` naming the problem."""
+    live = np.flatnonzero(r.deleted == 0)
+    live_ids = r.doc_ids[live].tolist()
+    if len(set(live_ids)) != len(live_ids):
+        seen: set = set()
+        dup = next(i for i in live_ids if i in seen or seen.add(i))
+        raise fmt.IndexFormatError(f"{path / fmt.DOC_IDS}: document id {dup!r} names two live documents")
+    if r.id_type == "str":
+        try:
+            _check_ids(live_ids, "str")
+        except (TypeError, ValueError) as e:
+            raise fmt.IndexFormatError(f"{path / fmt.DOC_IDS}: {e}") from None
+    if not _stores_exact_vectors(r.faiss_index) or live.size == 0:
+        return
+    rows = np.unique(live[np.linspace(0, live.size - 1, min(_FDE_SAMPLE, live.size)).astype(np.int64)])
+    emb = TokenEmbeddings.from_list([np.asarray(r.tokens[r.doc_offsets[i] : r.doc_offsets[i + 1]]) for i in rows])
+    fresh = r.fde_encoder.encode_documents(emb)
+    stored = r.faiss_index.reconstruct_batch(rows)
+    bad = ~np.all(np.isclose(stored, fresh, rtol=1e-4, atol=1e-5), axis=1)
+    if bad.any():
+        raise fmt.IndexFormatError(
+            f"{path / fmt.FAISS}: the stored FDEs of {int(bad.sum())} of {rows.size} sampled documents (e.g. row "
+            f"{int(rows[bad][0])}) differ from those of {fmt.TOKENS} under the manifest's FDE config"
+        )
