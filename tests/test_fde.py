@@ -417,14 +417,19 @@ def test_batch_equals_single_and_chunking(monkeypatch):
     rng = np.random.default_rng(6)
     items = safe_items(enc, rng, rng.integers(1, 60, size=25))
     for fn in (enc.encode_documents, enc.encode_queries):
-        batch = fn(items)
         singles = np.concatenate([fn(it) for it in items])
-        np.testing.assert_allclose(batch, singles, rtol=1e-5, atol=1e-6)
-        # tiny chunks (and a tiny scratch bound) give the same rows
-        monkeypatch.setattr(fde_mod, "_CHUNK_TOKENS", 50)
-        monkeypatch.setattr(fde_mod, "_SCRATCH_BYTES", 3 * 4 * 5 * 16 * 8)
-        np.testing.assert_allclose(fn(items), batch, rtol=1e-5, atol=1e-6)
-        monkeypatch.undo()
+        results = {}
+        # the parallel and the calling-thread kernels, with one chunk or many tiny chunks
+        # (and a scratch bound of 3 rows before the final projection)
+        for parallel_min in (0, 10**9):
+            for chunk, scratch in ((fde_mod._CHUNK_TOKENS, fde_mod._SCRATCH_BYTES), (50, 3 * 4 * 5 * 16 * 8)):
+                monkeypatch.setattr(fde_mod, "_PARALLEL_MIN_TOKENS", parallel_min)
+                monkeypatch.setattr(fde_mod, "_CHUNK_TOKENS", chunk)
+                monkeypatch.setattr(fde_mod, "_SCRATCH_BYTES", scratch)
+                results[parallel_min, chunk] = fn(items)
+                monkeypatch.undo()
+        for out in results.values():
+            np.testing.assert_array_equal(out, singles)  # every row is computed the same way
 
 
 # -- similarity ----------------------------------------------------------------------------
