@@ -20,6 +20,11 @@ Usage::
     .venv/bin/python bench/fde_projection_choice.py [--n-docs 1000] [--n-queries 200] [--seeds 5]
         [--threads 1] [--cache /tmp/fde_choice_tokens.npz]
 
+    # parity check against the reference-encoder table (whole corpus, the 300 test
+    # queries, N = 10/100/200/1000): label-free, used to compare, not to choose
+    .venv/bin/python bench/fde_projection_choice.py --split test --n-docs 0 --n-queries 0 \
+        --n-values 10,100,200,1000 --seeds 3 --cache /tmp/fde_parity_tokens.npz
+
 The encoded token vectors can be cached (``--cache``, a plain ``.npz``) so reruns skip the
 encoder. CPU use: the encoder runs on ``--threads`` torch threads.
 """
@@ -43,7 +48,6 @@ from retriever.fde import FDEConfig, FDEEncoder  # noqa: E402
 from retriever.tokens import TokenEmbeddings  # noqa: E402
 
 SCIFACT = Path("/work/shared/beir/scifact")
-N_VALUES = (10, 20, 50, 100)
 
 
 def encode_texts(texts: list[str], max_length: int, threads: int, batch_size: int = 32) -> TokenEmbeddings:
@@ -90,7 +94,7 @@ def exact_maxsim(queries: TokenEmbeddings, docs: TokenEmbeddings) -> np.ndarray:
     return scores
 
 
-def chamfer_recall(fde_scores: np.ndarray, exact: np.ndarray, n_values=N_VALUES, k: int = 10) -> dict[int, float]:
+def chamfer_recall(fde_scores: np.ndarray, exact: np.ndarray, n_values, k: int = 10) -> dict[int, float]:
     truth = np.argsort(-exact, axis=1)[:, :k]
     order = np.argsort(-fde_scores, axis=1)
     out = {}
@@ -103,18 +107,23 @@ def chamfer_recall(fde_scores: np.ndarray, exact: np.ndarray, n_values=N_VALUES,
 def load_or_encode(args) -> tuple[TokenEmbeddings, TokenEmbeddings]:
     if args.cache and Path(args.cache).exists():
         z = np.load(args.cache, allow_pickle=False)
-        if int(z["n_docs"]) == args.n_docs and int(z["n_queries"]) == args.n_queries:
+        split = str(z["split"]) if "split" in z.files else "train"
+        if (int(z["n_docs"]), int(z["n_queries"]), split) == (args.n_docs, args.n_queries, args.split):
             print(f"token vectors from cache {args.cache}")
             return (TokenEmbeddings(z["q_vectors"], z["q_offsets"]), TokenEmbeddings(z["d_vectors"], z["d_offsets"]))
-    ds = load_beir(SCIFACT, split="train")
+    ds = load_beir(SCIFACT, split=args.split)
     rng = np.random.default_rng(0)
     qids = sorted(ds.queries)
-    qids = [qids[i] for i in sorted(rng.choice(len(qids), size=min(args.n_queries, len(qids)), replace=False))]
-    judged = sorted({d for q in qids for d in ds.qrels[q] if d in ds.corpus})
-    others = [d for d in ds.corpus if d not in set(judged)]
-    n_extra = max(0, args.n_docs - len(judged))
-    dids = judged + [others[i] for i in sorted(rng.choice(len(others), size=n_extra, replace=False))]
-    dids = dids[: args.n_docs]
+    if 0 < args.n_queries < len(qids):
+        qids = [qids[i] for i in sorted(rng.choice(len(qids), size=args.n_queries, replace=False))]
+    if args.n_docs <= 0 or args.n_docs >= len(ds.corpus):
+        dids = list(ds.corpus)
+    else:
+        judged = sorted({d for q in qids for d in ds.qrels[q] if d in ds.corpus})
+        others = [d for d in ds.corpus if d not in set(judged)]
+        n_extra = max(0, args.n_docs - len(judged))
+        dids = judged + [others[i] for i in sorted(rng.choice(len(others), size=n_extra, replace=False))]
+        dids = dids[: args.n_docs]
     t = time.perf_counter()
     docs = encode_texts([doc_text(ds.corpus[d]) for d in dids], 256, args.threads)
     queries = encode_texts([ds.queries[q] for q in qids], 32, args.threads)
@@ -123,14 +132,17 @@ def load_or_encode(args) -> tuple[TokenEmbeddings, TokenEmbeddings]:
     queries, docs = project_128(queries), project_128(docs)
     if args.cache:
         np.savez(args.cache, q_vectors=queries.vectors, q_offsets=queries.offsets, d_vectors=docs.vectors,
-                 d_offsets=docs.offsets, n_docs=args.n_docs, n_queries=args.n_queries)
+                 d_offsets=docs.offsets, n_docs=args.n_docs, n_queries=args.n_queries, split=args.split)
     return queries, docs
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--n-docs", type=int, default=1000)
-    ap.add_argument("--n-queries", type=int, default=200)
+    ap.add_argument("--n-docs", type=int, default=1000, help="corpus sample size; 0 = whole corpus")
+    ap.add_argument("--n-queries", type=int, default=200, help="queries sampled from the split; 0 = all")
+    ap.add_argument("--split", default="train", help="qrels split whose queries are used (train: not test)")
+    ap.add_argument("--n-values", default="10,20,50,100", help="comma-separated N of 'recall@10 at N'")
+    ap.add_argument("--types", default="ams_sketch,dense", help="comma-separated projection types")
     ap.add_argument("--seeds", type=int, default=5)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--cache", default=None, help="optional .npz to keep the encoded token vectors")
@@ -138,26 +150,27 @@ def main() -> None:
                     help="space-separated num_repetitions,num_simhash_projections,projection_dimension")
     args = ap.parse_args()
 
+    n_values = tuple(int(v) for v in args.n_values.split(","))
     queries, docs = load_or_encode(args)
     t = time.perf_counter()
     exact = exact_maxsim(queries, docs)
     print(f"exact MaxSim {exact.shape} in {time.perf_counter() - t:.1f} s; "
           f"corpus sample {len(docs)} docs, mean {docs.n_tokens / len(docs):.0f} tokens/doc, "
-          f"{len(queries)} train queries")
+          f"{len(queries)} {args.split} queries")
 
-    header = " | ".join(f"N={n}" for n in N_VALUES)
+    header = " | ".join(f"N={n}" for n in n_values)
     print(f"\n| (R, k, P) | dims | projection | {header} |")
-    print("|---|---|---|" + "---|" * len(N_VALUES))
+    print("|---|---|---|" + "---|" * len(n_values))
     for spec in args.configs.split():
         R, k, P = (int(v) for v in spec.split(","))
-        for ptype in ("ams_sketch", "dense"):
+        for ptype in args.types.split(","):
             rows = []
             for seed in range(1, args.seeds + 1):
                 enc = FDEEncoder(FDEConfig(num_repetitions=R, num_simhash_projections=k, projection_type=ptype,
                                            projection_dimension=P, seed=seed), queries.dim)
                 scores = enc.encode_queries(queries) @ enc.encode_documents(docs).T
-                r = chamfer_recall(scores, exact)
-                rows.append([r[n] for n in N_VALUES])
+                r = chamfer_recall(scores, exact, n_values)
+                rows.append([r[n] for n in n_values])
             rows = np.asarray(rows)
             cells = " | ".join(f"{m:.3f} ± {s:.3f}" for m, s in zip(rows.mean(0), rows.std(0)))
             print(f"| ({R}, {k}, {P}) | {enc.output_dim} | {ptype} | {cells} |", flush=True)

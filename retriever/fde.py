@@ -63,13 +63,14 @@ _SCRATCH_BYTES = 64 << 20
 _SIMHASH, _PROJECTION, _FINAL = 0, 1, 2
 
 
-def _check_int(name: str, value, lo: int | None = None, hi: int | None = None) -> int:
+def _check_int(label: str, value, lo: int | None = None, hi: int | None = None) -> int:
+    """``value`` as a Python int, or a TypeError / ValueError naming ``label`` and the value."""
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, Integral):
-        raise TypeError(f"FDEConfig.{name} must be an int, got {value!r} ({type(value).__name__})")
+        raise TypeError(f"{label} must be an int, got {value!r} ({type(value).__name__})")
     value = int(value)
     if lo is not None and value < lo or hi is not None and value > hi:
-        rng = f"[{lo}, {hi}]" if hi is not None else f">= {lo}"
-        raise ValueError(f"FDEConfig.{name} must be {rng}, got {value}")
+        rng = f"in [{lo}, {hi}]" if hi is not None else f">= {lo}"
+        raise ValueError(f"{label} must be {rng}, got {value}")
     return value
 
 
@@ -129,11 +130,11 @@ class FDEConfig:
 
     def __post_init__(self) -> None:
         set_ = lambda name, v: object.__setattr__(self, name, v)  # noqa: E731 (frozen)
-        set_("num_repetitions", _check_int("num_repetitions", self.num_repetitions, lo=1))
+        set_("num_repetitions", _check_int("FDEConfig.num_repetitions", self.num_repetitions, lo=1))
         set_(
             "num_simhash_projections",
             _check_int(
-                "num_simhash_projections", self.num_simhash_projections, lo=0, hi=MAX_SIMHASH_PROJECTIONS
+                "FDEConfig.num_simhash_projections", self.num_simhash_projections, lo=0, hi=MAX_SIMHASH_PROJECTIONS
             ),
         )
         if not isinstance(self.projection_type, str) or self.projection_type not in PROJECTION_TYPES:
@@ -152,7 +153,7 @@ class FDEConfig:
                 f"projection_type={self.projection_type!r}, got None"
             )
         else:
-            set_("projection_dimension", _check_int("projection_dimension", self.projection_dimension, lo=1))
+            set_("projection_dimension", _check_int("FDEConfig.projection_dimension", self.projection_dimension, lo=1))
         if not isinstance(self.fill_empty_partitions, (bool, np.bool_)):
             raise TypeError(
                 f"FDEConfig.fill_empty_partitions must be a bool, got {self.fill_empty_partitions!r}"
@@ -161,9 +162,9 @@ class FDEConfig:
         if self.final_projection_dimension is not None:
             set_(
                 "final_projection_dimension",
-                _check_int("final_projection_dimension", self.final_projection_dimension, lo=1),
+                _check_int("FDEConfig.final_projection_dimension", self.final_projection_dimension, lo=1),
             )
-        set_("seed", _check_int("seed", self.seed, lo=0))
+        set_("seed", _check_int("FDEConfig.seed", self.seed, lo=0))
 
     @property
     def num_partitions(self) -> int:
@@ -179,7 +180,7 @@ class FDEConfig:
 
         ``final_projection_dimension`` if set, else ``R * 2**k * P``.
         """
-        input_dim = _check_int("output_dim(input_dim)", input_dim, lo=1)
+        input_dim = _check_int("FDEConfig.output_dim: input_dim", input_dim, lo=1)
         if self.final_projection_dimension is not None:
             return self.final_projection_dimension
         return self.num_repetitions * self.num_partitions * self.block_dim(input_dim)
@@ -287,7 +288,7 @@ class FDEEncoder:
         if not isinstance(config, FDEConfig):
             raise TypeError(f"config must be an FDEConfig, got {type(config).__name__}")
         self.config = config
-        self.dim = _check_int("dim", dim, lo=1)
+        self.dim = _check_int("FDEEncoder: dim", dim, lo=1)
         R, k = config.num_repetitions, config.num_simhash_projections
         P = config.block_dim(self.dim)
         self._P = P

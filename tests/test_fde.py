@@ -248,6 +248,15 @@ def test_float16_input_equals_float32_of_same_values():
     np.testing.assert_array_equal(a, b)
 
 
+def test_encoder_argument_errors():
+    with pytest.raises(ValueError, match="dim.*0"):
+        FDEEncoder(FDEConfig(), 0)
+    with pytest.raises(TypeError, match="FDEConfig"):
+        FDEEncoder(FDEConfig().to_dict(), 8)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="input_dim.*-1"):
+        FDEConfig().output_dim(-1)
+
+
 def test_dim_mismatch_is_an_error():
     enc = FDEEncoder(FDEConfig(), 8)
     with pytest.raises(ValueError, match="dim 9.*dim 8"):
