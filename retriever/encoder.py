@@ -289,15 +289,18 @@ def _stanford_settings(path: Path, config_json: dict) -> dict:
 
 
 def _pylate_settings(st_config: dict, transformer_cfg: dict) -> dict:
-    # PyLate's own fallbacks for keys the checkpoint leaves out.
+    def get(key, default):  # PyLate's fallback for a key that is missing or null
+        v = st_config.get(key)
+        return default if v is None else v
+
     s = {
-        "query_prefix": st_config.get("query_prefix", "[Q] ") or None,
-        "document_prefix": st_config.get("document_prefix", "[D] ") or None,
-        "query_length": int(st_config.get("query_length") or 32),
-        "document_length": int(st_config.get("document_length") or 180),
-        "do_query_expansion": bool(st_config.get("do_query_expansion", True)),
-        "attend_to_expansion_tokens": bool(st_config.get("attend_to_expansion_tokens", False)),
-        "skiplist_words": tuple(st_config.get("skiplist_words") or PUNCTUATION),
+        "query_prefix": get("query_prefix", "[Q] ") or None,  # "" means no marker
+        "document_prefix": get("document_prefix", "[D] ") or None,
+        "query_length": int(get("query_length", 32)),
+        "document_length": int(get("document_length", 180)),
+        "do_query_expansion": bool(get("do_query_expansion", True)),
+        "attend_to_expansion_tokens": bool(get("attend_to_expansion_tokens", False)),
+        "skiplist_words": tuple(get("skiplist_words", PUNCTUATION)),
         "lowercase": bool(transformer_cfg.get("do_lower_case", False)),
     }
     if not s["do_query_expansion"]:
@@ -756,7 +759,7 @@ class ColBERTEncoder:
         order = np.argsort([-len(s) for s in seqs], kind="stable")
         autocast = (torch.autocast(device_type=torch.device(self.device).type, dtype=torch.bfloat16)
                     if self.config.dtype == "bfloat16" else contextlib.nullcontext())
-        bar = tqdm(total=len(seqs), unit=what[:-1] if is_query else "doc", disable=not show_progress,
+        bar = tqdm(total=len(seqs), unit="query" if is_query else "doc", disable=not show_progress,
                    desc=f"encoding {what}")
         with torch.inference_mode(), bar:
             for start in range(0, len(order), bs):

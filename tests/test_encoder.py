@@ -107,6 +107,19 @@ def test_layouts_are_detected():
     assert [d.name for d in inspect_checkpoint(BERT_PYLATE).dense_dirs] == ["1_Dense"]
 
 
+def test_pylate_settings_follow_pylate_fallbacks(tmp_path):
+    ck = copy_checkpoint(BERT_PYLATE, tmp_path)
+    f = ck / "config_sentence_transformers.json"
+    cfg = json.loads(f.read_text())
+    f.write_text(json.dumps({**cfg, "skiplist_words": [], "do_query_expansion": None, "query_prefix": None,
+                             "document_prefix": ""}))
+    s = inspect_checkpoint(ck).settings
+    assert s["skiplist_words"] == () and s["do_query_expansion"] is True
+    assert s["query_prefix"] == "[Q] " and s["document_prefix"] is None
+    d = load(ck).encode_documents(["a cell, a gene."])
+    assert d.lengths[0] == 8  # [CLS] a cell , a gene . [SEP]: nothing skipped, no marker
+
+
 def test_modernbert_backbone_is_used():
     enc = load(MODERNBERT_PYLATE)
     assert enc.backbone.config.model_type == "modernbert"
