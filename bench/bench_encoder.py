@@ -1,0 +1,106 @@
+"""Encoder throughput vs the backbone's raw forward pass, measured in the same run.
+
+``raw``: ``AutoModel`` forward (same dtype setting) over the same pre-tokenised, length-sorted,
+padded batches the encoder builds -- the floor any encoder on this backbone pays.
+``encoder``: ``ColBERTEncoder.encode_documents`` end to end (tokenisation, batching, forward,
+head, skip-list, normalisation, CSR assembly). The two alternate for ``--repeats`` rounds after a
+warm-up; medians are reported, and the ratio encoder/raw (target >= 0.90).
+
+Usage::
+
+    python bench/bench_encoder.py                       # 512 SciFact documents, default encoder
+    python bench/bench_encoder.py --n-docs 256 --dtype float32 --queries
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from retriever.beir import doc_text, load_beir  # noqa: E402
+from retriever.encoder import ColBERTEncoder  # noqa: E402
+
+
+def padded_batches(enc: ColBERTEncoder, texts: list[str], is_query: bool, batch_size: int):
+    """The encoder's batches: length-sorted (longest first), padded to the longest in the batch."""
+    seqs = enc.tokenize(texts, is_query=is_query)
+    order = np.argsort([-len(s) for s in seqs], kind="stable")
+    expand = is_query and enc.config.do_query_expansion
+    out = []
+    for b in range(0, len(order), batch_size):
+        rows = order[b:b + batch_size]
+        width = len(seqs[rows[0]])
+        ids = torch.full((len(rows), width), enc.tokenizer.pad_token_id or 0, dtype=torch.long)
+        att = torch.zeros((len(rows), width), dtype=torch.long)
+        for j, r in enumerate(rows):
+            ids[j, :len(seqs[r])] = torch.from_numpy(seqs[r])
+            att[j, :len(seqs[r])] = 1
+        if expand and enc.config.attend_to_expansion_tokens:
+            att[:] = 1
+        out.append((ids, att))
+    return out
+
+
+def raw_forward(enc: ColBERTEncoder, batches) -> None:
+    ctx = torch.autocast("cpu", dtype=torch.bfloat16) if enc.config.dtype == "bfloat16" else torch.no_grad()
+    with torch.inference_mode(), ctx:
+        for ids, att in batches:
+            enc.backbone(input_ids=ids, attention_mask=att).last_hidden_state
+
+
+def timed(fn) -> float:
+    t = time.perf_counter()
+    fn()
+    return time.perf_counter() - t
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--n-docs", type=int, default=512)
+    ap.add_argument("--dtype", choices=["bfloat16", "float32"], default="bfloat16")
+    ap.add_argument("--model", default="default")
+    ap.add_argument("--batch-size", type=int, default=32)
+    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    ap.add_argument("--queries", action="store_true", help="also time the 300 SciFact test queries")
+    args = ap.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    ds = load_beir(Path("/work/shared/beir/scifact"), split="test")
+    docs = [doc_text(d) for d in list(ds.corpus.values())[: args.n_docs]]
+    enc = ColBERTEncoder.from_pretrained(args.model, dtype=args.dtype, batch_size=args.batch_size)
+    print(f"# {platform.machine()} {platform.processor() or ''} torch {torch.__version__}, "
+          f"{torch.get_num_threads()} threads, dtype {args.dtype}, batch {args.batch_size}, dim {enc.dim}")
+    sides = [("documents", docs, False)]
+    if args.queries:
+        sides.append(("queries", list(ds.queries.values()), True))
+    for what, texts, is_query in sides:
+        batches = padded_batches(enc, texts, is_query, args.batch_size)
+        n_tok = sum(int(a.sum()) for _, a in batches)
+        encode = enc.encode_queries if is_query else enc.encode_documents
+        raw_forward(enc, batches[-1:])  # warm-up (shortest batch)
+        encode(texts[:8])
+        raw_t, enc_t = [], []
+        for _ in range(args.repeats):
+            raw_t.append(timed(lambda: raw_forward(enc, batches)))
+            enc_t.append(timed(lambda: encode(texts)))
+        raw_s, enc_s = statistics.median(raw_t), statistics.median(enc_t)
+        print(f"{what}: {len(texts)} texts, {n_tok / len(texts):.0f} tokens/text, {args.repeats} rounds (median)")
+        print(f"  raw AutoModel forward : {len(texts) / raw_s:8.1f} {what}/s  ({raw_s:.2f} s)")
+        print(f"  ColBERTEncoder.encode : {len(texts) / enc_s:8.1f} {what}/s  ({enc_s:.2f} s)")
+        print(f"  ratio encoder/raw     : {raw_s / enc_s:.3f}   (per-round ratios: "
+              f"{', '.join(f'{r / e:.3f}' for r, e in zip(raw_t, enc_t))})")
+
+
+if __name__ == "__main__":
+    main()
