@@ -1,0 +1,629 @@
+"""BEIR benchmark harness behind ``retriever bench``: one JSON row per configuration.
+
+For one collection and qrels split, :func:`run_benchmark` builds or reuses an index (cached under
+``cache_dir/<dataset>-<hash of index config, encoder identity and corpus>``), encodes the queries,
+and appends rows to a JSONL results file:
+
+- ``"fde"``, one row per ``n_candidates``: the pipeline (FDE candidates from FAISS, exact MaxSim
+  rerank);
+- ``"exhaustive"``: exact MaxSim over every document (the ceiling, and the latency the pipeline's
+  speed-up is measured against, in the same run on the same queries);
+- ``"single_vector"``: the backbone's own use (attention-masked mean of the last hidden states,
+  L2-normalised, as sentence-transformers does for all-MiniLM-L6-v2; FAISS ``IndexFlatIP``);
+- ``"bm25"``: the lexical reference (``bm25s``, Lucene BM25, English stop words, Snowball stemmer
+  when ``PyStemmer`` is installed).
+
+Quality: the BEIR metrics of :func:`retriever.eval.evaluate` (metrics deeper than ``k`` are
+``null``: the run is cut at ``k``), and Chamfer recall@10/@100: the share of the exact MaxSim top-k
+that the method's own top-k holds. The exact top-k is computed once and cached beside the index,
+keyed by the token store (encoder + corpus) and the query set.
+
+Timing: the query encoder and the search are timed separately. Latency = single queries (p50/p99
+over the timed queries, after untimed warm-up queries); QPS = one batch of all queries.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import os
+import platform
+import resource
+import subprocess
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .beir import doc_text, load_beir
+from .eval import DEFAULT_METRICS, chamfer_recall, evaluate, run_from_arrays
+from .index import IndexConfig, Retriever
+from .search import DEFAULT_N_CANDIDATES
+from .tokens import TokenEmbeddings
+
+log = logging.getLogger(__name__)
+
+__all__ = [
+    "BenchSettings",
+    "BASELINES",
+    "add_bench_parser",
+    "encoder_key",
+    "exact_topk",
+    "index_cache_name",
+    "open_index",
+    "run_benchmark",
+]
+
+BASELINES = ("exhaustive", "single_vector", "bm25")
+DEFAULT_CACHE_DIR = Path("index_data") / "bench"
+DEFAULT_RESULTS = Path("bench") / "results" / "results.jsonl"
+SCHEMA_VERSION = 1
+_EXACT_DEPTH = 1000  # exact top-k kept in the cache (any run's k up to this reuses it)
+_SIDECAR = ".bench.json"
+
+
+@dataclass(frozen=True)
+class BenchSettings:
+    """Search-time knobs and measurement settings of one benchmark run.
+
+    Parameters
+    ----------
+    k : int >= 1
+        Results per query (metrics deeper than ``k`` are reported as ``null``).
+    n_candidates : tuple of int >= k
+        FDE candidates reranked per query; one ``"fde"`` row each.
+    baselines : tuple of str
+        Subset of :data:`BASELINES`. The exhaustive baseline is needed for the speed-up.
+    threads : int >= 1 or None
+        Threads for numba, FAISS and torch; ``None`` keeps the current settings.
+    timing_queries : int >= 1 or None
+        Single-query latencies are measured on this many evenly spaced queries (the same ones for
+        every method); ``None``: all queries.
+    warmup : int >= 0
+        Untimed single queries before each latency measurement.
+    """
+
+    k: int = 100
+    n_candidates: tuple[int, ...] = (DEFAULT_N_CANDIDATES,)
+    baselines: tuple[str, ...] = BASELINES
+    threads: int | None = None
+    timing_queries: int | None = None
+    warmup: int = 5
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "n_candidates", tuple(self.n_candidates))
+        object.__setattr__(self, "baselines", tuple(self.baselines))
+        checks = [("k", self.k, 1, False), ("threads", self.threads, 1, True),
+                  ("timing_queries", self.timing_queries, 1, True), ("warmup", self.warmup, 0, False)]
+        checks += [("n_candidates", n, self.k, False) for n in self.n_candidates]
+        for name, v, lo, optional in checks:
+            if not (optional and v is None) and (isinstance(v, bool) or not isinstance(v, int) or v < lo):
+                raise ValueError(f"BenchSettings.{name} must be {'None or ' if optional else ''}an int >= {lo}, got {v!r}")
+        unknown = [b for b in self.baselines if b not in BASELINES]
+        if unknown:
+            raise ValueError(f"BenchSettings.baselines: unknown {unknown}; choose from {list(BASELINES)}")
+
+
+# -- cache keys ------------------------------------------------------------------------------
+
+
+def _digest(obj) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, separators=(",", ":")).encode()).hexdigest()[:12]
+
+
+def encoder_key(identity: dict) -> dict:
+    """The parts of an encoder identity that determine its vectors (no local path, no batch size)."""
+    out = {k: v for k, v in identity.items() if k != "path"}
+    out["config"] = {k: v for k, v in identity.get("config", {}).items() if k != "batch_size"}
+    return out
+
+
+def _corpus_sha(data_dir: Path) -> str:
+    for name in ("corpus.jsonl", "corpus.jsonl.gz"):
+        f = data_dir / name
+        if f.is_file():
+            h = hashlib.sha256()
+            with open(f, "rb") as fh:
+                for chunk in iter(lambda: fh.read(1 << 20), b""):
+                    h.update(chunk)
+            return h.hexdigest()
+    raise FileNotFoundError(f"{data_dir} holds no corpus.jsonl or corpus.jsonl.gz")
+
+
+def _tokens_key(dataset: str, corpus_sha: str, encoder) -> str:
+    return _digest({"dataset": dataset, "corpus": corpus_sha, "encoder": encoder_key(encoder.identity())})
+
+
+def index_cache_name(dataset: str, corpus_sha: str, config: IndexConfig, encoder) -> str:
+    """``<dataset>-<12 hex>``: a hash of the index config, the encoder identity and the corpus."""
+    key = _digest({"tokens": _tokens_key(dataset, corpus_sha, encoder), "index": config.to_dict()})
+    return f"{dataset}-{key}"
+
+
+def _write_json(path: Path, obj) -> None:
+    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
+    tmp.write_text(json.dumps(obj, indent=1, sort_keys=True))
+    os.replace(tmp, path)
+
+
+def _dir_bytes(path: Path) -> int:
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+
+
+# -- index and exact ground truth ------------------------------------------------------------
+
+
+def open_index(
+    data_dir: str | os.PathLike, corpus: dict, config: IndexConfig, encoder, cache_dir: str | os.PathLike,
+    show_progress: bool = False,
+) -> tuple[Retriever, dict]:
+    """Load the cached index for (corpus, config, encoder), or build it.
+
+    A new index is built from the token store of a cached index with the same encoder and corpus
+    when there is one (only the FDE and FAISS steps run), else from the texts.
+
+    Parameters
+    ----------
+    data_dir : the BEIR collection directory (its corpus file is hashed into the key)
+    corpus : dict doc id -> {"title", "text"} (as :func:`retriever.beir.load_beir` returns)
+    config, encoder : the index config and the text encoder
+    cache_dir : directory holding cached indexes and their ``.bench.json`` build records
+
+    Returns
+    -------
+    (Retriever, info) where info holds ``name``, ``path``, ``cached`` (bool), ``index_bytes`` and
+    ``build`` (encode_s, fde_s, faiss_s, write_s, total_s, wall_s, encode_share, tokens_from).
+    """
+    data_dir, cache_dir = Path(data_dir), Path(cache_dir)
+    dataset = data_dir.name
+    corpus_sha = _corpus_sha(data_dir)
+    tkey = _tokens_key(dataset, corpus_sha, encoder)
+    name = index_cache_name(dataset, corpus_sha, config, encoder)
+    path, sidecar = cache_dir / name, cache_dir / (name + _SIDECAR)
+    if path.is_dir() and sidecar.is_file():
+        r = Retriever.load(path, encoder=encoder)
+        record = json.loads(sidecar.read_text())
+        log.info("reusing index %s", path)
+        return r, {"name": name, "path": str(path), "cached": True, "index_bytes": _dir_bytes(path), **record}
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    base = None
+    for other in sorted(cache_dir.glob(f"{dataset}-*{_SIDECAR}")):
+        rec = json.loads(other.read_text())
+        base_path = cache_dir / other.name[: -len(_SIDECAR)]
+        if rec.get("tokens_key") == tkey and rec["build"].get("tokens_from") is None and base_path.is_dir():
+            base = (Retriever.load(base_path, encoder=encoder), rec, base_path.name)
+            break
+    t0 = time.perf_counter()
+    if base is None:
+        docs = ({"_id": i, **d} for i, d in corpus.items())
+        r = Retriever.build(docs, config=config, encoder=encoder, path=path, show_progress=show_progress)
+        timings, tokens_from = dict(r.build_timings), None
+    else:
+        b, rec, tokens_from = base
+        log.info("building %s from the token store of %s (no re-encoding)", name, tokens_from)
+        r = Retriever.build(TokenEmbeddings(b.tokens, b.doc_offsets), list(b.doc_ids), config=config,
+                            encoder=encoder, path=path, show_progress=show_progress)
+        timings = dict(r.build_timings, encode_s=rec["build"]["encode_s"])  # the encoding it reuses
+    wall = time.perf_counter() - t0
+    parts = sum(timings[k] for k in ("encode_s", "fde_s", "faiss_s", "write_s"))
+    build = {**{k: round(v, 3) for k, v in timings.items()}, "total_s": round(parts, 3), "wall_s": round(wall, 3),
+             "encode_share": round(timings["encode_s"] / parts, 4) if parts > 0 else None, "tokens_from": tokens_from}
+    record = {"tokens_key": tkey, "index_config": config.to_dict(), "build": build,
+              "built": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    _write_json(sidecar, record)
+    return r, {"name": name, "path": str(path), "cached": False, "index_bytes": _dir_bytes(path), **record}
+
+
+def exact_topk(
+    r: Retriever, queries: TokenEmbeddings, query_ids: list[str], k: int, cache_file: Path
+) -> tuple[np.ndarray, np.ndarray]:
+    """Exact MaxSim top-``k`` per query (exhaustive kernel), read from ``cache_file`` or computed and saved.
+
+    The cache holds the top ``max(k, 1000)`` so that later runs with another ``k`` reuse it.
+
+    Returns
+    -------
+    ids : ndarray (n_queries, k), str (unicode) external ids; ``""`` pads when the corpus is smaller
+    scores : ndarray (n_queries, k), float32, descending; ``-inf`` pads
+    """
+    qids = np.asarray(query_ids, dtype=str)
+    if cache_file.is_file():
+        with np.load(cache_file, allow_pickle=False) as z:
+            if z["ids"].shape[1] >= k and np.array_equal(z["query_ids"], qids):
+                return z["ids"][:, :k], z["scores"][:, :k]
+        log.warning("exact results in %s do not fit this run; recomputing", cache_file)
+    res = r.search(queries, k=max(k, _EXACT_DEPTH), mode="exact")
+    ids = np.where(res.rows >= 0, res.ids, "").astype(str)
+    cache_file.parent.mkdir(parents=True, exist_ok=True)
+    tmp = cache_file.with_name(cache_file.name + f".tmp{os.getpid()}.npz")
+    np.savez(tmp, ids=ids, scores=res.scores, query_ids=qids)
+    os.replace(tmp, cache_file)
+    return ids[:, :k], res.scores[:, :k]
+
+
+# -- baselines -------------------------------------------------------------------------------
+
+
+def _st_max_length(encoder) -> int:
+    f = Path(encoder.path) / "sentence_bert_config.json"
+    if f.is_file():
+        n = json.loads(f.read_text()).get("max_seq_length")
+        if isinstance(n, int) and n > 0:
+            return n
+    return int(encoder.config.document_length)
+
+
+def mean_pool(encoder, texts: list[str], max_length: int, batch_size: int = 32) -> np.ndarray:
+    """Single-vector embeddings of the encoder's backbone: masked mean of the last hidden states.
+
+    Returns
+    -------
+    ndarray (n, hidden_size) float32 with unit rows.
+    """
+    import torch
+    import torch.nn.functional as F
+
+    out = np.empty((len(texts), int(encoder.backbone.config.hidden_size)), dtype=np.float32)
+    order = np.argsort([-len(t) for t in texts], kind="stable")
+    autocast = (torch.autocast("cpu", dtype=torch.bfloat16) if encoder.config.dtype == "bfloat16"
+                else contextlib.nullcontext())
+    with torch.inference_mode():
+        for s in range(0, len(order), batch_size):
+            rows = order[s:s + batch_size]
+            enc = encoder.tokenizer([texts[i].strip() for i in rows], padding=True, truncation=True,
+                                    max_length=max_length, return_tensors="pt")
+            with autocast:
+                h = encoder.backbone(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"]).last_hidden_state
+            m = enc["attention_mask"].unsqueeze(-1).float()
+            pooled = (h.float() * m).sum(1) / m.sum(1).clamp(min=1e-9)
+            out[rows] = F.normalize(pooled, p=2, dim=-1).numpy()
+    return out
+
+
+def _bm25(texts: list[str]):
+    import bm25s
+    from bm25s.tokenization import Tokenizer
+
+    try:
+        import Stemmer
+
+        stemmer, stem_name = Stemmer.Stemmer("english"), "snowball-english"
+    except ImportError:
+        stemmer, stem_name = None, None
+        log.warning("PyStemmer is not installed: BM25 runs without stemming")
+    tok = Tokenizer(stopwords="en", stemmer=stemmer)
+    model = bm25s.BM25(method="lucene", k1=1.5, b=0.75)
+    model.index(tok.tokenize(texts, return_as="tuple", show_progress=False), show_progress=False)
+    config = {"library": f"bm25s {bm25s.__version__}", "method": "lucene", "k1": 1.5, "b": 0.75,
+              "stopwords": "en", "stemmer": stem_name}
+    return tok, model, config
+
+
+def _bm25_search(tok, model, texts: list[str], k: int) -> tuple[np.ndarray, np.ndarray]:
+    n_docs = int(model.scores["num_docs"])
+    ids = tok.tokenize(texts, update_vocab=False, return_as="ids", show_progress=False)
+    rows, scores = model.retrieve(ids, k=min(k, n_docs), show_progress=False, n_threads=1)
+    rows, scores = np.asarray(rows, dtype=np.int64), np.asarray(scores, dtype=np.float32)
+    zero = scores <= 0  # documents sharing no term with the query are not retrieved
+    rows[zero], scores[zero] = -1, -np.inf
+    return _pad(rows, scores, k)
+
+
+def _pad(rows: np.ndarray, scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    if rows.shape[1] < k:
+        extra = k - rows.shape[1]
+        rows = np.pad(rows, ((0, 0), (0, extra)), constant_values=-1)
+        scores = np.pad(scores, ((0, 0), (0, extra)), constant_values=-np.inf)
+    return rows, scores
+
+
+# -- timing ----------------------------------------------------------------------------------
+
+
+def _one(q: TokenEmbeddings, i: int) -> TokenEmbeddings:
+    a, b = int(q.offsets[i]), int(q.offsets[i + 1])
+    return TokenEmbeddings(q.vectors[a:b], np.array([0, b - a], dtype=np.int64))
+
+
+def _timed(fn):
+    t0 = time.perf_counter()
+    out = fn()
+    return out, time.perf_counter() - t0
+
+
+@contextlib.contextmanager
+def _quiet(name: str):
+    """Raise a logger to WARNING for a block (single-query loops would log once per query)."""
+    logger = logging.getLogger(name)
+    level = logger.level
+    logger.setLevel(max(level, logging.WARNING))
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
+def _measure(single, batch, timed: list[int], warmup: int) -> dict:
+    """Latency of ``single(i)`` for each ``i`` in ``timed`` (after ``warmup`` untimed calls), QPS of ``batch(timed)``."""
+    with _quiet("retriever.encoder"):
+        for i in timed[:warmup]:
+            single(i)
+        lat = np.empty(len(timed))
+        for j, i in enumerate(timed):
+            t0 = time.perf_counter()
+            single(i)
+            lat[j] = time.perf_counter() - t0
+        _, batch_s = _timed(lambda: batch(timed))
+    p50, p99 = np.percentile(lat, [50, 99]) * 1e3
+    latency = {"p50_ms": round(float(p50), 3), "p99_ms": round(float(p99), 3), "mean_ms": round(1e3 * lat.mean(), 3)}
+    return {"latency": latency, "qps": round(len(timed) / batch_s, 2), "_p50_s": float(np.median(lat)), "_batch_s": batch_s}
+
+
+# -- environment -----------------------------------------------------------------------------
+
+
+def _set_threads(n: int | None) -> int:
+    import numba
+
+    if n is not None:
+        import faiss
+        import torch
+
+        numba.set_num_threads(min(n, numba.config.NUMBA_NUM_THREADS))
+        faiss.omp_set_num_threads(n)
+        torch.set_num_threads(n)
+    return int(numba.get_num_threads())
+
+
+def machine_info() -> dict:
+    """CPU model, logical cores, cores this process may use, OS and Python."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return {"cpu": cpu, "cores": os.cpu_count(), "usable_cores": usable, "os": platform.platform(),
+            "python": platform.python_version()}
+
+
+def git_revision() -> str | None:
+    """HEAD of the checkout holding this package (``+dirty`` when tracked files differ), or None."""
+    root = Path(__file__).resolve().parents[1]
+    try:
+        sha = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True,
+                             check=True, timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, check=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return sha + ("+dirty" if dirty else "")
+
+
+def _peak_rss_mb() -> float:
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)  # Linux: KiB
+
+
+# -- the run ---------------------------------------------------------------------------------
+
+
+def _quality(query_ids, ids, scores, qrels, exact_ids, k: int, with_chamfer: bool) -> dict:
+    run = run_from_arrays(query_ids, ids, scores)
+    metrics = evaluate(run, qrels, DEFAULT_METRICS)
+    out = {m: (round(v, 5) if int(m.split("@")[1]) <= k else None) for m, v in metrics.items()}
+    for c in (10, 100):
+        ok = with_chamfer and c <= k
+        out[f"chamfer_recall@{c}"] = round(chamfer_recall(ids[:, :c], exact_ids, c), 5) if ok else None
+    return out
+
+
+def _ext(doc_ids: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    return np.where(rows >= 0, doc_ids[np.maximum(rows, 0)], None)
+
+
+def _public(t: dict | None) -> dict | None:
+    return None if t is None else {k: v for k, v in t.items() if not k.startswith("_")}
+
+
+def run_benchmark(
+    data_dir: str | os.PathLike,
+    *,
+    split: str = "test",
+    index_configs: IndexConfig | list[IndexConfig] | None = None,
+    encoder=None,
+    settings: BenchSettings | None = None,
+    results: str | os.PathLike | None = DEFAULT_RESULTS,
+    cache_dir: str | os.PathLike = DEFAULT_CACHE_DIR,
+    show_progress: bool = False,
+) -> list[dict]:
+    """Benchmark one collection and split; append one JSON row per configuration to ``results``.
+
+    Parameters
+    ----------
+    data_dir : BEIR collection directory (``corpus.jsonl[.gz]``, ``queries.jsonl``, ``qrels/``)
+    split : qrels split whose queries are run
+    index_configs : one or several index configs (default ``IndexConfig()``); the first is built
+        from text (or loaded), the others from its token store
+    encoder : text encoder, default ``ColBERTEncoder.from_pretrained("default")``
+    settings : :class:`BenchSettings`
+    results : JSONL file to append to (parents created); ``None`` writes nothing
+    cache_dir : where indexes, build records, exact results and baseline vectors are cached
+
+    Returns
+    -------
+    list of dict: the baseline rows, then one ``"fde"`` row per (index config, ``n_candidates``).
+    """
+    settings = settings or BenchSettings()
+    if index_configs is None or isinstance(index_configs, IndexConfig):
+        index_configs = [index_configs or IndexConfig()]
+    if encoder is None:
+        from .encoder import ColBERTEncoder
+
+        encoder = ColBERTEncoder.from_pretrained("default")
+    from . import __version__
+
+    threads = _set_threads(settings.threads)
+    cache_dir = Path(cache_dir)
+    data = load_beir(data_dir, split=split)
+    if not data.queries:
+        raise ValueError(f"{data_dir}: split {split!r} has no queries")
+    r, info = open_index(data_dir, data.corpus, index_configs[0], encoder, cache_dir, show_progress)
+    qids, texts = list(data.queries), list(data.queries.values())
+    n_q, k, warm = len(qids), settings.k, settings.warmup
+    timed = sorted(set(np.linspace(0, n_q - 1, min(n_q, settings.timing_queries or n_q)).round().astype(int).tolist()))
+
+    encoder.encode_queries(texts[: max(1, warm)])
+    q = encoder.encode_queries(texts)  # the embeddings every method searches with
+    enc = _measure(lambda i: encoder.encode_queries([texts[i]]), lambda ix: encoder.encode_queries([texts[i] for i in ix]),
+                   timed, warm)
+    singles = [_one(q, i) for i in range(n_q)]
+    subset = q if len(timed) == n_q else TokenEmbeddings.from_list([singles[i].vectors for i in timed])
+    qhash = _digest({"ids": qids, "texts": texts})
+    exact_ids, exact_scores = exact_topk(r, q, qids, max(k, 100), cache_dir / f"{data.name}-exact-{_digest([info['tokens_key'], qhash])}.npz")
+
+    base = {
+        "schema": SCHEMA_VERSION, "run_id": uuid.uuid4().hex[:12],
+        "timestamp": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "dataset": data.name, "split": split, "n_queries": n_q, "n_docs": r.n_docs, "n_tokens": r.n_tokens,
+        "encoder": encoder_key(encoder.identity()), "k": k, "threads": threads, "timed_queries": len(timed),
+        "warmup_queries": warm, "ignore_identical_ids": True, "machine": machine_info(), "git": git_revision(),
+        "version": __version__,
+    }
+    rows: list[dict] = []
+    if results is not None:
+        Path(results).parent.mkdir(parents=True, exist_ok=True)
+
+    def add(method, config, quality, search, encode, build, index_bytes, extra=None):
+        e2e = len(timed) / (search["_batch_s"] + (encode["_batch_s"] if encode else 0.0))
+        rows.append({**base, "method": method, "config": config, **quality, "encode": _public(encode),
+                     "search": _public(search), "qps_end_to_end": round(e2e, 2), "build": build,
+                     "index_bytes": index_bytes, "peak_rss_mb": _peak_rss_mb(), **(extra or {})})
+        if results is not None:  # row by row: a long sweep that fails keeps what it measured
+            with open(results, "a", encoding="utf-8") as fh:
+                fh.write(json.dumps(rows[-1], allow_nan=False) + "\n")
+
+    exh = None
+    if "exhaustive" in settings.baselines:
+        exh = _measure(lambda i: r.search(singles[i], k=k, mode="exact"), lambda ix: r.search(subset, k=k, mode="exact"),
+                       timed, warm)
+        ids = np.where(exact_ids[:, :k] != "", exact_ids[:, :k], None).astype(object)
+        quality = _quality(qids, ids, exact_scores[:, :k], data.qrels, exact_ids, k, True)
+        store = sum(os.path.getsize(Path(info["path"]) / f) for f in ("tokens.npy", "doc_offsets.npy", "doc_ids.txt"))
+        add("exhaustive", {"mode": "exact"}, quality, exh, enc, info["build"], store)
+    corpus_texts = [doc_text(d) for d in data.corpus.values()]
+    doc_ids = np.asarray(list(data.corpus), dtype=object)
+    if "single_vector" in settings.baselines:
+        import faiss
+
+        max_len, bs = _st_max_length(encoder), encoder.config.batch_size
+        sv_file = cache_dir / f"{data.name}-single-{_digest([info['tokens_key'], max_len])}.npy"
+        if sv_file.is_file():
+            dv, sv_build = np.load(sv_file, allow_pickle=False), json.loads(sv_file.with_suffix(".json").read_text())
+        else:
+            dv, s = _timed(lambda: mean_pool(encoder, corpus_texts, max_len, bs))
+            np.save(sv_file, dv, allow_pickle=False)
+            sv_build = {"encode_s": round(s, 3)}
+            _write_json(sv_file.with_suffix(".json"), sv_build)
+        flat = faiss.IndexFlatIP(dv.shape[1])
+        _, add_s = _timed(lambda: flat.add(dv))
+        kk = min(k, flat.ntotal)
+        mean_pool(encoder, texts[: max(1, warm)], max_len)
+        qv = mean_pool(encoder, texts, max_len, bs)
+        sv_enc = _measure(lambda i: mean_pool(encoder, [texts[i]], max_len),
+                          lambda ix: mean_pool(encoder, [texts[i] for i in ix], max_len, bs), timed, warm)
+        sv = _measure(lambda i: flat.search(qv[i: i + 1], kk), lambda ix: flat.search(qv[ix], kk), timed, warm)
+        scores, rws = flat.search(qv, kk)
+        rws, scores = _pad(rws.astype(np.int64), scores, k)
+        quality = _quality(qids, _ext(doc_ids, rws), scores, data.qrels, exact_ids, k, True)
+        config = {"pooling": "mean", "normalize": True, "max_length": max_len, "faiss": "IndexFlatIP"}
+        add("single_vector", config, quality, sv, sv_enc, {**sv_build, "faiss_s": round(add_s, 3)}, int(dv.nbytes))
+    if "bm25" in settings.baselines:
+        (tok, model, config), bm_build_s = _timed(lambda: _bm25(corpus_texts))
+        bm = _measure(lambda i: _bm25_search(tok, model, [texts[i]], k),
+                      lambda ix: _bm25_search(tok, model, [texts[i] for i in ix], k), timed, warm)
+        rws, scores = _bm25_search(tok, model, texts, k)
+        quality = _quality(qids, _ext(doc_ids, rws), scores, data.qrels, exact_ids, k, False)
+        add("bm25", config, quality, bm, None, {"index_s": round(bm_build_s, 3)}, None)
+    for j, cfg in enumerate(index_configs):
+        if j:
+            r, info = open_index(data_dir, data.corpus, cfg, encoder, cache_dir, show_progress)
+        for n_cand in settings.n_candidates:
+            m = _measure(lambda i: r.search(singles[i], k=k, n_candidates=n_cand),
+                         lambda ix: r.search(subset, k=k, n_candidates=n_cand), timed, warm)
+            res = r.search(q, k=k, n_candidates=n_cand)
+            quality = _quality(qids, res.ids, res.scores, data.qrels, exact_ids, k, True)
+            extra = {"index_name": info["name"], "index_cached": info["cached"]}
+            if exh is not None:
+                extra["speedup_vs_exhaustive"] = {"p50": round(exh["_p50_s"] / m["_p50_s"], 3),
+                                                  "qps": round(exh["_batch_s"] / m["_batch_s"], 3)}
+            config = {"mode": "fde", "n_candidates": n_cand, "index": info["index_config"]}
+            add("fde", config, quality, m, enc, info["build"], info["index_bytes"], extra)
+    return rows
+
+
+# -- command line ----------------------------------------------------------------------------
+
+
+def add_bench_parser(subparsers) -> None:
+    """Register ``retriever bench`` on an ``argparse`` sub-parser collection."""
+    p = subparsers.add_parser("bench", help="benchmark on a BEIR collection; appends JSON rows to a results file")
+    p.add_argument("--data", required=True, help="BEIR collection directory (e.g. ../shared/beir/scifact)")
+    p.add_argument("--split", default="test", help="qrels split whose queries are run (default: test)")
+    p.add_argument("--k", type=int, default=100, help="results per query (default: 100)")
+    p.add_argument("--n-candidates", type=int, nargs="+", default=[DEFAULT_N_CANDIDATES],
+                   help=f"FDE candidates reranked per query; one row each (default: {DEFAULT_N_CANDIDATES})")
+    p.add_argument("--results", default=str(DEFAULT_RESULTS), help="JSONL file to append rows to")
+    p.add_argument("--cache-dir", default=str(DEFAULT_CACHE_DIR), help="cached indexes and exact results")
+    p.add_argument("--baselines", default=",".join(BASELINES),
+                   help=f"comma-separated subset of {','.join(BASELINES)}, or 'none'")
+    p.add_argument("--threads", type=int, default=None, help="threads for numba, FAISS and torch")
+    p.add_argument("--timing-queries", type=int, default=None, help="time single queries on this many (default: all)")
+    p.add_argument("--model", default="default", help="encoder: 'default' (bundled MiniLM) or a model folder")
+    p.add_argument("--dtype", choices=["bfloat16", "float32"], default=None, help="encoder compute dtype")
+    p.add_argument("--batch-size", type=int, default=None, help="encoder batch size")
+    p.add_argument("--faiss-factory", default="Flat", help="FAISS factory string of the candidate index")
+    p.add_argument("--num-repetitions", dest="num_repetitions", type=int)
+    p.add_argument("--num-simhash-projections", dest="num_simhash_projections", type=int)
+    p.add_argument("--projection-dimension", dest="projection_dimension", type=int)
+    p.add_argument("--projection-type", dest="projection_type", choices=["identity", "dense", "ams_sketch"])
+    p.set_defaults(func=cmd_bench)
+
+
+def cmd_bench(args) -> int:
+    """Run :func:`run_benchmark` from parsed arguments; prints one summary line per row."""
+    from .encoder import ColBERTEncoder
+    from .fde import FDEConfig
+
+    fde_kw = {n: getattr(args, n) for n in ("num_repetitions", "num_simhash_projections", "projection_dimension",
+                                              "projection_type") if getattr(args, n) is not None}
+    if fde_kw.get("projection_type") == "identity":
+        fde_kw["projection_dimension"] = None
+    overrides = {n: getattr(args, n) for n in ("dtype", "batch_size") if getattr(args, n) is not None}
+    baselines = () if args.baselines.strip() == "none" else tuple(b.strip() for b in args.baselines.split(",") if b.strip())
+    settings = BenchSettings(k=args.k, n_candidates=tuple(args.n_candidates), baselines=baselines,
+                             threads=args.threads, timing_queries=args.timing_queries)
+    encoder = ColBERTEncoder.from_pretrained(args.model, **overrides)
+    config = IndexConfig(fde=FDEConfig(**fde_kw), faiss_factory=args.faiss_factory)
+    rows = run_benchmark(args.data, split=args.split, index_configs=config, encoder=encoder, settings=settings,
+                         results=args.results, cache_dir=args.cache_dir, show_progress=not args.quiet)
+    for x in rows:
+        print(json.dumps(summary(x)))
+    log.info("appended %d rows to %s", len(rows), args.results)
+    return 0
+
+
+def summary(row: dict) -> dict:
+    """The headline numbers of a result row (for printing)."""
+    out = {k: row[k] for k in ("dataset", "split", "method")}
+    out["n_candidates"] = row["config"].get("n_candidates")
+    out.update({m: row.get(m) for m in ("ndcg@10", "recall@100", "chamfer_recall@10", "chamfer_recall@100")})
+    out.update(search_p50_ms=row["search"]["latency"]["p50_ms"], search_qps=row["search"]["qps"],
+               speedup_p50=row.get("speedup_vs_exhaustive", {}).get("p50"), encode_share=row["build"].get("encode_share"))
+    return out
