@@ -1,0 +1,266 @@
+"""The benchmark harness (retriever.benchmark, bench/report.py) on a tiny synthetic BEIR collection.
+
+The encoder is the tiny Stanford-layout checkpoint of tests/fixtures/encoder; nothing here needs the
+real MiniLM or the real collections.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import random
+
+import numpy as np
+import pytest
+
+from conftest import REPO
+from retriever import benchmark as bm
+from retriever.beir import load_beir
+from retriever.cli import main as cli_main
+from retriever.encoder import ColBERTEncoder
+from retriever.eval import chamfer_recall, evaluate, run_from_arrays
+from retriever.fde import FDEConfig
+from retriever.index import IndexConfig, Retriever
+
+FIXTURES = REPO / "tests" / "fixtures" / "encoder"
+CFG_A = IndexConfig(fde=FDEConfig(num_repetitions=3, num_simhash_projections=2, projection_dimension=4))
+CFG_B = IndexConfig(fde=FDEConfig(num_repetitions=2, num_simhash_projections=3, projection_dimension=8))
+WORDS = ("cell vitamin cancer risk heart blood sleep memory coffee tea exercise pressure fever pain life unit "
+         "brain tumour gene protein virus").split()
+N_DOCS = 36
+FAST = dict(timing_queries=3, warmup=1)
+
+
+def write_collection(root, seed=0, n_docs=N_DOCS, n_queries=8):
+    rng = random.Random(seed)
+    root.mkdir(parents=True, exist_ok=True)
+    docs = [{"_id": f"d{i}", "title": rng.choice(WORDS), "text": " ".join(rng.choices(WORDS, k=rng.randint(3, 14)))}
+            for i in range(n_docs)]
+    (root / "corpus.jsonl").write_text("".join(json.dumps(d) + "\n" for d in docs))
+    queries = [{"_id": f"q{i}", "text": " ".join(rng.choices(WORDS, k=3))} for i in range(n_queries)]
+    (root / "queries.jsonl").write_text("".join(json.dumps(q) + "\n" for q in queries))
+    (root / "qrels").mkdir(exist_ok=True)
+    for split, qs in (("test", range(0, n_queries, 2)), ("train", range(1, n_queries, 2))):
+        lines = [f"q{i}\td{rng.randrange(n_docs)}\t{rng.choice([1, 2])}\n" for i in qs]
+        (root / "qrels" / f"{split}.tsv").write_text("query-id\tcorpus-id\tscore\n" + "".join(lines))
+    return root
+
+
+@pytest.fixture(scope="module")
+def encoder():
+    return ColBERTEncoder.from_pretrained(str(FIXTURES / "bert_stanford"), dtype="float32")
+
+
+@pytest.fixture(scope="module")
+def bench_run(tmp_path_factory, encoder):
+    tmp = tmp_path_factory.mktemp("bench")
+    data = write_collection(tmp / "tinybeir")
+    settings = bm.BenchSettings(k=20, n_candidates=(20, 5 * N_DOCS), **FAST)
+    rows = bm.run_benchmark(data, split="test", index_configs=[CFG_A, CFG_B], encoder=encoder, settings=settings,
+                            results=tmp / "out" / "results.jsonl", cache_dir=tmp / "cache")
+    return {"tmp": tmp, "data": data, "rows": rows, "results": tmp / "out" / "results.jsonl", "cache": tmp / "cache"}
+
+
+def test_rows_cover_baselines_and_every_configuration(bench_run):
+    rows = bench_run["rows"]
+    assert [r["method"] for r in rows] == ["exhaustive", "single_vector", "bm25"] + ["fde"] * 4
+    fde = [(r["config"]["index"]["fde"]["num_repetitions"], r["config"]["n_candidates"]) for r in rows[3:]]
+    assert fde == [(3, 20), (3, 180), (2, 20), (2, 180)]
+    written = [json.loads(x) for x in bench_run["results"].read_text().splitlines()]
+    assert written == json.loads(json.dumps(rows))
+    for r in rows:
+        for key in ("dataset", "split", "encoder", "config", "ndcg@10", "recall@10", "mrr@10", "search", "build",
+                    "peak_rss_mb", "machine", "version", "timestamp", "run_id", "qps_end_to_end"):
+            assert key in r, (r["method"], key)
+        assert r["dataset"] == "tinybeir" and r["split"] == "test" and r["n_queries"] == 4
+        assert 0.0 <= r["ndcg@10"] <= 1.0
+        lat = r["search"]["latency"]
+        assert 0 < lat["p50_ms"] <= lat["p99_ms"] and r["search"]["qps"] > 0
+        assert r["recall@100"] is None and r["recall@1000"] is None and r["map@100"] is None  # deeper than k=20
+        assert "path" not in r["encoder"] and "batch_size" not in r["encoder"]["config"]
+    assert rows[2]["chamfer_recall@10"] is None and rows[2]["encode"] is None  # BM25: no MaxSim recall, no encoder
+    for r in rows[3:]:
+        assert set(r["speedup_vs_exhaustive"]) == {"p50", "qps"}
+        b = r["build"]
+        assert b["total_s"] == pytest.approx(b["encode_s"] + b["fde_s"] + b["faiss_s"] + b["write_s"], abs=2e-3)
+        assert r["index_bytes"] == sum(f.stat().st_size for f in (bench_run["cache"] / r["index_name"]).iterdir())
+
+
+def test_exhaustive_row_equals_direct_evaluation(bench_run, encoder):
+    data = load_beir(bench_run["data"], split="test")
+    r = Retriever.load(bench_run["cache"] / bench_run["rows"][3]["index_name"], encoder=encoder)
+    res = r.search(list(data.queries.values()), k=20, mode="exact")
+    expected = evaluate(run_from_arrays(list(data.queries), res.ids, res.scores), data.qrels)
+    row = bench_run["rows"][0]
+    assert row["ndcg@10"] == pytest.approx(expected["ndcg@10"], abs=1e-5)
+    assert row["mrr@10"] == pytest.approx(expected["mrr@10"], abs=1e-5)
+    assert row["chamfer_recall@10"] == 1.0
+
+
+def test_full_candidate_depth_equals_exhaustive(bench_run):
+    exh = bench_run["rows"][0]
+    for r in bench_run["rows"][3:]:
+        if r["config"]["n_candidates"] >= N_DOCS:
+            assert r["chamfer_recall@10"] == 1.0
+            assert r["ndcg@10"] == pytest.approx(exh["ndcg@10"], abs=1e-6)
+
+
+def test_second_index_reuses_the_token_store(bench_run):
+    a, b = bench_run["rows"][3], bench_run["rows"][5]
+    assert a["build"]["tokens_from"] is None and b["build"]["tokens_from"] == a["index_name"]
+    assert b["build"]["encode_s"] == a["build"]["encode_s"]  # the reused encoding is what it cost
+    ra = Retriever.load(bench_run["cache"] / a["index_name"])
+    rb = Retriever.load(bench_run["cache"] / b["index_name"])
+    np.testing.assert_array_equal(np.asarray(ra.tokens), np.asarray(rb.tokens))
+    assert list(ra.doc_ids) == list(rb.doc_ids)
+    assert rb.encoder_info == ra.encoder_info
+
+
+def test_cached_index_and_exact_results_are_reused(bench_run, encoder, monkeypatch):
+    def no_build(*a, **kw):
+        raise AssertionError("the cached index was rebuilt")
+
+    monkeypatch.setattr(Retriever, "build", no_build)
+    settings = bm.BenchSettings(k=10, n_candidates=(10,), baselines=(), **FAST)
+    rows = bm.run_benchmark(bench_run["data"], index_configs=CFG_B, encoder=encoder, settings=settings,
+                            results=None, cache_dir=bench_run["cache"])
+    assert rows[0]["index_cached"] is True and rows[0]["index_name"] == bench_run["rows"][5]["index_name"]
+    exact_files = sorted(bench_run["cache"].glob("tinybeir-exact-*.npz"))
+    assert len(exact_files) == 1  # one query set, one token store
+
+
+def test_exact_topk_cache(tmp_path, bench_run, encoder, monkeypatch):
+    data = load_beir(bench_run["data"], split="train")
+    r = Retriever.load(bench_run["cache"] / bench_run["rows"][3]["index_name"], encoder=encoder)
+    q = encoder.encode_queries(list(data.queries.values()))
+    f = tmp_path / "exact.npz"
+    ids, scores = bm.exact_topk(r, q, list(data.queries), 15, f)
+    assert ids.shape == (len(data.queries), 15) and f.is_file()
+    ref = r.search(q, k=N_DOCS + 5, mode="exact")  # deeper than the corpus: padded
+    np.testing.assert_array_equal(ids, np.where(ref.rows >= 0, ref.ids, "")[:, :15].astype(str))
+    monkeypatch.setattr(Retriever, "search", lambda *a, **kw: pytest.fail("exact results were recomputed"))
+    ids2, scores2 = bm.exact_topk(r, q, list(data.queries), 10, f)
+    np.testing.assert_array_equal(ids2, ids[:, :10])
+    np.testing.assert_array_equal(scores2, scores[:, :10])
+    with np.load(f, allow_pickle=False) as z:
+        assert z["ids"].shape[1] == 1000 and (z["ids"][:, N_DOCS:] == "").all()
+
+
+def test_cache_key_follows_index_and_encoder_settings(encoder):
+    name = bm.index_cache_name("x", "sha", CFG_A, encoder)
+    assert name.startswith("x-") and name == bm.index_cache_name("x", "sha", CFG_A, encoder)
+    assert name != bm.index_cache_name("x", "sha", CFG_B, encoder)
+    assert name != bm.index_cache_name("x", "other-corpus", CFG_A, encoder)
+    shorter = ColBERTEncoder.from_pretrained(str(FIXTURES / "bert_stanford"), dtype="float32", document_length=20)
+    assert name != bm.index_cache_name("x", "sha", CFG_A, shorter)
+    bigger_batches = ColBERTEncoder.from_pretrained(str(FIXTURES / "bert_stanford"), dtype="float32", batch_size=3)
+    assert name == bm.index_cache_name("x", "sha", CFG_A, bigger_batches)  # speed knob only
+
+
+def test_changed_encoder_builds_a_new_index(tmp_path, encoder):
+    data = write_collection(tmp_path / "c", n_docs=10, n_queries=4)
+    corpus = load_beir(data).corpus
+    _, a = bm.open_index(data, corpus, CFG_A, encoder, tmp_path / "cache")
+    other = ColBERTEncoder.from_pretrained(str(FIXTURES / "bert_stanford"), dtype="float32", document_length=12)
+    _, b = bm.open_index(data, corpus, CFG_A, other, tmp_path / "cache")
+    assert a["name"] != b["name"] and not b["cached"] and b["build"]["tokens_from"] is None
+    _, again = bm.open_index(data, corpus, CFG_A, encoder, tmp_path / "cache")
+    assert again["cached"] and again["build"] == a["build"]
+
+
+def test_chamfer_recall_never_drops_as_candidates_grow(bench_run, encoder):
+    data = load_beir(bench_run["data"], split="train")
+    r = Retriever.load(bench_run["cache"] / bench_run["rows"][3]["index_name"], encoder=encoder)
+    q = encoder.encode_queries(list(data.queries.values()))
+    exact = r.search(q, k=10, mode="exact").ids
+    recalls = [chamfer_recall(r.search(q, k=10, n_candidates=n).ids, exact, 10) for n in (10, 14, 20, 28, N_DOCS)]
+    assert recalls == sorted(recalls) and recalls[-1] == 1.0
+
+
+def test_mean_pool_is_the_masked_mean_of_hidden_states(encoder):
+    import torch
+
+    texts = ["vitamin d and cancer risk in adults", "sleep", "  heart blood pressure  "]
+    got = bm.mean_pool(encoder, texts, max_length=16, batch_size=2)
+    assert got.shape == (3, encoder.backbone.config.hidden_size) and got.dtype == np.float32
+    np.testing.assert_allclose(np.linalg.norm(got, axis=1), 1.0, rtol=1e-5)
+    for t, v in zip(texts, got):  # one text alone: no padding, a plain mean over its tokens
+        ids = encoder.tokenizer(t.strip(), truncation=True, max_length=16, return_tensors="pt")
+        with torch.inference_mode():
+            h = encoder.backbone(**ids).last_hidden_state[0].numpy()
+        ref = h.mean(0) / np.linalg.norm(h.mean(0))
+        np.testing.assert_allclose(v, ref, atol=1e-5)
+
+
+def test_bm25_finds_lexical_matches_and_pads_unmatched_queries():
+    docs = ["aspirin reduces fever", "the heart pumps blood", "coffee contains caffeine", "aspirin and fevers"]
+    tok, model, config = bm._bm25(docs)
+    rows, scores = bm._bm25_search(tok, model, ["aspirin", "zebra unicorn"], k=6)
+    assert rows.shape == (2, 6) and config["k1"] == 1.5 and config["stopwords"] == "en"
+    assert set(rows[0, :2].tolist()) == {0, 3} and (rows[0, 2:] == -1).all()
+    assert np.all(np.diff(scores[0, :2]) <= 0)
+    assert (rows[1] == -1).all() and np.isneginf(scores[1]).all()
+
+
+def test_bm25_stems_english():
+    pytest.importorskip("Stemmer")  # PyStemmer: the [bench] extra
+    tok, model, config = bm._bm25(["aspirins reduce fevers", "the heart pumps blood"])
+    rows, _ = bm._bm25_search(tok, model, ["aspirin fever"], k=2)
+    assert config["stemmer"] == "snowball-english" and rows[0].tolist() == [0, -1]
+
+
+@pytest.mark.parametrize("kw, field", [({"k": 0}, "k"), ({"k": 10, "n_candidates": (5,)}, "n_candidates"),
+                                       ({"baselines": ("colbert",)}, "baselines"), ({"threads": 0}, "threads"),
+                                       ({"timing_queries": 0}, "timing_queries"), ({"warmup": -1}, "warmup")])
+def test_settings_are_validated(kw, field):
+    with pytest.raises(ValueError, match=f"BenchSettings.{field}"):
+        bm.BenchSettings(**kw)
+
+
+def test_cli_bench_appends_rows(tmp_path, capsys):
+    data = write_collection(tmp_path / "clibeir", n_docs=12, n_queries=6)
+    out = tmp_path / "r.jsonl"
+    argv = ["-q", "bench", "--data", str(data), "--model", str(FIXTURES / "bert_stanford"), "--dtype", "float32",
+            "--k", "10", "--n-candidates", "10", "12", "--baselines", "exhaustive", "--results", str(out),
+            "--cache-dir", str(tmp_path / "cache"), "--num-repetitions", "2", "--num-simhash-projections", "2",
+            "--projection-dimension", "4", "--timing-queries", "2", "--split", "train"]
+    assert cli_main(argv) == 0
+    rows = [json.loads(x) for x in out.read_text().splitlines()]
+    assert [r["method"] for r in rows] == ["exhaustive", "fde", "fde"] and rows[1]["split"] == "train"
+    assert rows[1]["config"]["index"]["fde"]["num_repetitions"] == 2
+    printed = [json.loads(x) for x in capsys.readouterr().out.splitlines()]
+    assert [p["method"] for p in printed] == ["exhaustive", "fde", "fde"]
+
+
+def _load_script(name):
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", REPO / "bench" / f"{name}.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_report_writes_table_and_plot(bench_run, tmp_path, capsys):
+    report = _load_script("report")
+    results = tmp_path / "results.jsonl"
+    lines = bench_run["results"].read_text().splitlines()
+    stale = json.loads(lines[0])
+    stale["ndcg@10"], stale["timestamp"] = 0.123456, "2000-01-01T00:00:00Z"
+    results.write_text(json.dumps(stale) + "\n" + "\n".join(lines) + "\n")  # an older run of the same config
+    md, png = tmp_path / "t.md", tmp_path / "t.png"
+    assert report.main(["--results", str(results), "--out", str(md), "--plot", str(png)]) == 0
+    text = md.read_text()
+    table = [x for x in text.splitlines() if x.startswith("| tinybeir |")]
+    assert len(table) == 7 + 2  # 7 result lines (latest of each config) + 2 build lines
+    assert "0.123" not in text and "exhaustive MaxSim" in text and "FDE (3,2,4) N=20" in text
+    assert "BM25 (bm25s)" in text and "single-vector (mean pool)" in text
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
+    assert report.main(["--results", str(results), "--split", "dev", "--out", str(md), "--plot", str(png)]) == 1
+
+
+def test_single_vector_doc_vectors_are_cached(bench_run):
+    files = sorted(bench_run["cache"].glob("tinybeir-single-*.npy"))
+    assert len(files) == 1
+    data = load_beir(bench_run["data"], split="test")
+    v = np.load(files[0], allow_pickle=False)
+    assert v.shape[0] == len(data.corpus)
+    assert json.loads(files[0].with_suffix(".json").read_text())["encode_s"] > 0
