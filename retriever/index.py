@@ -655,6 +655,7 @@ class Retriever:
         """
         target = Path(path)
         with self._write_lock:
+            recover_interrupted_swap(target)  # a save that crashed here before: restore / clean up first
             tmp = make_temp_dir_beside(target)
             try:
                 self._write_into(tmp, tokens_in_place=False)

@@ -12,7 +12,9 @@ import ctypes.util
 import hashlib
 import logging
 import os
+import re
 import shutil
+import socket
 import tempfile
 import uuid
 from pathlib import Path
@@ -29,6 +31,7 @@ __all__ = [
     "fsync_dir",
     "make_temp_dir_beside",
     "recover_interrupted_swap",
+    "remove_stale_temp_dirs",
 ]
 
 _HEADER_LEN = 128  # bytes reserved for the .npy header (magic + len + dict), a multiple of 64
@@ -180,11 +183,61 @@ def fsync_dir(path: str | os.PathLike) -> None:
         os.close(fd)
 
 
+def _host_tag() -> str:
+    return re.sub(r"[^A-Za-z0-9.]", "_", socket.gethostname())[:64] or "host"
+
+
 def make_temp_dir_beside(target: str | os.PathLike) -> Path:
-    """A fresh temporary directory in the same parent as ``target`` (same filesystem, so renames are atomic)."""
+    """A fresh temporary directory in the same parent as ``target`` (same filesystem, so renames are atomic).
+
+    Its name, ``.NAME.tmp-HOST-PID-XXXX``, records the writing process, so that the directory of
+    a writer that died (a crash, SIGKILL) can be recognised and removed later (see
+    :func:`remove_stale_temp_dirs`).
+    """
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
-    return Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+    return Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-{_host_tag()}-{os.getpid()}-", dir=target.parent))
+
+
+def _writer_is_gone(name: str, prefix: str) -> bool:
+    """True when a temp dir name says it was made on this host by a process that no longer exists."""
+    m = re.fullmatch(re.escape(prefix) + r"(.+)-(\d+)-[^-]*", name)
+    if m is None or m.group(1) != _host_tag():
+        return False  # another host, or an older naming scheme: leave it alone
+    pid = int(m.group(2))
+    if pid == os.getpid():
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except (PermissionError, OverflowError, OSError):
+        return False  # alive under another user (or unknown): not ours to judge
+    return False  # alive (or its pid was reused): keep
+
+
+def remove_stale_temp_dirs(target: str | os.PathLike) -> list[Path]:
+    """Remove the ``.NAME.tmp-*`` directories beside ``target`` left by writers that died.
+
+    Only directories made on this host by processes that no longer exist are removed; those of
+    live processes (a save in progress) and of other hosts are kept. Returns the removed paths.
+    """
+    target = Path(target)
+    prefix = f".{target.name}.tmp-"
+    removed = []
+    if not target.parent.is_dir():
+        return removed
+    for p in target.parent.glob(glob_escape(prefix) + "*"):
+        if p.is_dir() and _writer_is_gone(p.name, prefix):
+            log.info("removing %s, left by a save that did not finish", p)
+            shutil.rmtree(p, ignore_errors=True)
+            removed.append(p)
+    return removed
+
+
+def glob_escape(s: str) -> str:
+    """``s`` with glob metacharacters escaped."""
+    return re.sub(r"([*?\[])", r"[\1]", s)
 
 
 _RENAME_EXCHANGE = 2
@@ -245,8 +298,9 @@ def atomic_replace_dir(src: str | os.PathLike, target: str | os.PathLike) -> Non
 def recover_interrupted_swap(target: str | os.PathLike) -> None:
     """If ``target`` is missing but an old copy was renamed aside by an interrupted save, restore it.
 
-    Old copies left beside an intact ``target`` are removed. Temporary ``.NAME.tmp-*``
-    directories are left alone: another process may be writing one right now.
+    Old copies left beside an intact ``target`` are removed, and so are temporary
+    ``.NAME.tmp-*`` directories whose writer died (:func:`remove_stale_temp_dirs`); those of
+    live writers are left alone.
     """
     target = Path(target)
     parent = target.parent
@@ -260,3 +314,4 @@ def recover_interrupted_swap(target: str | os.PathLike) -> None:
     if target.exists():
         for p in olds:
             shutil.rmtree(p, ignore_errors=True)
+    remove_stale_temp_dirs(target)
