@@ -19,7 +19,7 @@ that the method's own top-k holds. The exact top-k is computed once and cached b
 keyed by the token store (encoder + corpus) and the query set.
 
 Timing: the query encoder and the search are timed separately. Latency = single queries (p50/p99
-over the timed queries, after untimed warm-up queries); QPS = one batch of all queries.
+over the timed queries, after untimed warm-up queries); QPS = one batch of the same queries.
 """
 
 from __future__ import annotations
@@ -134,13 +134,21 @@ def _corpus_sha(data_dir: Path) -> str:
     raise FileNotFoundError(f"{data_dir} holds no corpus.jsonl or corpus.jsonl.gz")
 
 
+def _code_digest(*files: str) -> str:
+    """Hash of source files that shape cached index vectors: a code change invalidates the cache too."""
+    root = Path(__file__).resolve().parents[1]
+    return hashlib.sha256(b"".join((root / f).read_bytes() for f in files if (root / f).is_file())).hexdigest()[:12]
+
+
 def _tokens_key(dataset: str, corpus_sha: str, encoder) -> str:
     return _digest({"dataset": dataset, "corpus": corpus_sha, "encoder": encoder_key(encoder.identity())})
 
 
 def index_cache_name(dataset: str, corpus_sha: str, config: IndexConfig, encoder) -> str:
-    """``<dataset>-<12 hex>``: a hash of the index config, the encoder identity and the corpus."""
-    key = _digest({"tokens": _tokens_key(dataset, corpus_sha, encoder), "index": config.to_dict()})
+    """``<dataset>-<12 hex>``: a hash of the index config, the encoder identity, the corpus and the
+    source of the FDE and FAISS modules (cheap to rebuild from a cached token store)."""
+    code = _code_digest("retriever/fde.py", "kernels/fde.py", "retriever/ann.py")
+    key = _digest({"tokens": _tokens_key(dataset, corpus_sha, encoder), "index": config.to_dict(), "code": code})
     return f"{dataset}-{key}"
 
 
