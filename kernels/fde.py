@@ -39,7 +39,9 @@ __all__ = [
     "popcount",
 ]
 
+# Projection kinds (compile-time constants inside the kernels).
 PROJ_IDENTITY, PROJ_DENSE, PROJ_SPARSE = 0, 1, 2
+
 
 @numba.njit(cache=True, inline="always")
 def popcount(x: int) -> int:
