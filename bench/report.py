@@ -125,6 +125,29 @@ def markdown(rows: list[dict]) -> str:
     return "\n".join(out) + "\n"
 
 
+def smallest_n(rows: list[dict], ndcg_tol: float = 0.005, chamfer10: float = 0.98) -> str:
+    """Per (dataset, split, FDE setting): the smallest n_candidates whose nDCG@10 is within ``ndcg_tol``
+    of exhaustive MaxSim and whose Chamfer recall@10 is at least ``chamfer10``, as Markdown."""
+    ref = _exhaustive_ndcg(rows)
+    out = [f"Smallest `n_candidates` with nDCG@10 >= exhaustive - {ndcg_tol} and Chamfer R@10 >= {chamfer10}:", "",
+           "| dataset | split | FDE | smallest N | its nDCG@10 (exh.) | its Chamfer R@10 | its speed-up (p50) |",
+           "|---|---|---|---|---|---|---|"]
+    groups = sorted({(r["dataset"], r["split"], fde_label(r["config"])) for r in rows if r["method"] == "fde"})
+    for ds, split, fde in groups:
+        cand = sorted((r for r in rows if r["method"] == "fde" and (r["dataset"], r["split"], fde_label(r["config"]))
+                       == (ds, split, fde)), key=lambda r: r["config"]["n_candidates"])
+        e = ref.get((ds, split, _encoder_tag(cand[0]))) if cand else None
+        ok = [r for r in cand if e is not None and r["ndcg@10"] >= e - ndcg_tol and r["chamfer_recall@10"] >= chamfer10]
+        if ok:
+            r = ok[0]
+            sp = r.get("speedup_vs_exhaustive", {}).get("p50")
+            out.append(f"| {ds} | {split} | {fde} | {r['config']['n_candidates']} | {r['ndcg@10']:.4f} ({e:.4f}) | "
+                       f"{r['chamfer_recall@10']:.4f} | {'' if sp is None else f'{sp:.1f}x'} |")
+        else:
+            out.append(f"| {ds} | {split} | {fde} | none of {[r['config']['n_candidates'] for r in cand]} | | | |")
+    return "\n".join(out) + "\n"
+
+
 def footnote(rows: list[dict]) -> str:
     """Hardware, threads, timing method, encoder and revision the rows were measured with."""
     machines = sorted({f"{r['machine']['cpu']} ({r['machine']['usable_cores']} usable cores)" for r in rows})
@@ -193,7 +216,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"no rows for splits {args.split} in {args.results}", file=sys.stderr)
         return 1
     rows = latest(rows)
-    text = markdown(rows) + "\n" + footnote(rows)
+    text = markdown(rows) + "\n" + smallest_n(rows) + "\n" + footnote(rows)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(text)
     plot(rows, args.plot)

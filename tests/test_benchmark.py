@@ -250,7 +250,9 @@ def test_report_writes_table_and_plot(bench_run, tmp_path, capsys):
     assert report.main(["--results", str(results), "--out", str(md), "--plot", str(png)]) == 0
     text = md.read_text()
     table = [x for x in text.splitlines() if x.startswith("| tinybeir |")]
-    assert len(table) == 7 + 2  # 7 result lines (latest of each config) + 2 build lines
+    assert len(table) == 7 + 2 + 2  # 7 results (latest of each config), 2 builds, 2 smallest-N lines
+    smallest = [x.split(" | ")[3] for x in table if x.startswith("| tinybeir | test | (3,2,4) |")]
+    assert smallest in (["20"], ["180"])  # N=180 >= the corpus: exact, so it always qualifies
     assert "0.123" not in text and "exhaustive MaxSim" in text and "FDE (3,2,4) N=20" in text
     assert "BM25 (bm25s)" in text and "single-vector (mean pool)" in text
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
