@@ -156,12 +156,15 @@ def footnote(rows: list[dict]) -> str:
     encs = sorted({f"{r['encoder'].get('model')} dim={r['encoder'].get('dim')} sha256={str(r['encoder'].get('weights_sha256'))[:12]}"
                    for r in rows})
     when = sorted(r["timestamp"] for r in rows)
+    ks = "/".join(str(k) for k in sorted({r["k"] for r in rows}))
+    timed = "/".join(str(n) for n in sorted({r["timed_queries"] for r in rows}))
     return (
         f"Measured {when[0]} .. {when[-1]} on {', '.join(machines)}, {'/'.join(map(str, threads))} threads "
         f"(numba, FAISS, torch); git {', '.join(gits)}; encoder {'; '.join(encs)}. Latency: single queries "
-        "after warm-up queries, p50/p99; QPS: one batch of the same queries; search excludes query encoding. "
-        "Speed-up: exhaustive MaxSim p50 / pipeline p50, both from the same run. k=100; metrics are BEIR's "
-        "(a document whose id equals the query id is not ranked).\n"
+        f"({timed} evenly spaced queries per configuration) after warm-up queries, p50/p99; QPS: one batch of "
+        "the same queries; search excludes query encoding. Speed-up: exhaustive MaxSim p50 / pipeline p50, both "
+        f"from the same run. k={ks}; quality over all queries of the split; metrics are BEIR's (a document whose "
+        "id equals the query id is not ranked).\n"
     )
 
 
