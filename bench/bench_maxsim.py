@@ -144,7 +144,8 @@ def main(argv=None) -> None:
     import numba
 
     numba.set_num_threads(args.threads)
-    print(f"numpy {np.__version__}, numba {numba.__version__}, {os.cpu_count()} CPUs, threads={args.threads}")
+    print(f"numpy {np.__version__}, numba {numba.__version__}, {os.cpu_count()} CPUs, threads={args.threads}, "
+          f"load average {os.getloadavg()[0]:.2f} (other processes share these CPUs)")
     t0 = time.perf_counter()
     warmup()
     print(f"warmup (compile or load cache): {time.perf_counter() - t0:.2f} s")
@@ -152,6 +153,7 @@ def main(argv=None) -> None:
     bench_rerank(args, rng)
     if not args.skip_exhaustive:
         bench_exhaustive(args, rng)
+    print(f"\nload average at the end: {os.getloadavg()[0]:.2f}")
 
 
 if __name__ == "__main__":
