@@ -164,8 +164,17 @@ def footnote(rows: list[dict]) -> str:
         f"({timed} evenly spaced queries per configuration) after warm-up queries, p50/p99; QPS: one batch of "
         "the same queries; search excludes query encoding. Speed-up: exhaustive MaxSim p50 / pipeline p50, both "
         f"from the same run. k={ks}; quality over all queries of the split; metrics are BEIR's (a document whose "
-        "id equals the query id is not ranked).\n"
+        "id equals the query id is not ranked)." + _load_note(rows) + "\n"
     )
+
+
+def _load_note(rows: list[dict]) -> str:
+    loads = [r["load_avg_1m"] for r in rows if r.get("load_avg_1m") is not None]
+    if not loads:
+        return ""
+    return (f" The machine was shared: 1-minute load average {min(loads):.1f}..{max(loads):.1f} on "
+            f"{rows[0]['machine']['usable_cores']} cores while rows were recorded, so absolute latencies are "
+            "pessimistic and noisy; compare ratios within a run.")
 
 
 def plot(rows: list[dict], path: Path) -> None:

@@ -512,7 +512,8 @@ def run_benchmark(
         e2e = len(timed) / (search["_batch_s"] + (encode["_batch_s"] if encode else 0.0))
         rows.append({**base, "method": method, "config": config, **quality, "encode": _public(encode),
                      "search": _public(search), "qps_end_to_end": round(e2e, 2), "build": build,
-                     "index_bytes": index_bytes, "peak_rss_mb": _peak_rss_mb(), **(extra or {})})
+                     "index_bytes": index_bytes, "peak_rss_mb": _peak_rss_mb(),
+                     "load_avg_1m": round(os.getloadavg()[0], 2), **(extra or {})})  # others' load skews timings
         if results is not None:  # row by row: a long sweep that fails keeps what it measured
             with open(results, "a", encoding="utf-8") as fh:
                 fh.write(json.dumps(rows[-1], allow_nan=False) + "\n")

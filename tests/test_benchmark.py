@@ -70,7 +70,7 @@ def test_rows_cover_baselines_and_every_configuration(bench_run):
     assert written == json.loads(json.dumps(rows))
     for r in rows:
         for key in ("dataset", "split", "encoder", "config", "ndcg@10", "recall@10", "mrr@10", "search", "build",
-                    "peak_rss_mb", "machine", "version", "timestamp", "run_id", "qps_end_to_end"):
+                    "peak_rss_mb", "machine", "version", "timestamp", "run_id", "qps_end_to_end", "load_avg_1m"):
             assert key in r, (r["method"], key)
         assert r["dataset"] == "tinybeir" and r["split"] == "test" and r["n_queries"] == 4
         assert 0.0 <= r["ndcg@10"] <= 1.0
