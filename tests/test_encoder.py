@@ -465,7 +465,7 @@ def test_model_path_resolution(monkeypatch, tmp_path):
 @pytest.mark.slow
 def test_bundled_default_model():
     enc = ColBERTEncoder.from_pretrained()
-    assert enc.layout == "plain" and enc.config == EncoderConfig()
+    assert enc.layout == "plain" and enc.config == EncoderConfig() and enc.dim == 128
     docs = ["Vitamin D deficiency is linked to cancer risk.", "The mitochondria is the powerhouse of the cell."]
     d = enc.encode_documents(docs)
     q = enc.encode_queries(["does vitamin d affect cancer?"])
@@ -474,3 +474,9 @@ def test_bundled_default_model():
     assert scores[0] > scores[1]
     fp = ColBERTEncoder.from_pretrained(dtype="float32").encode_documents(docs)
     assert (fp.vectors * d.vectors).sum(1).min() > 0.995
+
+
+def test_shipped_default_head_is_the_documented_random_matrix():
+    head = np.load(Path(__file__).resolve().parents[1] / "retriever" / "assets" / "minilm_l6_gauss128.npy")
+    assert head.dtype == np.float32 and head.shape == (128, 384)
+    np.testing.assert_array_equal(head, np.random.default_rng(0).standard_normal((128, 384)).astype(np.float32))
