@@ -265,6 +265,19 @@ def _st_max_length(encoder) -> int:
     return int(encoder.config.document_length)
 
 
+def _backbone_sha(encoder) -> str:
+    """sha256 of the backbone weights file: the single-vector baseline does not depend on the head."""
+    for name in ("model.safetensors", "pytorch_model.bin"):
+        f = Path(encoder.path) / name
+        if f.is_file():
+            h = hashlib.sha256()
+            with open(f, "rb") as fh:
+                for chunk in iter(lambda: fh.read(1 << 20), b""):
+                    h.update(chunk)
+            return h.hexdigest()
+    return str(encoder.identity()["weights_sha256"])
+
+
 def mean_pool(encoder, texts: list[str], max_length: int, batch_size: int = 32) -> np.ndarray:
     """Single-vector embeddings of the encoder's backbone: masked mean of the last hidden states.
 
@@ -532,7 +545,8 @@ def run_benchmark(
         import faiss
 
         max_len, bs = _st_max_length(encoder), encoder.config.batch_size
-        sv_file = cache_dir / f"{data.name}-single-{_digest([info['tokens_key'], max_len])}.npy"
+        sv_key = [data.name, _corpus_sha(Path(data_dir)), _backbone_sha(encoder), encoder.config.dtype, max_len]
+        sv_file = cache_dir / f"{data.name}-single-{_digest(sv_key)}.npy"
         if sv_file.is_file():
             dv, sv_build = np.load(sv_file, allow_pickle=False), json.loads(sv_file.with_suffix(".json").read_text())
         else:
