@@ -113,7 +113,7 @@ def faiss_search(
     *,
     ef_search: int | None = None,
     nprobe: int | None = None,
-    allowed_rows: np.ndarray | None = None,
+    allowed: np.ndarray | None = None,
 ) -> np.ndarray:
     """Top-``k`` FAISS rows for each query vector.
 
@@ -121,16 +121,19 @@ def faiss_search(
     ----------
     queries : float32 (n_q, fde_dim)
     k : number of candidates (>= 1)
-    allowed_rows : optional sorted int64 array of the only rows that may be returned
-        (deleted documents and subset filters); applied inside FAISS with an ID selector.
+    allowed : optional uint8/bool (n_rows,) mask of the rows that may be returned (deleted
+        documents and subset filters); applied inside FAISS with a bitmap ID selector, which
+        costs O(n_rows / 8) to set up (a hash-set selector of the rows took ~90 ms at 1 M rows).
 
     Returns
     -------
     rows : int64 (n_q, k), -1 where FAISS found fewer than ``k``.
     """
-    selector = None
-    if allowed_rows is not None:
-        selector = faiss.IDSelectorBatch(allowed_rows.astype(np.int64))
+    selector = bitmap = None
+    if allowed is not None:
+        bitmap = np.packbits(np.asarray(allowed, dtype=bool), bitorder="little")
+        selector = faiss.IDSelectorBitmap(int(allowed.shape[0]), faiss.swig_ptr(bitmap))
     params = _search_params(index, ef_search, nprobe, selector)
     _, rows = index.search(np.ascontiguousarray(queries, dtype=np.float32), int(k), params=params)
+    del bitmap  # kept alive until FAISS has finished reading it
     return rows.astype(np.int64, copy=False)

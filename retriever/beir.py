@@ -148,6 +148,8 @@ def _iter_json_lines(path: pathlib.Path) -> Iterator[tuple[int, dict]]:
                 obj = json.loads(line)
             except json.JSONDecodeError as e:
                 raise ValueError(f"{path}:{lineno}: invalid JSON ({e.msg} at column {e.colno})") from None
+            except (ValueError, RecursionError) as e:  # too deeply nested, or an integer over 4300 digits
+                raise ValueError(f"{path}:{lineno}: invalid JSON ({type(e).__name__}: {str(e)[:200]})") from None
             if not isinstance(obj, dict):
                 raise ValueError(f"{path}:{lineno}: expected a JSON object, got {type(obj).__name__}")
             yield lineno, obj

@@ -378,6 +378,8 @@ class Retriever:
         config = config or IndexConfig()
         if isinstance(documents, (str, bytes)):
             raise TypeError("documents must be a collection of texts or token embeddings, not a single string")
+        if isinstance(doc_ids, (str, bytes)):
+            raise TypeError("doc_ids must be a collection of ids, not a single string")
         if isinstance(documents, TokenEmbeddings) or isinstance(documents, np.ndarray) or hasattr(documents, "detach"):
             is_text, items = False, documents
         else:
@@ -489,10 +491,9 @@ class Retriever:
             rows, scores = search_exact(q, self.tokens, self.doc_offsets, k=int(k), allowed=allowed)
         else:
             qf = self.fde_encoder.encode_queries(q)
-            allowed_rows = np.flatnonzero(allowed) if allowed is not None else None
             rows, scores = search_fde(
                 q, qf, self.faiss_index, self.tokens, self.doc_offsets, k=int(k), n_candidates=int(n_candidates),
-                ef_search=ef_search, nprobe=nprobe, allowed_rows=allowed_rows,
+                ef_search=ef_search, nprobe=nprobe, allowed=allowed,
             )
         return SearchResults(ids=self._ids_of(rows), scores=scores, rows=rows)
 

@@ -67,13 +67,13 @@ def search_fde(
     n_candidates: int,
     ef_search: int | None = None,
     nprobe: int | None = None,
-    allowed_rows: np.ndarray | None = None,
+    allowed: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Candidates by FDE inner product, reranked by exact MaxSim.
 
     Returns (rows int64 (n_q, k), scores float32 (n_q, k)), padded with -1 / -inf.
     """
-    cand = faiss_search(faiss_index, query_fdes, n_candidates, ef_search=ef_search, nprobe=nprobe, allowed_rows=allowed_rows)
+    cand = faiss_search(faiss_index, query_fdes, n_candidates, ef_search=ef_search, nprobe=nprobe, allowed=allowed)
     scores = maxsim_scores_batch(queries.vectors, queries.offsets, tokens, doc_offsets, cand)
     return topk_candidates(cand, scores, k)
 
