@@ -54,6 +54,9 @@ def main(index_dir: str) -> int:
         if cmd == "query":
             print(json.dumps(answers(r)), flush=True)
         elif cmd == "stats":
+            deadline = time.monotonic() + 60  # on a loaded machine the thread may not have finished a round yet
+            while stats["rounds"] == 0 and not stats["errors"] and time.monotonic() < deadline:
+                time.sleep(0.01)
             print(json.dumps(stats), flush=True)
         elif cmd == "quit":
             break
