@@ -14,7 +14,7 @@ import numpy as np
 
 log = logging.getLogger(__name__)
 
-__all__ = ["make_faiss_index", "train_index", "train_and_add", "faiss_search", "min_training_points"]
+__all__ = ["make_faiss_index", "train_index", "faiss_search", "min_training_points"]
 
 
 def make_faiss_index(factory: str, dim: int) -> faiss.Index:
@@ -61,13 +61,6 @@ def train_index(index: faiss.Index, factory: str, n_vectors: int, sample_rows, m
         index.train(sample)
     except RuntimeError as e:
         raise ValueError(f"training faiss_factory={factory!r} on {sample.shape[0]} vectors failed: {e}") from None
-
-
-def train_and_add(index: faiss.Index, vectors: np.ndarray, factory: str, max_train: int = 100_000, seed: int = 1) -> None:
-    """Train ``index`` if it needs it (on a random sample of ``vectors``), then add all ``vectors``."""
-    vectors = np.ascontiguousarray(vectors, dtype=np.float32)
-    train_index(index, factory, vectors.shape[0], lambda rows: vectors[rows], max_train=max_train, seed=seed)
-    index.add(vectors)
 
 
 def _search_params(index: faiss.Index, ef_search: int | None, nprobe: int | None, selector):
