@@ -10,8 +10,10 @@ The table has one line per (dataset, split, method, configuration), the latest r
 configuration was run more than once: nDCG@10, Recall@100, its gap to exhaustive MaxSim, Chamfer
 recall@10/@100 (share of the exact MaxSim top-k found), search p50 latency (single queries, query
 encoding excluded), search QPS (batch), speed-up over exhaustive MaxSim (p50 latency, measured in the
-same run on the same queries) and index size. A second table gives the build times. The plot shows
-Chamfer recall@10 and nDCG@10 against search p50 latency, one column of panels per dataset.
+same run on the same queries), index size and the run (rows of one run were timed back to back;
+compare latencies within a run, since the machine may be shared). A second table gives the build
+times. The plot shows Chamfer recall@10 and nDCG@10 against search p50 latency, one column of panels
+per dataset.
 """
 
 from __future__ import annotations
@@ -94,8 +96,8 @@ def markdown(rows: list[dict]) -> str:
     ref = _exhaustive_ndcg(rows)
     out = [
         "| dataset | split | method / config | nDCG@10 | Δ nDCG@10 vs exh. | R@100 | Chamfer R@10 | Chamfer R@100 "
-        "| search p50 ms | search p99 ms | search QPS | speed-up vs exh. (p50) | index MB |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| search p50 ms | search p99 ms | search QPS | speed-up vs exh. (p50) | index MB | run |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         e = ref.get((r["dataset"], r["split"], _encoder_tag(r)))
@@ -107,7 +109,7 @@ def markdown(rows: list[dict]) -> str:
             f"| {r['dataset']} | {r['split']} | {label(r)} | {_fmt(r['ndcg@10'])} | "
             f"{'' if delta is None else f'{delta:+.4f}'} | {_fmt(r['recall@100'])} | {_fmt(r['chamfer_recall@10'])} | "
             f"{_fmt(r['chamfer_recall@100'])} | {lat['p50_ms']:.2f} | {lat['p99_ms']:.2f} | {r['search']['qps']:.1f} | "
-            f"{'' if sp is None else f'{sp:.1f}x'} | {_fmt(mb, 1)} |"
+            f"{'' if sp is None else f'{sp:.1f}x'} | {_fmt(mb, 1)} | {r['run_id'][:6]} |"
         )
     out += ["", "Build (the index each FDE configuration searches; `tokens from` = built from that index's token store, "
                 "its encoding time counted):", "",
