@@ -436,14 +436,8 @@ class _Linear:
         import torch.nn.functional as F
 
         y = F.linear(x, self.weight.to(x.dtype), None if self.bias is None else self.bias.to(x.dtype))
-        if self.activation == "tanh":
-            y = torch.tanh(y)
-        elif self.activation == "relu":
-            y = torch.relu(y)
-        elif self.activation == "gelu":
-            y = F.gelu(y)
-        elif self.activation == "sigmoid":
-            y = torch.sigmoid(y)
+        act = {"tanh": torch.tanh, "relu": torch.relu, "gelu": F.gelu, "sigmoid": torch.sigmoid}.get(self.activation)
+        y = y if act is None else act(y)
         if self.residual is not None:
             y = y + F.linear(x, self.residual.to(x.dtype))
         return y

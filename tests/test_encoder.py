@@ -480,3 +480,22 @@ def test_shipped_default_head_is_the_documented_random_matrix():
     head = np.load(Path(__file__).resolve().parents[1] / "retriever" / "assets" / "minilm_l6_gauss128.npy")
     assert head.dtype == np.float32 and head.shape == (128, 384)
     np.testing.assert_array_equal(head, np.random.default_rng(0).standard_normal((128, 384)).astype(np.float32))
+
+
+def test_dense_activation_and_bias_are_applied(tmp_path):
+    ck = copy_checkpoint(BERT_PYLATE, tmp_path)
+    cfg_file = ck / "1_Dense" / "config.json"
+    cfg = json.loads(cfg_file.read_text())
+    cfg_file.write_text(json.dumps({**cfg, "bias": True, "activation_function": "torch.nn.modules.activation.Tanh"}))
+    w = load_file(ck / "1_Dense" / "model.safetensors")["linear.weight"]
+    b = torch.linspace(-1, 1, 16)
+    save_file({"linear.weight": w, "linear.bias": b}, ck / "1_Dense" / "model.safetensors")
+    enc = load(ck)
+    ids = torch.from_numpy(enc.tokenize(["a cell and a gene"], is_query=False)[0])[None]
+    with torch.no_grad():
+        h = enc.backbone(input_ids=ids, attention_mask=torch.ones_like(ids)).last_hidden_state[0]
+    want = torch.nn.functional.normalize(torch.tanh(h @ w.T + b), dim=-1)
+    np.testing.assert_allclose(enc.encode_documents(["a cell and a gene"])[0], want.numpy(), atol=1e-5)
+    cfg_file.write_text(json.dumps({**cfg, "activation_function": "os.system"}))
+    with pytest.raises(ValueError, match="activation_function 'os.system' is not supported"):
+        load(ck)
