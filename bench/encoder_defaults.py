@@ -18,10 +18,18 @@ Heads compared (none uses any qrels):
 - ``pcaK-other``: fitted on the *other* collection's documents (cross-collection, zero-shot);
 - ``pcaK-self``: fitted on the collection's own documents (unsupervised but in-domain: labelled).
 
-Usage::
+Usage (the runs behind the table in the encoder report; encodings are cached, so reruns are cheap)::
 
-    python bench/encoder_defaults.py                 # all variants, both collections
-    python bench/encoder_defaults.py --write-head    # write retriever/assets/minilm_l6_gauss128.npy and exit
+    python bench/encoder_defaults.py --no-heads                       # baselines + token/marker/expansion variants
+    python bench/encoder_defaults.py --no-mean-pool --variants --heads-on 3            # heads, document_length 256
+    python bench/encoder_defaults.py --no-mean-pool --variants --no-heads --heads-on 3 --doc-length 512
+    python bench/encoder_defaults.py --no-mean-pool --variants --heads-on 8 \
+        --heads gauss128 gauss128-s1 gauss128-s2 gauss128-s3 gauss128-s4 orth128 gauss96 gauss192 pca128-generic
+    python bench/encoder_defaults.py --end-to-end                     # the shipped default, through ColBERTEncoder
+    python bench/encoder_defaults.py --write-head                     # (re)write the shipped head file
+
+Outcome: no markers, no query expansion, punctuation skipped, query_length 64, document_length
+512, and the fixed Gaussian 384->128 head (seed 0, the first draw; seeds 0-4 are reported).
 
 Prints a Markdown table; appends JSON rows to ``bench/results_encoder_defaults.jsonl``.
 """
