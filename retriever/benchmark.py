@@ -43,6 +43,7 @@ from .beir import doc_text, load_beir
 from .eval import DEFAULT_METRICS, chamfer_recall, evaluate, run_from_arrays
 from .index import IndexConfig, Retriever
 from .search import DEFAULT_N_CANDIDATES
+from .storage import file_sha256
 from .tokens import TokenEmbeddings
 
 log = logging.getLogger(__name__)
@@ -126,11 +127,7 @@ def _corpus_sha(data_dir: Path) -> str:
     for name in ("corpus.jsonl", "corpus.jsonl.gz"):
         f = data_dir / name
         if f.is_file():
-            h = hashlib.sha256()
-            with open(f, "rb") as fh:
-                for chunk in iter(lambda: fh.read(1 << 20), b""):
-                    h.update(chunk)
-            return h.hexdigest()
+            return file_sha256(f)
     raise FileNotFoundError(f"{data_dir} holds no corpus.jsonl or corpus.jsonl.gz")
 
 
@@ -270,11 +267,7 @@ def _backbone_sha(encoder) -> str:
     for name in ("model.safetensors", "pytorch_model.bin"):
         f = Path(encoder.path) / name
         if f.is_file():
-            h = hashlib.sha256()
-            with open(f, "rb") as fh:
-                for chunk in iter(lambda: fh.read(1 << 20), b""):
-                    h.update(chunk)
-            return h.hexdigest()
+            return file_sha256(f)
     return str(encoder.identity()["weights_sha256"])
 
 
