@@ -601,32 +601,22 @@ def add_bench_parser(subparsers) -> None:
                    help=f"comma-separated subset of {','.join(BASELINES)}, or 'none'")
     p.add_argument("--threads", type=int, default=None, help="threads for numba, FAISS and torch")
     p.add_argument("--timing-queries", type=int, default=None, help="time single queries on this many (default: all)")
-    p.add_argument("--model", default="default", help="encoder: 'default' (bundled MiniLM) or a model folder")
-    p.add_argument("--dtype", choices=["bfloat16", "float32"], default=None, help="encoder compute dtype")
-    p.add_argument("--batch-size", type=int, default=None, help="encoder batch size")
-    p.add_argument("--faiss-factory", default="Flat", help="FAISS factory string of the candidate index")
-    p.add_argument("--num-repetitions", dest="num_repetitions", type=int)
-    p.add_argument("--num-simhash-projections", dest="num_simhash_projections", type=int)
-    p.add_argument("--projection-dimension", dest="projection_dimension", type=int)
-    p.add_argument("--projection-type", dest="projection_type", choices=["identity", "dense", "ams_sketch"])
+    from .cli import add_encoder_args, add_index_config_args  # cli imports this module: import at call time
+
+    add_encoder_args(p, "default")
+    add_index_config_args(p)
     p.set_defaults(func=cmd_bench)
 
 
 def cmd_bench(args) -> int:
     """Run :func:`run_benchmark` from parsed arguments; prints one summary line per row."""
-    from .encoder import ColBERTEncoder
-    from .fde import FDEConfig
+    from .cli import encoder_from_args, index_config_from_args
 
-    fde_kw = {n: getattr(args, n) for n in ("num_repetitions", "num_simhash_projections", "projection_dimension",
-                                              "projection_type") if getattr(args, n) is not None}
-    if fde_kw.get("projection_type") == "identity":
-        fde_kw["projection_dimension"] = None
-    overrides = {n: getattr(args, n) for n in ("dtype", "batch_size") if getattr(args, n) is not None}
     baselines = () if args.baselines.strip() == "none" else tuple(b.strip() for b in args.baselines.split(",") if b.strip())
     settings = BenchSettings(k=args.k, n_candidates=tuple(args.n_candidates), baselines=baselines,
                              threads=args.threads, timing_queries=args.timing_queries)
-    encoder = ColBERTEncoder.from_pretrained(args.model, **overrides)
-    config = IndexConfig(fde=FDEConfig(**fde_kw), faiss_factory=args.faiss_factory)
+    encoder = encoder_from_args(args)
+    config = index_config_from_args(args)
     rows = run_benchmark(args.data, split=args.split, index_configs=config, encoder=encoder, settings=settings,
                          results=args.results, cache_dir=args.cache_dir, show_progress=not args.quiet)
     for x in rows:

@@ -25,7 +25,7 @@ def _corpus_file(path: Path) -> Path:
     return path
 
 
-def _encoder_from_args(args):
+def encoder_from_args(args):
     from .encoder import ColBERTEncoder
 
     overrides = {}
@@ -36,19 +36,34 @@ def _encoder_from_args(args):
     return ColBERTEncoder.from_pretrained(args.model, **overrides)
 
 
+def add_index_config_args(p) -> None:
+    """Build-time index options (FAISS factory and FDE fields), shared by ``index`` and ``bench``."""
+    p.add_argument("--faiss-factory", default="Flat", help="FAISS factory string of the candidate index")
+    p.add_argument("--num-repetitions", dest="num_repetitions", type=int)
+    p.add_argument("--num-simhash-projections", dest="num_simhash_projections", type=int)
+    p.add_argument("--projection-dimension", dest="projection_dimension", type=int)
+    p.add_argument("--projection-type", dest="projection_type", choices=["identity", "dense", "ams_sketch"])
+
+
+def index_config_from_args(args):
+    """The ``IndexConfig`` named by :func:`add_index_config_args` options (unset fields keep defaults)."""
+    from .fde import FDEConfig
+    from .index import IndexConfig
+
+    fde_kwargs = {n: getattr(args, n) for n in ("num_repetitions", "num_simhash_projections", "projection_dimension",
+                                                "projection_type") if getattr(args, n) is not None}
+    if fde_kwargs.get("projection_type") == "identity":
+        fde_kwargs["projection_dimension"] = None  # identity keeps the token dimension
+    return IndexConfig(fde=FDEConfig(**fde_kwargs), faiss_factory=args.faiss_factory)
+
+
 def cmd_index(args) -> int:
     from .beir import iter_corpus
-    from .fde import FDEConfig
-    from .index import IndexConfig, Retriever
+    from .index import Retriever
 
     corpus = _corpus_file(Path(args.corpus))
-    fde_kwargs = {}
-    for name in ("num_repetitions", "num_simhash_projections", "projection_dimension", "projection_type"):
-        v = getattr(args, name)
-        if v is not None:
-            fde_kwargs[name] = v
-    config = IndexConfig(fde=FDEConfig(**fde_kwargs), faiss_factory=args.faiss_factory)
-    encoder = _encoder_from_args(args)
+    config = index_config_from_args(args)
+    encoder = encoder_from_args(args)
     r = Retriever.build(iter_corpus(corpus), config=config, encoder=encoder, path=args.out, show_progress=not args.quiet)
     log.info("wrote %r to %s", r, args.out)
     print(json.dumps({"index": str(args.out), "n_docs": r.n_docs, "n_tokens": r.n_tokens, "dim": r.dim,
@@ -80,7 +95,7 @@ def cmd_search(args) -> int:
     from .eval import write_trec_run
     from .index import Retriever
 
-    encoder = _encoder_from_args(args) if args.model else None
+    encoder = encoder_from_args(args) if args.model else None
     r = Retriever.load(args.index, encoder=encoder)
     if args.query is not None:
         qids, texts = ["q0"], [args.query]
@@ -114,7 +129,7 @@ def cmd_verify(args) -> int:
     return 0
 
 
-def _add_encoder_args(p, default_model):
+def add_encoder_args(p, default_model):
     p.add_argument("--model", default=default_model, help="encoder: 'default' (bundled MiniLM), a local dir or a hub id")
     p.add_argument("--dtype", choices=["bfloat16", "float32"], default=None, help="encoder compute dtype")
     p.add_argument("--batch-size", type=int, default=None, help="encoder batch size")
@@ -129,12 +144,8 @@ def build_parser() -> argparse.ArgumentParser:
     pi = sub.add_parser("index", help="build an index from a corpus of texts")
     pi.add_argument("--corpus", required=True, help="corpus.jsonl[.gz] (BEIR: _id, title, text) or a BEIR directory")
     pi.add_argument("--out", required=True, help="index directory to write (e.g. index_data/NAME)")
-    _add_encoder_args(pi, "default")
-    pi.add_argument("--faiss-factory", default="Flat", help="FAISS factory string of the candidate index")
-    pi.add_argument("--num-repetitions", dest="num_repetitions", type=int)
-    pi.add_argument("--num-simhash-projections", dest="num_simhash_projections", type=int)
-    pi.add_argument("--projection-dimension", dest="projection_dimension", type=int)
-    pi.add_argument("--projection-type", dest="projection_type", choices=["identity", "dense", "ams_sketch"])
+    add_encoder_args(pi, "default")
+    add_index_config_args(pi)
     pi.set_defaults(func=cmd_index)
 
     ps = sub.add_parser("search", help="search an index; writes a TREC run file or prints hits")
@@ -148,7 +159,7 @@ def build_parser() -> argparse.ArgumentParser:
     ps.add_argument("--nprobe", type=int, default=None)
     ps.add_argument("--out", help="TREC run file to write (default: print hits)")
     ps.add_argument("--tag", default="retriever", help="run tag in the TREC file")
-    _add_encoder_args(ps, None)
+    add_encoder_args(ps, None)
     ps.set_defaults(func=cmd_search)
 
     pv = sub.add_parser("verify", help="check an index directory fully (sizes, checksums, loadability)")
