@@ -117,9 +117,9 @@ def _digest(obj) -> str:
 
 
 def encoder_key(identity: dict) -> dict:
-    """The parts of an encoder identity that determine its vectors (no local path, no batch size)."""
+    """The parts of an encoder identity that determine its vectors (no local path, no batching)."""
     out = {k: v for k, v in identity.items() if k != "path"}
-    out["config"] = {k: v for k, v in identity.get("config", {}).items() if k != "batch_size"}
+    out["config"] = {k: v for k, v in identity.get("config", {}).items() if k not in ("batch_size", "batch_tokens")}
     return out
 
 

@@ -33,6 +33,8 @@ def encoder_from_args(args):
         overrides["dtype"] = args.dtype
     if getattr(args, "batch_size", None):
         overrides["batch_size"] = args.batch_size
+    if getattr(args, "batch_tokens", None):
+        overrides["batch_tokens"] = args.batch_tokens
     return ColBERTEncoder.from_pretrained(args.model, **overrides)
 
 
@@ -132,7 +134,9 @@ def cmd_verify(args) -> int:
 def add_encoder_args(p, default_model):
     p.add_argument("--model", default=default_model, help="encoder: 'default' (bundled MiniLM), a local dir or a hub id")
     p.add_argument("--dtype", choices=["bfloat16", "float32"], default=None, help="encoder compute dtype")
-    p.add_argument("--batch-size", type=int, default=None, help="encoder batch size")
+    p.add_argument("--batch-size", type=int, default=None, help="encoder batch size (most texts per forward pass)")
+    p.add_argument("--batch-tokens", type=int, default=None,
+                   help="most padded tokens per encoder forward pass (bounds memory; default 2048)")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import shutil
@@ -70,6 +71,7 @@ def test_config_rejects_unknown_keys():
         ({"query_length": 0}, "query_length"),
         ({"document_length": 2}, "document_length"),
         ({"batch_size": True}, "batch_size"),
+        ({"batch_tokens": 0}, "batch_tokens"),
         ({"dtype": "float16"}, "dtype"),
         ({"query_prefix": ""}, "query_prefix"),
         ({"do_query_expansion": 1}, "do_query_expansion"),
@@ -243,6 +245,35 @@ def test_output_follows_input_order_and_is_batch_invariant(pylate_bert):
     np.testing.assert_allclose(q[0], pylate_bert.encode_queries([TEXTS["queries"][-1]])[0], atol=1e-5)
 
 
+@pytest.mark.parametrize("expand", [False, True])
+def test_batches_respect_both_limits_and_cover_every_row_once(expand):
+    from retriever.encoder import _WIDTH_STEP, _batches, _padded_width
+
+    rng = np.random.default_rng(3)
+    max_len = 300
+    lengths = list(rng.integers(3, max_len + 1, 500))
+    order = np.argsort([-n for n in lengths], kind="stable")
+    seen = []
+    for rows in _batches(order, lengths, 32, 2048, max_len, expand):
+        width = _padded_width(lengths[rows[0]], max_len, expand)
+        assert all(lengths[r] <= width <= max_len for r in rows)
+        assert len(rows) <= 32 and (len(rows) * width <= 2048 or len(rows) == 1)
+        assert width == max_len if expand else (width % _WIDTH_STEP == 0 or width == max_len)
+        seen.extend(rows)
+    assert sorted(seen) == list(range(500))
+    # one row wider than the token budget still gets a batch of its own
+    assert [list(b) for b in _batches(np.array([1, 0]), [5, 9], 8, 4, 16, False)] == [[1], [0]]
+
+
+def test_output_does_not_depend_on_batching(pylate_bert):
+    texts = TEXTS["documents"] * 3
+    ref = pylate_bert.encode_documents(texts, batch_size=1)
+    small = ColBERTEncoder.from_config(dataclasses.replace(pylate_bert.config, batch_tokens=20))
+    got = small.encode_documents(texts)
+    np.testing.assert_array_equal(got.offsets, ref.offsets)
+    np.testing.assert_allclose(got.vectors, ref.vectors, atol=1e-5)
+
+
 def test_query_without_expansion_has_one_vector_per_token(pylate_bert):
     enc = load(BERT_PYLATE, do_query_expansion=False)
     got = enc.encode_queries(TEXTS["queries"])
@@ -339,7 +370,7 @@ def test_identity_and_compatibility(pylate_bert):
     pylate_bert.check_identity(ident)
     again = ColBERTEncoder.from_config(EncoderConfig.from_dict(ident["config"]))
     assert again.identity() == ident
-    load(BERT_PYLATE, dtype="bfloat16", batch_size=7).check_identity(ident)  # runtime knobs only
+    load(BERT_PYLATE, dtype="bfloat16", batch_size=7, batch_tokens=40).check_identity(ident)  # runtime knobs only
     with pytest.raises(ValueError, match="config.document_length: 24 != 20"):
         load(BERT_PYLATE, document_length=20).check_identity(ident)
     with pytest.raises(ValueError, match="weights_sha256"):
