@@ -44,6 +44,7 @@ from typing import Any, Iterator, Mapping, Sequence
 
 import numpy as np
 
+from .memory import release_freed_memory
 from .tokens import TokenEmbeddings
 
 __all__ = [
@@ -80,7 +81,7 @@ _RUNTIME_FIELDS = ("model", "dtype", "batch_size", "batch_tokens")
 # corpus meets at most limit / step distinct input shapes: oneDNN and the allocator keep per-shape
 # kernels and buffers, and one shape per batch made build memory grow with the corpus.
 _WIDTH_STEP = 16
-# Forward passes between two calls of _release_freed_memory (and one at the end of each call).
+# Forward passes between two calls of release_freed_memory (and one at the end of each call).
 _TRIM_EVERY = 8
 
 
@@ -800,42 +801,15 @@ class ColBERTEncoder:
                 del h, v
                 n_batches += 1
                 if n_batches % _TRIM_EVERY == 0:
-                    _release_freed_memory()
+                    release_freed_memory()
                 bar.update(len(rows))
-        _release_freed_memory()
+        release_freed_memory()
         return TokenEmbeddings(out, offsets)
 
 
 # ---------------------------------------------------------------------------------------------
 # helpers
 # ---------------------------------------------------------------------------------------------
-def _release_freed_memory() -> None:
-    """Hand memory that glibc's malloc keeps after torch frees a batch's activations back to
-    the OS (``malloc_trim``); a no-op where the C library has no such function.
-
-    Batches of varying shapes leave freed holes that glibc keeps mapped: encoding 1,536 NFCorpus
-    documents in 256-document calls left the process 230-250 MB larger without this and 100-120 MB
-    larger with it, at no measurable cost in throughput at the rate ``_encode`` calls it (every
-    ``_TRIM_EVERY`` forward passes and at the end; bench/bench_build_memory.py).
-    """
-    if _MALLOC_TRIM is not None:
-        _MALLOC_TRIM(0)
-
-
-def _find_malloc_trim():
-    import ctypes
-
-    try:
-        fn = ctypes.CDLL(None).malloc_trim
-    except (AttributeError, OSError):
-        return None
-    fn.argtypes, fn.restype = [ctypes.c_size_t], ctypes.c_int
-    return fn
-
-
-_MALLOC_TRIM = _find_malloc_trim()
-
-
 def _padded_width(longest: int, max_len: int, expand: bool) -> int:
     """Width of a batch whose longest sequence (at most ``max_len``) has ``longest`` tokens:
     rounded up to a multiple of ``_WIDTH_STEP`` but never past ``max_len``; with query

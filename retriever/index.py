@@ -25,6 +25,7 @@ from tqdm.auto import tqdm
 from . import format as fmt
 from .ann import make_faiss_index, train_index
 from .fde import FDEConfig, FDEEncoder
+from .memory import release_freed_memory
 from .search import DEFAULT_N_CANDIDATES, SearchResults, search_exact, search_fde
 from .storage import NpyAppender, atomic_replace_dir, iter_npy_rows, make_temp_dir_beside, recover_interrupted_swap
 from .tokens import TokenEmbeddings, as_token_embeddings
@@ -34,8 +35,10 @@ log = logging.getLogger(__name__)
 __all__ = ["IndexConfig", "Retriever"]
 
 _FDE_SPOOL = "fde_spool.npy"
-_TEXT_BATCH = 256  # documents encoded per streaming step (bounds the float32 tokens held at once)
-_FAISS_ADD_ROWS = 2048  # FDE rows read from the spool per FAISS add
+# Documents encoded per streaming step: bounds the float32 tokens held at once (128 encodes as
+# fast as 256 here; bench/bench_build_memory.py measures the peak).
+_TEXT_BATCH = 128
+_FAISS_ADD_ROWS = 256  # FDE rows read from the spool per FAISS add (10 MB at the default 10,240 dims)
 
 
 @dataclass(frozen=True)
@@ -212,6 +215,7 @@ class _Builder:
         for block in iter_npy_rows(spool, _FAISS_ADD_ROWS):  # plain reads: peak memory is one block + FAISS
             index.add(block)
         spool.unlink()
+        release_freed_memory()
         t2 = time.perf_counter()
         self.timings["write_s"] += t1 - t0
         self.timings["faiss_s"] += t2 - t1
@@ -439,6 +443,8 @@ class Retriever:
                 emb = encoder.encode_documents([t for _, t in chunk])
                 builder.timings["encode_s"] += time.perf_counter() - t0
                 builder.add(emb, ids)
+                del emb  # not alive during the next step's encoding
+                release_freed_memory()
                 bar.update(len(chunk))
         finally:
             bar.close()
