@@ -14,7 +14,7 @@ import numpy as np
 
 log = logging.getLogger(__name__)
 
-__all__ = ["make_faiss_index", "train_index", "faiss_search", "min_training_points"]
+__all__ = ["make_faiss_index", "train_index", "add_rows", "faiss_search", "min_training_points"]
 
 
 def make_faiss_index(factory: str, dim: int) -> faiss.Index:
@@ -61,6 +61,39 @@ def train_index(index: faiss.Index, factory: str, n_vectors: int, sample_rows, m
         index.train(sample)
     except RuntimeError as e:
         raise ValueError(f"training faiss_factory={factory!r} on {sample.shape[0]} vectors failed: {e}") from None
+
+
+def add_rows(index: faiss.Index, blocks, n_rows: int) -> None:
+    """Add ``n_rows`` vectors, given as consecutive float32 blocks, to ``index``.
+
+    An empty exact flat index gets its storage sized once and the blocks copied into it:
+    ``index.add`` grows the storage geometrically, each growth holding the old and the new copy,
+    so filling a build's Flat index block by block briefly needed up to twice its final size
+    (bench/bench_build_memory.py). Other index types, or one that already holds vectors, get
+    ``index.add`` per block. Raises ``ValueError`` (leaving a flat index empty) if the blocks
+    do not hold exactly ``n_rows`` rows of ``index.d`` columns.
+    """
+    if type(index) not in (faiss.IndexFlat, faiss.IndexFlatIP) or index.ntotal != 0:
+        for block in blocks:
+            index.add(block)
+        return
+    n_rows, d, nbytes = int(n_rows), index.d, int(n_rows) * index.code_size
+    index.codes.resize(nbytes)
+    try:
+        view = faiss.rev_swig_ptr(index.codes.data(), nbytes).view(np.float32).reshape(n_rows, d)
+        at = 0
+        for block in blocks:
+            block = np.asarray(block)
+            if block.ndim != 2 or block.shape[1] != d or at + block.shape[0] > n_rows:
+                raise ValueError(f"add_rows: block of shape {block.shape} at row {at} does not fit {n_rows} rows of {d} columns")
+            view[at : at + block.shape[0]] = block
+            at += block.shape[0]
+        if at != n_rows:
+            raise ValueError(f"add_rows: the blocks held {at} rows, expected {n_rows}")
+    except BaseException:
+        index.codes.resize(0)
+        raise
+    index.ntotal = n_rows
 
 
 def _search_params(index: faiss.Index, ef_search: int | None, nprobe: int | None, selector):

@@ -23,7 +23,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from . import format as fmt
-from .ann import make_faiss_index, train_index
+from .ann import add_rows, make_faiss_index, train_index
 from .fde import FDEConfig, FDEEncoder
 from .memory import release_freed_memory
 from .search import DEFAULT_N_CANDIDATES, SearchResults, search_exact, search_fde
@@ -212,8 +212,8 @@ class _Builder:
             return np.array(fdes[rows])
 
         train_index(index, self.config.faiss_factory, len(self.ids), sample_rows, seed=self.config.fde.seed)
-        for block in iter_npy_rows(spool, _FAISS_ADD_ROWS):  # plain reads: peak memory is one block + FAISS
-            index.add(block)
+        # plain reads: peak memory is one block + the index
+        add_rows(index, iter_npy_rows(spool, _FAISS_ADD_ROWS), len(self.ids))
         spool.unlink()
         release_freed_memory()
         t2 = time.perf_counter()

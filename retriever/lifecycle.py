@@ -34,7 +34,7 @@ import faiss
 import numpy as np
 
 from . import format as fmt
-from .ann import make_faiss_index, train_index
+from .ann import add_rows, make_faiss_index, train_index
 from .index import (
     _FAISS_ADD_ROWS,
     _TEXT_BATCH,
@@ -366,8 +366,8 @@ def _compacted_faiss(r: Retriever, live: np.ndarray, tokens: np.ndarray, offsets
     needs_training = not fresh.is_trained
     if not needs_training and _stores_exact_vectors(old):
         _copy_search_defaults(old, fresh)
-        for s in range(0, live.size, _FAISS_ADD_ROWS):
-            fresh.add(old.reconstruct_batch(live[s : s + _FAISS_ADD_ROWS]))
+        blocks = (old.reconstruct_batch(live[s : s + _FAISS_ADD_ROWS]) for s in range(0, live.size, _FAISS_ADD_ROWS))
+        add_rows(fresh, blocks, int(live.size))
         return fresh
     spool_path = workdir / "fde_spool.npy"
     with NpyAppender(spool_path, old.d, np.float32, durable=False) as spool:
@@ -388,8 +388,7 @@ def _compacted_faiss(r: Retriever, live: np.ndarray, tokens: np.ndarray, offsets
 
         train_index(index, factory, int(live.size), sample_rows, seed=r.config.fde.seed)
         _copy_search_defaults(old, index)
-    for block in iter_npy_rows(spool_path, _FAISS_ADD_ROWS):
-        index.add(block)
+    add_rows(index, iter_npy_rows(spool_path, _FAISS_ADD_ROWS), int(live.size))
     spool_path.unlink()
     return index
 
