@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/bench_build_memory.py --data ../shared/beir/nfcorpus
     .venv/bin/python bench/bench_build_memory.py --data ../shared/beir/nfcorpus --copies 2
+    .venv/bin/python bench/bench_build_memory.py --data ../shared/beir/nfcorpus --copies 2 --faiss-factory IVF64,SQ8
 
 Samples the process's resident memory (VmRSS) every 20 ms while ``Retriever.build`` streams the
 corpus through the encoder into ``--out`` and prints the peak next to the bytes of ``tokens.npy``
@@ -75,6 +76,7 @@ def main() -> None:
     ap.add_argument("--out", default="index_data/bench-build-memory")
     ap.add_argument("--model", default="default")
     ap.add_argument("--copies", type=int, default=1, help="stream the corpus this many times")
+    ap.add_argument("--faiss-factory", default="Flat", help="FAISS factory string of the candidate index")
     ap.add_argument("--results", default="bench/results/build_memory.jsonl")
     args = ap.parse_args()
 
@@ -82,7 +84,7 @@ def main() -> None:
     from retriever.benchmark import git_revision, machine_info
     from retriever.beir import iter_corpus
     from retriever.encoder import ColBERTEncoder
-    from retriever.index import Retriever
+    from retriever.index import IndexConfig, Retriever
 
     enc = ColBERTEncoder.from_pretrained(args.model)
     enc.encode_documents(["warm-up text"] * 4)
@@ -99,7 +101,8 @@ def main() -> None:
     sampler = PeakSampler()
     sampler.start()
     t0 = time.perf_counter()
-    r = Retriever.build(corpus(), encoder=enc, path=args.out, show_progress=False)
+    r = Retriever.build(corpus(), encoder=enc, path=args.out, config=IndexConfig(faiss_factory=args.faiss_factory),
+                        show_progress=False)
     wall = time.perf_counter() - t0
     peak = sampler.stop()
     out = Path(args.out)
@@ -110,6 +113,7 @@ def main() -> None:
         "bench": "build_memory",
         "data": args.data,
         "copies": args.copies,
+        "faiss_factory": args.faiss_factory,
         "n_docs": r.n_docs,
         "n_tokens": r.n_tokens,
         "dim": r.dim,

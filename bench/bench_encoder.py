@@ -1,7 +1,8 @@
 """Encoder throughput vs the backbone's raw forward pass, measured in the same run.
 
 ``raw``: ``AutoModel`` forward (same dtype setting) over the same pre-tokenised, length-sorted,
-padded batches the encoder builds -- the floor any encoder on this backbone pays.
+padded batches the encoder builds (``batch_size`` texts / ``batch_tokens`` tokens at most) -- the
+floor any encoder on this backbone pays with those batches.
 ``encoder``: ``ColBERTEncoder.encode_documents`` end to end (tokenisation, batching, forward,
 head, skip-list, normalisation, CSR assembly). The two alternate for ``--repeats`` rounds after a
 warm-up, interleaved chunk by chunk (64 texts); the sum over chunks of each chunk's fastest
@@ -29,18 +30,19 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from retriever.beir import doc_text, load_beir  # noqa: E402
-from retriever.encoder import ColBERTEncoder  # noqa: E402
+from retriever.encoder import ColBERTEncoder, _batches, _padded_width  # noqa: E402
 
 
-def padded_batches(enc: ColBERTEncoder, texts: list[str], is_query: bool, batch_size: int):
-    """The encoder's batches: length-sorted (longest first), padded to the longest in the batch."""
+def padded_batches(enc: ColBERTEncoder, texts: list[str], is_query: bool):
+    """The encoder's own batches: length-sorted (longest first), at most ``batch_size`` texts and
+    ``batch_tokens`` padded tokens each, widths rounded up as the encoder does."""
     seqs = enc.tokenize(texts, is_query=is_query)
     order = np.argsort([-len(s) for s in seqs], kind="stable")
     expand = is_query and enc.config.do_query_expansion
+    max_len = enc.config.query_length if is_query else enc.config.document_length
     out = []
-    for b in range(0, len(order), batch_size):
-        rows = order[b:b + batch_size]
-        width = len(seqs[rows[0]])
+    for rows in _batches(order, [len(s) for s in seqs], enc.config.batch_size, enc.config.batch_tokens, max_len, expand):
+        width = _padded_width(len(seqs[rows[0]]), max_len, expand)
         ids = torch.full((len(rows), width), enc.tokenizer.pad_token_id or 0, dtype=torch.long)
         att = torch.zeros((len(rows), width), dtype=torch.long)
         for j, r in enumerate(rows):
@@ -71,6 +73,7 @@ def main(argv=None) -> None:
     ap.add_argument("--dtype", choices=["bfloat16", "float32"], default="bfloat16")
     ap.add_argument("--model", default="default")
     ap.add_argument("--batch-size", type=int, default=32)
+    ap.add_argument("--batch-tokens", type=int, default=2048)
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     ap.add_argument("--queries", action="store_true", help="also time the 300 SciFact test queries")
@@ -79,9 +82,11 @@ def main(argv=None) -> None:
         torch.set_num_threads(args.threads)
     ds = load_beir(Path("/work/shared/beir/scifact"), split="test")
     docs = [doc_text(d) for d in list(ds.corpus.values())[: args.n_docs]]
-    enc = ColBERTEncoder.from_pretrained(args.model, dtype=args.dtype, batch_size=args.batch_size)
+    enc = ColBERTEncoder.from_pretrained(args.model, dtype=args.dtype, batch_size=args.batch_size,
+                                         batch_tokens=args.batch_tokens)
     print(f"# {platform.machine()} {platform.processor() or ''} torch {torch.__version__}, "
-          f"{torch.get_num_threads()} threads, dtype {args.dtype}, batch {args.batch_size}, dim {enc.dim}")
+          f"{torch.get_num_threads()} threads, dtype {args.dtype}, batch {args.batch_size} texts / "
+          f"{args.batch_tokens} tokens, dim {enc.dim}")
     sides = [("documents", docs, False)]
     if args.queries:
         sides.append(("queries", list(ds.queries.values()), True))
@@ -90,7 +95,7 @@ def main(argv=None) -> None:
         # hits both alike; per chunk keep the fastest of the rounds (contention only adds time).
         chunk = 2 * args.batch_size
         pieces = [texts[i:i + chunk] for i in range(0, len(texts), chunk)]
-        batches = [padded_batches(enc, p, is_query, args.batch_size) for p in pieces]
+        batches = [padded_batches(enc, p, is_query) for p in pieces]
         n_tok = sum(int(a.sum()) for bs in batches for _, a in bs)
         encode = enc.encode_queries if is_query else enc.encode_documents
         raw_forward(enc, batches[-1][-1:])  # warm-up

@@ -82,7 +82,7 @@ _RUNTIME_FIELDS = ("model", "dtype", "batch_size", "batch_tokens")
 # kernels and buffers, and one shape per batch made build memory grow with the corpus.
 _WIDTH_STEP = 16
 # Forward passes between two calls of release_freed_memory (and one at the end of each call).
-_TRIM_EVERY = 8
+_TRIM_EVERY = 64
 
 
 # ---------------------------------------------------------------------------------------------

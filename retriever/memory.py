@@ -24,8 +24,10 @@ def release_freed_memory() -> None:
     Encoder batches of varying shapes, FDE batches and FAISS adds free large buffers that glibc
     keeps mapped for reuse, so a long build grows the process far beyond its working set.
     Encoding 1,536 NFCorpus documents in 256-document calls left the process 230-250 MB larger
-    without trimming and 100-120 MB larger with it, at no measurable cost in throughput at the
-    rate the encoder and the index builder call this (bench/bench_build_memory.py).
+    without trimming and 100-120 MB larger with it. A call takes ~10 ms plus the cost of touching
+    the returned pages again, so callers make it once per large unit of work: the encoder every
+    64 forward passes and at the end of each call, the index builder after each 128-document
+    step (bench/bench_build_memory.py, bench/bench_encoder.py).
     """
     if _MALLOC_TRIM is not None:
         _MALLOC_TRIM(0)
