@@ -15,6 +15,9 @@ and ``fde.faiss``, above two baselines:
   those fixed, corpus-size-independent encoder costs are in the baseline; what is left is what
   streaming the corpus through encoder, FDE and FAISS adds.
 
+``--encode-only`` streams the corpus through the encoder in the build's 128-document steps and
+discards the vectors: the encoder's own share of the peak, for comparison.
+
 ``--copies N`` streams the corpus N times (ids suffixed ``#k``): a streaming build's peak stays
 flat while the token store grows N-fold. A JSON row is printed and appended to ``--results``.
 """
@@ -22,6 +25,7 @@ flat while the token store grows N-fold. A JSON row is printed and appended to `
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import shutil
@@ -77,12 +81,15 @@ def main() -> None:
     ap.add_argument("--model", default="default")
     ap.add_argument("--copies", type=int, default=1, help="stream the corpus this many times")
     ap.add_argument("--faiss-factory", default="Flat", help="FAISS factory string of the candidate index")
+    ap.add_argument("--encode-only", action="store_true",
+                    help="stream the corpus through the encoder in the build's steps and discard the vectors: "
+                         "the encoder's own share of the peak")
     ap.add_argument("--results", default="bench/results/build_memory.jsonl")
     args = ap.parse_args()
 
     from kernels.maxsim import warmup
     from retriever.benchmark import git_revision, machine_info
-    from retriever.beir import iter_corpus
+    from retriever.beir import doc_text, iter_corpus
     from retriever.encoder import ColBERTEncoder
     from retriever.index import IndexConfig, Retriever
 
@@ -101,26 +108,42 @@ def main() -> None:
     sampler = PeakSampler()
     sampler.start()
     t0 = time.perf_counter()
-    r = Retriever.build(corpus(), encoder=enc, path=args.out, config=IndexConfig(faiss_factory=args.faiss_factory),
-                        show_progress=False)
+    if args.encode_only:
+        from retriever import index as index_mod
+        from retriever.memory import release_freed_memory
+
+        n_docs = n_tokens = 0
+        it = corpus()
+        while chunk := list(itertools.islice(it, index_mod._TEXT_BATCH)):
+            emb = enc.encode_documents([doc_text(d) for d in chunk])
+            n_docs, n_tokens = n_docs + len(emb), n_tokens + emb.n_tokens
+            del emb
+            release_freed_memory()
+        timings = {}
+    else:
+        r = Retriever.build(corpus(), encoder=enc, path=args.out, config=IndexConfig(faiss_factory=args.faiss_factory),
+                            show_progress=False)
+        n_docs, n_tokens, timings = r.n_docs, r.n_tokens, r.build_timings
     wall = time.perf_counter() - t0
     peak = sampler.stop()
     out = Path(args.out)
-    tokens_b = (out / "tokens.npy").stat().st_size
-    faiss_b = (out / "fde.faiss").stat().st_size
+    # what the index would hold: float16 tokens (+ .npy header), measured files when built
+    tokens_b = n_tokens * enc.dim * 2 if args.encode_only else (out / "tokens.npy").stat().st_size
+    faiss_b = 0 if args.encode_only else (out / "fde.faiss").stat().st_size
     mb = 2**20
     row = {
         "bench": "build_memory",
+        "mode": "encode_only" if args.encode_only else "build",
         "data": args.data,
         "copies": args.copies,
-        "faiss_factory": args.faiss_factory,
-        "n_docs": r.n_docs,
-        "n_tokens": r.n_tokens,
-        "dim": r.dim,
+        "faiss_factory": None if args.encode_only else args.faiss_factory,
+        "n_docs": n_docs,
+        "n_tokens": n_tokens,
+        "dim": enc.dim,
         "encoder": {k: enc.config.to_dict()[k] for k in ("document_length", "batch_size", "batch_tokens", "dtype")},
         "warm_widths": len(widths),
         "build_s": round(wall, 1),
-        "timings_s": {k: round(v, 2) for k, v in r.build_timings.items()},
+        "timings_s": {k: round(v, 2) for k, v in timings.items()},
         "loaded_rss_mb": round(loaded / mb, 1),
         "warmed_rss_mb": round(warmed / mb, 1),
         "peak_rss_mb": round(peak / mb, 1),
@@ -140,7 +163,6 @@ def main() -> None:
         Path(args.results).parent.mkdir(parents=True, exist_ok=True)
         with open(args.results, "a") as fh:
             fh.write(json.dumps(row) + "\n")
-    del r
     shutil.rmtree(out, ignore_errors=True)
 
 

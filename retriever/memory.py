@@ -8,7 +8,7 @@ import ctypes
 def _find_malloc_trim():
     try:
         fn = ctypes.CDLL(None).malloc_trim
-    except (AttributeError, OSError):  # not glibc (macOS, musl without it, Windows)
+    except (AttributeError, OSError, TypeError):  # not glibc (macOS, musl without it, Windows)
         return None
     fn.argtypes, fn.restype = [ctypes.c_size_t], ctypes.c_int
     return fn
