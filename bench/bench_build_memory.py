@@ -18,8 +18,8 @@ and ``fde.faiss``, above two baselines:
 ``--encode-only`` streams the corpus through the encoder in the build's 128-document steps and
 discards the vectors: the encoder's own share of the peak, for comparison.
 
-``--copies N`` streams the corpus N times (ids suffixed ``#k``): a streaming build's peak stays
-flat while the token store grows N-fold. A JSON row is printed and appended to ``--results``.
+``--copies N`` streams the corpus N times (ids suffixed ``#k``): the token store grows N-fold while
+the encoder's share of the peak stays flat; what grows is the in-RAM FAISS index. A JSON row is printed and appended to ``--results``.
 """
 
 from __future__ import annotations
