@@ -30,28 +30,15 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from retriever.beir import doc_text, load_beir  # noqa: E402
-from retriever.encoder import ColBERTEncoder, _batches, _padded_width  # noqa: E402
+from retriever.encoder import ColBERTEncoder  # noqa: E402
 
 
 def padded_batches(enc: ColBERTEncoder, texts: list[str], is_query: bool):
-    """The encoder's own batches: length-sorted (longest first), at most ``batch_size`` texts and
-    ``batch_tokens`` padded tokens each, widths rounded up as the encoder does."""
-    seqs = enc.tokenize(texts, is_query=is_query)
-    order = np.argsort([-len(s) for s in seqs], kind="stable")
-    expand = is_query and enc.config.do_query_expansion
-    max_len = enc.config.query_length if is_query else enc.config.document_length
-    out = []
-    for rows in _batches(order, [len(s) for s in seqs], enc.config.batch_size, enc.config.batch_tokens, max_len, expand):
-        width = _padded_width(len(seqs[rows[0]]), max_len, expand)
-        ids = torch.full((len(rows), width), enc.tokenizer.pad_token_id or 0, dtype=torch.long)
-        att = torch.zeros((len(rows), width), dtype=torch.long)
-        for j, r in enumerate(rows):
-            ids[j, :len(seqs[r])] = torch.from_numpy(seqs[r])
-            att[j, :len(seqs[r])] = 1
-        if expand and enc.config.attend_to_expansion_tokens:
-            att[:] = 1
-        out.append((ids, att))
-    return out
+    """The encoder's own forward-pass inputs for ``texts`` (``ColBERTEncoder._padded_batches``)."""
+    seqs, _ = enc._tokenize(texts, is_query)
+    keeps = [enc._keep_mask(s, is_query) for s in seqs]
+    return [(torch.from_numpy(ids), torch.from_numpy(att))
+            for _, ids, att, _ in enc._padded_batches(seqs, keeps, is_query, enc.config.batch_size)]
 
 
 def raw_forward(enc: ColBERTEncoder, batches) -> None:

@@ -769,27 +769,12 @@ class ColBERTEncoder:
         offsets = np.zeros(len(seqs) + 1, dtype=np.int64)
         np.cumsum([int(k.sum()) for k in keeps], out=offsets[1:])
         out = np.empty((int(offsets[-1]), self.dim), dtype=np.float32)
-        expand = is_query and self.config.do_query_expansion
-        order = np.argsort([-len(s) for s in seqs], kind="stable")
         autocast = (torch.autocast(device_type=torch.device(self.device).type, dtype=torch.bfloat16)
                     if self.config.dtype == "bfloat16" else contextlib.nullcontext())
         bar = tqdm(total=len(seqs), unit="query" if is_query else "doc", disable=not show_progress,
                    desc=f"encoding {what}")
-        max_len = self.config.query_length if is_query else self.config.document_length
         with torch.inference_mode(), bar:
-            n_batches = 0
-            for rows in _batches(order, [len(s) for s in seqs], bs, self.config.batch_tokens, max_len, expand):
-                width = _padded_width(len(seqs[rows[0]]), max_len, expand)
-                ids = np.full((len(rows), width), self._mask_id if expand else self._pad_id, dtype=np.int64)
-                att = np.zeros((len(rows), width), dtype=np.int64)
-                keep = np.zeros((len(rows), width), dtype=bool)
-                for j, r in enumerate(rows):
-                    s = seqs[r]
-                    ids[j, : len(s)] = s
-                    att[j, : len(s)] = 1
-                    keep[j, : len(keeps[r])] = keeps[r]
-                if expand and self.config.attend_to_expansion_tokens:
-                    att[:] = 1
+            for n_batches, (rows, ids, att, keep) in enumerate(self._padded_batches(seqs, keeps, is_query, bs), 1):
                 with autocast:
                     h = self.backbone(input_ids=torch.from_numpy(ids).to(self.device),
                                       attention_mask=torch.from_numpy(att).to(self.device)).last_hidden_state
@@ -799,12 +784,34 @@ class ColBERTEncoder:
                 dest = np.concatenate([np.arange(offsets[r], offsets[r + 1]) for r in rows])
                 out[dest] = v.cpu().numpy()
                 del h, v
-                n_batches += 1
                 if n_batches % _TRIM_EVERY == 0:
                     release_freed_memory()
                 bar.update(len(rows))
         release_freed_memory()
         return TokenEmbeddings(out, offsets)
+
+    def _padded_batches(self, seqs: list[list[int]], keeps: list[np.ndarray], is_query: bool,
+                        batch_size: int) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]]:
+        """The forward passes of one encode call, longest texts first: ``(rows, input_ids,
+        attention_mask, keep)`` with ``rows`` the indices into ``seqs`` and ``keep`` marking the
+        positions whose vectors are returned. At most ``batch_size`` texts and ``batch_tokens``
+        padded tokens each (see :func:`_batches`)."""
+        expand = is_query and self.config.do_query_expansion
+        max_len = self.config.query_length if is_query else self.config.document_length
+        order = np.argsort([-len(s) for s in seqs], kind="stable")
+        for rows in _batches(order, [len(s) for s in seqs], batch_size, self.config.batch_tokens, max_len, expand):
+            width = _padded_width(len(seqs[rows[0]]), max_len, expand)
+            ids = np.full((len(rows), width), self._mask_id if expand else self._pad_id, dtype=np.int64)
+            att = np.zeros((len(rows), width), dtype=np.int64)
+            keep = np.zeros((len(rows), width), dtype=bool)
+            for j, r in enumerate(rows):
+                s = seqs[r]
+                ids[j, : len(s)] = s
+                att[j, : len(s)] = 1
+                keep[j, : len(keeps[r])] = keeps[r]
+            if expand and self.config.attend_to_expansion_tokens:
+                att[:] = 1
+            yield rows, ids, att, keep
 
 
 # ---------------------------------------------------------------------------------------------
