@@ -469,28 +469,26 @@ def test_int_doc_ids_bad_lines(tmp_path):
         _expect_error(d, f"doc_ids.txt:3: .*{match}")
 
 
+def _save_and_expect_error(d: Path, name: str, array: np.ndarray, match: str, **save_kw) -> None:
+    """Replace ``name`` by ``array`` under a re-signed manifest; loading must fail with ``match``."""
+    np.save(d / name, array, **save_kw)
+    _rewrite_manifest(d)
+    _expect_error(d, match)
+
+
 def test_offsets_and_deleted_with_bad_values(idx):
     off = np.load(idx / fmt.DOC_OFFSETS)
     for bad in (off[::-1].copy(), np.where(np.arange(off.size) == 5, off[4], off), off + 1):
-        np.save(idx / fmt.DOC_OFFSETS, bad)
-        _rewrite_manifest(idx)
-        _expect_error(idx, "not a valid CSR offset array")
-    np.save(idx / fmt.DOC_OFFSETS, off.astype(np.float64))
-    _rewrite_manifest(idx)
-    _expect_error(idx, "doc_offsets.npy holds float64")
+        _save_and_expect_error(idx, fmt.DOC_OFFSETS, bad, "not a valid CSR offset array")
+    _save_and_expect_error(idx, fmt.DOC_OFFSETS, off.astype(np.float64), "doc_offsets.npy holds float64")
     np.save(idx / fmt.DOC_OFFSETS, off)
     dele = np.load(idx / fmt.DELETED)
     bad = dele.copy()
     bad[0] = 7
-    np.save(idx / fmt.DELETED, bad)
-    _rewrite_manifest(idx)
-    _expect_error(idx, "must hold 0/1 flags")
-    np.save(idx / fmt.DELETED, dele.astype(np.int64))
-    _rewrite_manifest(idx)
-    _expect_error(idx, "deleted.npy holds int64")
-    np.save(idx / fmt.DELETED, np.array([object()], dtype=object), allow_pickle=True)
-    _rewrite_manifest(idx)
-    _expect_error(idx, "deleted.npy is not a readable .npy file")
+    _save_and_expect_error(idx, fmt.DELETED, bad, "must hold 0/1 flags")
+    _save_and_expect_error(idx, fmt.DELETED, dele.astype(np.int64), "deleted.npy holds int64")
+    _save_and_expect_error(idx, fmt.DELETED, np.array([object()], dtype=object), "deleted.npy is not a readable .npy file",
+                           allow_pickle=True)
 
 
 def test_faiss_file_of_another_dim_count_or_content(idx):
