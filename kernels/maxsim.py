@@ -40,6 +40,7 @@ from numba import config, njit, prange, types
 from numba.core import cgutils
 from numba.extending import intrinsic, overload
 
+from .codes import Int8Rows, ResidualRows, decode_int8_block, decode_residual_block, store_shape
 from .topk import _check_array, _check_k, _finish_heaps_kernel, _push_block_kernel, _readonly
 
 __all__ = [
@@ -205,6 +206,21 @@ def _f32_rows_impl(tokens, start, n, buf):
             return tokens, start
 
         return passthrough
+    store_class = getattr(tokens, "instance_class", None)
+    if store_class is Int8Rows:
+
+        def int8(tokens, start, n, buf):
+            decode_int8_block(tokens.rows, start, n, buf)
+            return buf, 0
+
+        return int8
+    if store_class is ResidualRows:
+
+        def residual(tokens, start, n, buf):
+            decode_residual_block(tokens.rows, tokens.centroids, tokens.lut, start, n, buf)
+            return buf, 0
+
+        return residual
     return None
 
 
@@ -276,21 +292,48 @@ def _exhaustive_kernel(qp, lane_offsets, tokens, doc_offsets, d0, d1, allowed, u
 # --------------------------------------------------------------------------------------
 # validation and packing (plain numpy)
 # --------------------------------------------------------------------------------------
-def _check_store(tokens, doc_offsets, full: bool) -> tuple[np.ndarray, np.ndarray]:
+def _check_store(tokens, doc_offsets, full: bool):
     """Validate the token store; return kernel views (float16 is reinterpreted as uint16)."""
-    _check_array("tokens", tokens, (np.float16, np.float32), 2)
+    if isinstance(tokens, (Int8Rows, ResidualRows)):
+        store = _check_codes(tokens)
+    else:
+        _check_array("tokens", tokens, (np.float16, np.float32), 2)
+        store = tokens.view(np.uint16) if tokens.dtype == np.float16 else tokens
+        store = _readonly(store)
+    n_tokens, dim = store_shape(tokens)
     _check_array("doc_offsets", doc_offsets, (np.int64,), 1)
-    if tokens.shape[1] < 1:
-        raise ValueError(f"tokens must have dim >= 1, got shape {tokens.shape}")
-    if doc_offsets.size < 1 or doc_offsets[0] != 0 or doc_offsets[-1] != tokens.shape[0]:
+    if dim < 1:
+        raise ValueError(f"tokens must have dim >= 1, got dim {dim}")
+    if doc_offsets.size < 1 or doc_offsets[0] != 0 or doc_offsets[-1] != n_tokens:
         raise ValueError(
-            f"doc_offsets must start at 0 and end at n_tokens={tokens.shape[0]}, got "
+            f"doc_offsets must start at 0 and end at n_tokens={n_tokens}, got "
             f"{doc_offsets[:1].tolist()}...{doc_offsets[-1:].tolist()}"
         )
     if full and doc_offsets.size > 1 and bool(np.any(doc_offsets[1:] < doc_offsets[:-1])):
         raise ValueError("doc_offsets must be non-decreasing")
-    store = tokens.view(np.uint16) if tokens.dtype == np.float16 else tokens
-    return _readonly(store), _readonly(doc_offsets)
+    return store, _readonly(doc_offsets)
+
+
+def _check_codes(store):
+    """Validate a compressed store's arrays (shapes and dtypes only: codes are not scanned)."""
+    _check_array("tokens.rows", store.rows, (np.uint8,), 2)
+    if isinstance(store, Int8Rows):
+        if store.rows.shape[1] < 3:
+            raise ValueError(f"tokens.rows of an Int8Rows store must have dim + 2 >= 3 columns, got {store.rows.shape}")
+        return Int8Rows(_readonly(store.rows))
+    _check_array("tokens.centroids", store.centroids, (np.float32,), 2)
+    _check_array("tokens.lut", store.lut, (np.float32,), 3)
+    n_bytes, values, per = store.lut.shape
+    dim = store.centroids.shape[1]
+    if values != 256 or per not in (1, 2, 4, 8) or n_bytes * per != dim:
+        raise ValueError(f"tokens.lut must have shape (dim * nbits / 8, 256, 8 / nbits) for dim {dim}, got {store.lut.shape}")
+    id_bytes = store.rows.shape[1] - n_bytes
+    if id_bytes not in (1, 2, 4) or store.centroids.shape[0] > 1 << (8 * id_bytes):
+        raise ValueError(
+            f"tokens.rows has {store.rows.shape[1]} columns: {id_bytes} bytes of centroid id before the "
+            f"{n_bytes} code bytes do not fit {store.centroids.shape[0]} centroids"
+        )
+    return ResidualRows(_readonly(store.rows), _readonly(store.centroids), _readonly(store.lut))
 
 
 def _check_doc_ids(name: str, ids: np.ndarray, doc_offsets: np.ndarray, n_tokens: int) -> None:
@@ -368,7 +411,8 @@ def maxsim_scores(query: np.ndarray, tokens: np.ndarray, doc_offsets: np.ndarray
     Parameters
     ----------
     query : ndarray, shape (n_q_tokens, dim), float32, C-contiguous
-    tokens : ndarray, shape (n_tokens, dim), float16 or float32, C-contiguous
+    tokens : ndarray, shape (n_tokens, dim), float16 or float32, C-contiguous; or a compressed
+        store (``kernels.codes.Int8Rows`` / ``ResidualRows``), decoded inside the kernel
         The token store; a read-only ``np.memmap`` is fine (it is never copied).
     doc_offsets : ndarray, shape (n_docs + 1,), int64
         CSR offsets of the documents in ``tokens``.
@@ -390,10 +434,11 @@ def maxsim_scores(query: np.ndarray, tokens: np.ndarray, doc_offsets: np.ndarray
     """
     store, offsets = _check_store(tokens, doc_offsets, full=False)
     _check_array("query", query, (np.float32,), 2)
-    if query.shape[1] != tokens.shape[1]:
-        raise ValueError(f"query dim {query.shape[1]} does not match tokens dim {tokens.shape[1]}")
+    n_tokens, dim = store_shape(tokens)
+    if query.shape[1] != dim:
+        raise ValueError(f"query dim {query.shape[1]} does not match tokens dim {dim}")
     _check_array("doc_idx", doc_idx, (np.int64,), 1)
-    _check_doc_ids("doc_idx", doc_idx, doc_offsets, tokens.shape[0])
+    _check_doc_ids("doc_idx", doc_idx, doc_offsets, n_tokens)
     q_offsets = np.array([0, query.shape[0]], dtype=np.int64)
     return _score_pairs(query, q_offsets, store, offsets, doc_idx.reshape(1, -1))[0]
 
@@ -408,7 +453,8 @@ def maxsim_scores_batch(
     q_vectors : ndarray, shape (total_q_tokens, dim), float32, C-contiguous
     q_offsets : ndarray, shape (n_q + 1,), int64
         CSR offsets of the queries in ``q_vectors``.
-    tokens : ndarray, shape (n_tokens, dim), float16 or float32, C-contiguous
+    tokens : ndarray, shape (n_tokens, dim), float16 or float32, C-contiguous; or a compressed
+        store (``kernels.codes.Int8Rows`` / ``ResidualRows``), decoded inside the kernel
     doc_offsets : ndarray, shape (n_docs + 1,), int64
     candidates : ndarray, shape (n_q, n_cand), int64, C-contiguous
         Document rows per query; ``-1`` is padding.
@@ -419,11 +465,11 @@ def maxsim_scores_batch(
         ``out[i, j] = MaxSim(query i, doc candidates[i, j])``; ``-inf`` at padding.
     """
     store, offsets = _check_store(tokens, doc_offsets, full=False)
-    _check_queries(q_vectors, q_offsets, tokens.shape[1])
+    _check_queries(q_vectors, q_offsets, store_shape(tokens)[1])
     _check_array("candidates", candidates, (np.int64,), 2)
     if candidates.shape[0] != q_offsets.size - 1:
         raise ValueError(f"candidates has {candidates.shape[0]} rows but q_offsets describes {q_offsets.size - 1} queries")
-    _check_doc_ids("candidates", candidates, doc_offsets, tokens.shape[0])
+    _check_doc_ids("candidates", candidates, doc_offsets, store_shape(tokens)[0])
     return _score_pairs(q_vectors, q_offsets, store, offsets, candidates)
 
 
@@ -445,7 +491,8 @@ def maxsim_exhaustive(
     ----------
     q_vectors : ndarray, shape (total_q_tokens, dim), float32, C-contiguous
     q_offsets : ndarray, shape (n_q + 1,), int64
-    tokens : ndarray, shape (n_tokens, dim), float16 or float32, C-contiguous
+    tokens : ndarray, shape (n_tokens, dim), float16 or float32, C-contiguous; or a compressed
+        store (``kernels.codes.Int8Rows`` / ``ResidualRows``), decoded inside the kernel
     doc_offsets : ndarray, shape (n_docs + 1,), int64, non-decreasing
     allowed : ndarray, shape (n_docs,), bool or uint8, optional
         Documents whose entry is false/0 are not scored and get ``-inf``.
@@ -455,7 +502,7 @@ def maxsim_exhaustive(
     ndarray, shape (n_q, n_docs), float32
     """
     store, offsets = _check_store(tokens, doc_offsets, full=True)
-    _check_queries(q_vectors, q_offsets, tokens.shape[1])
+    _check_queries(q_vectors, q_offsets, store_shape(tokens)[1])
     n_docs = doc_offsets.size - 1
     mask, use_mask = _check_allowed(allowed, n_docs)
     out = np.empty((q_offsets.size - 1, n_docs), dtype=np.float32)
@@ -476,7 +523,8 @@ def maxsim_exhaustive_topk(
     ----------
     q_vectors : ndarray, shape (total_q_tokens, dim), float32, C-contiguous
     q_offsets : ndarray, shape (n_q + 1,), int64
-    tokens : ndarray, shape (n_tokens, dim), float16 or float32, C-contiguous
+    tokens : ndarray, shape (n_tokens, dim), float16 or float32, C-contiguous; or a compressed
+        store (``kernels.codes.Int8Rows`` / ``ResidualRows``), decoded inside the kernel
     doc_offsets : ndarray, shape (n_docs + 1,), int64, non-decreasing
     k : int
         Results per query, ``>= 1``; may exceed the number of documents.
@@ -491,7 +539,7 @@ def maxsim_exhaustive_topk(
         Descending; ``-inf`` pads.
     """
     store, offsets = _check_store(tokens, doc_offsets, full=True)
-    _check_queries(q_vectors, q_offsets, tokens.shape[1])
+    _check_queries(q_vectors, q_offsets, store_shape(tokens)[1])
     k = _check_k(k)
     n_docs = doc_offsets.size - 1
     mask, use_mask = _check_allowed(allowed, n_docs)
@@ -514,12 +562,14 @@ def maxsim_exhaustive_topk(
     return heap_i, heap_s
 
 
-def warmup() -> None:
-    """Compile (or load from numba's cache) every kernel specialisation the engine uses.
+def warmup(stores: tuple[str, ...] = ("float16", "float32")) -> None:
+    """Compile (or load from numba's cache) the kernel specialisations for the given store types.
 
-    Runs each public function on tiny float16 and float32 token stores, so that the first
-    real query does not pay the JIT cost.
+    ``stores`` names any of ``"float16"``, ``"float32"``, ``"int8"``, ``"residual"``. Runs each
+    public function on a tiny store of each type, so that the first real query does not pay the
+    JIT cost.
     """
+    from .codes import int8_encode, residual_lut, residual_pack
     from .topk import topk, topk_candidates
 
     rng = np.random.default_rng(0)
@@ -527,8 +577,19 @@ def warmup() -> None:
     q_offsets = np.array([0, 1, 3], dtype=np.int64)
     doc_offsets = np.array([0, 2, 5], dtype=np.int64)
     cand = np.array([[0, -1], [1, 0]], dtype=np.int64)
-    for dtype in (np.float16, np.float32):
-        tokens = rng.standard_normal((5, 8)).astype(dtype)
+    x = rng.standard_normal((5, 8)).astype(np.float32)
+    for kind in stores:
+        if kind in ("float16", "float32"):
+            tokens = x.astype(kind)
+        elif kind == "int8":
+            tokens = Int8Rows(int8_encode(x))
+        elif kind == "residual":
+            cent = x[:2].copy()
+            cut = np.zeros((8, 3), dtype=np.float32)
+            rows = residual_pack(x, np.zeros(5, dtype=np.int64), cent, cut, 2, 2)
+            tokens = ResidualRows(rows, cent, residual_lut(np.zeros((8, 4), dtype=np.float32), 2))
+        else:
+            raise ValueError(f"unknown store type {kind!r}; expected float16, float32, int8 or residual")
         maxsim_scores(q, tokens, doc_offsets, cand[1])
         maxsim_scores_batch(q, q_offsets, tokens, doc_offsets, cand)
         maxsim_exhaustive(q, q_offsets, tokens, doc_offsets)

@@ -4,7 +4,9 @@ An index is a directory of plain files::
 
     manifest.json     format name and version, library version, build configs, encoder identity,
                       counts, dims, dtypes, and the size and sha256 of every other file
-    tokens.npy        (n_tokens, dim) float16 token store, memory-mapped for the exact rerank
+    tokens.npy        (n_tokens, row_width) token store, memory-mapped for the exact rerank: float16
+                      vectors, or uint8 rows of a compressed codec (retriever/codecs.py)
+    codec_*.npy       trained codec parameters (residual codes only: centroids, cutoffs, weights)
     doc_offsets.npy   (n_docs + 1,) int64 CSR offsets into tokens.npy
     doc_ids.txt       one external document id per line; line i = document row i
     fde.faiss         FAISS inner-product index over the documents' FDE vectors (row i = document i)
@@ -35,10 +37,12 @@ DOC_OFFSETS = "doc_offsets.npy"
 DOC_IDS = "doc_ids.txt"
 FAISS = "fde.faiss"
 DELETED = "deleted.npy"
+# trained token codec parameters (residual codes only; see retriever/codecs.py)
+CODEC_FILES = {"centroids": "codec_centroids.npy", "cutoffs": "codec_cutoffs.npy", "weights": "codec_weights.npy"}
 
 # Files whose checksum load() always checks (small); tokens.npy and fde.faiss are checked
 # by size and header at load and by checksum in verify().
-SMALL_FILES = (DOC_OFFSETS, DOC_IDS, DELETED)
+SMALL_FILES = (DOC_OFFSETS, DOC_IDS, DELETED, *CODEC_FILES.values())
 
 
 class IndexFormatError(ValueError):
@@ -57,7 +61,7 @@ def describe_files(directory: Path, names: list[str], checksum: bool = True) -> 
 
 
 REQUIRED_FILES = (TOKENS, DOC_OFFSETS, DOC_IDS, FAISS)
-KNOWN_FILES = REQUIRED_FILES + (DELETED,)
+KNOWN_FILES = REQUIRED_FILES + (DELETED, *CODEC_FILES.values())
 CHECKSUM_FIELD = "manifest_sha256"
 _COUNT_FIELDS = ("n_docs", "n_tokens", "dim", "fde_dim")
 

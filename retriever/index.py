@@ -24,6 +24,7 @@ from tqdm.auto import tqdm
 
 from . import format as fmt
 from .ann import add_rows, make_faiss_index, train_index
+from .codecs import CodecConfig, TokenCodec
 from .fde import FDEConfig, FDEEncoder
 from .memory import release_freed_memory
 from .search import DEFAULT_N_CANDIDATES, SearchResults, search_exact, search_fde
@@ -35,6 +36,8 @@ log = logging.getLogger(__name__)
 __all__ = ["IndexConfig", "Retriever"]
 
 _FDE_SPOOL = "fde_spool.npy"
+_TOKEN_SPOOL = "token_spool.npy"  # float16 (pooled) vectors awaiting a codec that must be trained first
+_CODE_ROWS = 1 << 16  # tokens encoded per step when a trained codec encodes the spool
 # Documents encoded per streaming step: bounds the float32 tokens held at once (128 encodes as
 # fast as 256 here; bench/bench_build_memory.py measures the peak).
 _TEXT_BATCH = 128
@@ -53,28 +56,50 @@ class IndexConfig:
         FAISS factory string of the candidate index, always inner product. ``"Flat"`` (exact,
         4 bytes per FDE dimension per document) is the default; ``"HNSW32"`` for sub-linear
         search; ``"IVF{nlist},PQ{m}"`` to compress FDEs when memory matters (needs training).
+    codec : CodecConfig
+        How token vectors are stored: ``float16`` (default), ``int8``, or ``residual`` codes of
+        1, 2 or 4 bits per dimension (see ``retriever.codecs``). Accepts a name too
+        (``"residual2"``).
+    pool_factor : int
+        Token pooling at index time (Clavie et al. 2024): each document's token vectors are
+        clustered (Ward) into ``max(1, n // pool_factor)`` groups whose renormalised means are
+        stored. 1 (default) stores every token. Queries are untouched. Assumes L2-normalised
+        token vectors (as every ColBERT encoder produces).
     """
 
     fde: FDEConfig = field(default_factory=FDEConfig)
     faiss_factory: str = "Flat"
+    codec: CodecConfig = field(default_factory=CodecConfig)
+    pool_factor: int = 1
 
     def __post_init__(self) -> None:
         if not isinstance(self.fde, FDEConfig):
             raise TypeError(f"IndexConfig.fde must be an FDEConfig, got {type(self.fde).__name__}")
         if not isinstance(self.faiss_factory, str) or not self.faiss_factory.strip():
             raise ValueError(f"IndexConfig.faiss_factory must be a non-empty string, got {self.faiss_factory!r}")
+        if isinstance(self.codec, str):
+            object.__setattr__(self, "codec", CodecConfig.parse(self.codec))
+        if not isinstance(self.codec, CodecConfig):
+            raise TypeError(f"IndexConfig.codec must be a CodecConfig or a codec name, got {type(self.codec).__name__}")
+        pf = self.pool_factor
+        if isinstance(pf, (bool, np.bool_)) or not isinstance(pf, (int, np.integer)) or not 1 <= pf <= 64:
+            raise ValueError(f"IndexConfig.pool_factor must be an integer in [1, 64], got {pf!r}")
 
     def to_dict(self) -> dict:
-        return {"fde": self.fde.to_dict(), "faiss_factory": self.faiss_factory}
+        return {"fde": self.fde.to_dict(), "faiss_factory": self.faiss_factory, "codec": self.codec.to_dict(),
+                "pool_factor": int(self.pool_factor)}
 
     @classmethod
     def from_dict(cls, d: dict) -> "IndexConfig":
-        unknown = set(d) - {"fde", "faiss_factory"}
+        """Inverse of :meth:`to_dict`; ``codec`` and ``pool_factor`` default as before they existed."""
+        unknown = set(d) - {"fde", "faiss_factory", "codec", "pool_factor"}
         if unknown:
             raise ValueError(f"unknown IndexConfig keys: {sorted(unknown)}")
         kw = dict(d)
         if "fde" in kw:
             kw["fde"] = FDEConfig.from_dict(kw["fde"])
+        if isinstance(kw.get("codec"), dict):
+            kw["codec"] = CodecConfig.from_dict(kw["codec"])
         return cls(**kw)
 
 
@@ -162,36 +187,114 @@ def _ids_array(ids: list, id_type: str) -> np.ndarray:
 # -- building ----------------------------------------------------------------------------------
 
 
-class _Builder:
-    """Streams validated document batches into a token store and an FDE spool in ``workdir``."""
+def _pooled(emb: TokenEmbeddings, pool_factor: int) -> TokenEmbeddings:
+    """The documents' token vectors after pooling (float32), or as they are when ``pool_factor`` is 1."""
+    vectors = np.ascontiguousarray(emb.vectors, dtype=np.float32)
+    if pool_factor == 1:
+        return TokenEmbeddings(vectors, emb.offsets)
+    from kernels.pooling import pool_tokens
 
-    def __init__(self, workdir: Path, config: IndexConfig, dim: int):
+    pooled, offsets = pool_tokens(vectors, np.ascontiguousarray(emb.offsets, dtype=np.int64), int(pool_factor))
+    return TokenEmbeddings(pooled, offsets)
+
+
+def encode_for_store(codec: TokenCodec, fde_encoder: FDEEncoder, emb: TokenEmbeddings) -> tuple[np.ndarray, np.ndarray]:
+    """Store rows of (pooled) documents and their FDEs, computed from the stored (decoded) vectors.
+
+    FDEs come from what the index stores, so they stay a function of the token store (verify and
+    compact recompute them from it); bench/codecs.py measures the alternative.
+    """
+    rows = codec.encode(emb.vectors)
+    fde = fde_encoder.encode_documents(TokenEmbeddings(codec.decode(rows), emb.offsets))
+    return rows, fde
+
+
+class _Builder:
+    """Streams validated document batches into a token store and an FDE spool in ``workdir``.
+
+    A codec that needs training (residual codes) cannot encode before it has seen the corpus:
+    then the (pooled) vectors are spooled as float16 first, the codec is trained on a random
+    sample of them (bounded by ``CodecConfig.max_train_bytes``), and :meth:`finish` encodes the
+    spool into the store block by block.
+    """
+
+    def __init__(self, workdir: Path, config: IndexConfig, dim: int, show_progress: bool = False):
         self.workdir = workdir
         self.config = config
         self.dim = dim
+        self.show_progress = show_progress
         self.fde_encoder = FDEEncoder(config.fde, dim)
-        self.tokens = NpyAppender(workdir / fmt.TOKENS, dim, np.float16)
+        self.codec = None if config.codec.kind == "residual" else TokenCodec.untrained(config.codec, dim)
+        if self.codec is not None:
+            self.tokens = NpyAppender(workdir / fmt.TOKENS, self.codec.row_width, self.codec.row_dtype)
+        else:
+            self.tokens = NpyAppender(workdir / _TOKEN_SPOOL, dim, np.float16)
         self.fdes = NpyAppender(workdir / _FDE_SPOOL, self.fde_encoder.output_dim, np.float32)
         self.lengths: list[np.ndarray] = []
         self.ids: list = []
         self.id_set: set = set()
         self.id_type: str | None = None
-        self.timings = {"encode_s": 0.0, "fde_s": 0.0, "faiss_s": 0.0, "write_s": 0.0}
+        self.timings = {"encode_s": 0.0, "pool_s": 0.0, "fde_s": 0.0, "codec_s": 0.0, "faiss_s": 0.0, "write_s": 0.0}
 
     def add(self, emb: TokenEmbeddings, ids: list) -> None:
-        self.id_type, half = _validate_batch(emb, ids, self.dim, self.id_type, self.id_set, len(self.ids))
+        self.id_type, _ = _validate_batch(emb, ids, self.dim, self.id_type, self.id_set, len(self.ids))
         self.id_set.update(_py(i) for i in ids)
-        lengths = emb.lengths
         t0 = time.perf_counter()
-        fde = self.fde_encoder.encode_documents(TokenEmbeddings(half.astype(np.float32), emb.offsets))
-        t1 = time.perf_counter()
-        self.tokens.append(half)
-        self.fdes.append(fde)
-        t2 = time.perf_counter()
-        self.timings["fde_s"] += t1 - t0
-        self.timings["write_s"] += t2 - t1
-        self.lengths.append(lengths)
+        emb = _pooled(emb, self.config.pool_factor)
+        t_pool = time.perf_counter()
+        self.timings["pool_s"] += t_pool - t0
+        if self.codec is not None:
+            rows, fde = encode_for_store(self.codec, self.fde_encoder, emb)
+            t1 = time.perf_counter()
+            self.tokens.append(rows)
+            self.fdes.append(fde)
+            self.timings["fde_s"] += t1 - t_pool
+        else:
+            rows = emb.vectors.astype(np.float16)
+            t1 = time.perf_counter()
+            self.tokens.append(rows)
+        self.timings["write_s"] += time.perf_counter() - t1
+        self.lengths.append(emb.lengths)
         self.ids.extend(ids)
+
+    def _encode_spool(self, offsets: np.ndarray) -> None:
+        """Train the codec on a sample of the float16 spool, then write the coded store and the FDEs."""
+        t0 = time.perf_counter()
+        spool_path = self.workdir / _TOKEN_SPOOL
+        spool = np.load(spool_path, mmap_mode="r")
+        n_tokens = spool.shape[0]
+        budget = max(1, self.config.codec.max_train_bytes // (4 * self.dim))
+        rows = np.arange(n_tokens)
+        if n_tokens > budget:
+            rows = np.sort(np.random.default_rng(self.config.codec.seed).choice(n_tokens, budget, replace=False))
+        self.codec = TokenCodec.train(self.config.codec, np.asarray(spool[rows], dtype=np.float32), n_tokens)
+        self.timings["codec_s"] += time.perf_counter() - t0
+        store = NpyAppender(self.workdir / fmt.TOKENS, self.codec.row_width, self.codec.row_dtype)
+        n_docs = offsets.size - 1
+        bar = tqdm(total=n_docs, desc=f"encoding tokens ({self.codec.config.name})", unit="doc",
+                   disable=not self.show_progress)
+        with store, bar:
+            d0 = 0
+            while d0 < n_docs:
+                # documents whose tokens fit a block of _CODE_ROWS (at least one document)
+                d1 = max(d0 + 1, int(np.searchsorted(offsets, offsets[d0] + _CODE_ROWS, side="right")) - 1)
+                d1 = min(d1, n_docs)
+                t0, t1 = int(offsets[d0]), int(offsets[d1])
+                t_a = time.perf_counter()
+                emb = TokenEmbeddings(np.asarray(spool[t0:t1], dtype=np.float32), offsets[d0 : d1 + 1] - t0)
+                code_rows = self.codec.encode(emb.vectors)
+                t_b = time.perf_counter()
+                fde = self.fde_encoder.encode_documents(TokenEmbeddings(self.codec.decode(code_rows), emb.offsets))
+                t_c = time.perf_counter()
+                store.append(code_rows)
+                self.fdes.append(fde)
+                self.timings["codec_s"] += t_b - t_a
+                self.timings["fde_s"] += t_c - t_b
+                self.timings["write_s"] += time.perf_counter() - t_c
+                bar.update(d1 - d0)
+                d0 = d1
+        del spool
+        spool_path.unlink()
 
     def finish(self):
         """Close the files, fill FAISS from the spool; returns (doc_offsets, ids array, faiss index)."""
@@ -199,10 +302,14 @@ class _Builder:
             raise ValueError("cannot build an index from an empty corpus")
         t0 = time.perf_counter()
         self.tokens.close()
-        self.fdes.close()
         lengths = np.concatenate(self.lengths)
         offsets = np.zeros(lengths.size + 1, dtype=np.int64)
         np.cumsum(lengths, out=offsets[1:])
+        if self.codec is None:
+            self.timings["write_s"] += time.perf_counter() - t0
+            self._encode_spool(offsets)
+            t0 = time.perf_counter()
+        self.fdes.close()
         t1 = time.perf_counter()
         spool = self.workdir / _FDE_SPOOL
         index = make_faiss_index(self.config.faiss_factory, self.fdes.n_cols)
@@ -297,6 +404,7 @@ class Retriever:
         id_type: str,
         faiss_index,
         config: IndexConfig,
+        codec: TokenCodec | None = None,
         encoder_info: dict | None = None,
         encoder=None,
         deleted: np.ndarray | None = None,
@@ -309,7 +417,8 @@ class Retriever:
         self.id_type = id_type
         self.faiss_index = faiss_index
         self.config = config
-        self.dim = int(tokens.shape[1])
+        self.codec = codec if codec is not None else TokenCodec.untrained(config.codec, int(tokens.shape[1]))
+        self.dim = self.codec.dim
         self.fde_encoder = FDEEncoder(config.fde, self.dim)
         self.encoder_info = encoder_info
         self._encoder = encoder
@@ -342,13 +451,19 @@ class Retriever:
     def n_tokens(self) -> int:
         return int(self.tokens.shape[0])
 
+    @property
+    def store(self):
+        """The token store as the MaxSim kernels take it (decoded inside the kernels)."""
+        return self.codec.store(self.tokens)
+
     def __len__(self) -> int:
         return self.n_docs
 
     def __repr__(self) -> str:
         return (
             f"Retriever(n_docs={self.n_docs}, n_tokens={self.n_tokens}, dim={self.dim}, "
-            f"fde_dim={self.fde_encoder.output_dim}, faiss={self.config.faiss_factory!r})"
+            f"fde_dim={self.fde_encoder.output_dim}, faiss={self.config.faiss_factory!r}, "
+            f"codec={self.codec.config.name!r}, pool_factor={self.config.pool_factor})"
         )
 
     # -- build -----------------------------------------------------------------------------
@@ -397,17 +512,18 @@ class Retriever:
                     from .encoder import ColBERTEncoder
 
                     encoder = ColBERTEncoder.from_pretrained("default")
-                builder = _Builder(workdir, config, encoder.dim)
+                builder = _Builder(workdir, config, encoder.dim, show_progress)
                 cls._stream_texts(builder, _text_items(items, doc_ids), encoder, show_progress)
                 encoder_info = encoder.identity()
             else:
                 emb = as_token_embeddings(list(items) if not isinstance(items, TokenEmbeddings) else items)
                 ids = list(range(len(emb))) if doc_ids is None else list(doc_ids)
-                builder = _Builder(workdir, config, emb.dim)
+                builder = _Builder(workdir, config, emb.dim, show_progress)
                 builder.add(emb, ids)
                 encoder_info = encoder.identity() if encoder is not None else None
             offsets, ids_arr, index = builder.finish()
-            tokens = fmt.load_array(workdir, fmt.TOKENS, True, np.float16, (int(offsets[-1]), builder.dim))
+            codec = builder.codec
+            tokens = fmt.load_array(workdir, fmt.TOKENS, True, codec.row_dtype, (int(offsets[-1]), codec.row_width))
             r = cls(
                 tokens=tokens,
                 doc_offsets=offsets,
@@ -415,6 +531,7 @@ class Retriever:
                 id_type=builder.id_type,
                 faiss_index=index,
                 config=config,
+                codec=codec,
                 encoder_info=encoder_info,
                 encoder=encoder,
                 workdir=None if target is not None else workdir,
@@ -423,7 +540,7 @@ class Retriever:
             if target is not None:
                 r._write_into(workdir, tokens_in_place=True)
                 atomic_replace_dir(workdir, target)
-                r.tokens = fmt.load_array(target, fmt.TOKENS, True, np.float16, tokens.shape)
+                r.tokens = fmt.load_array(target, fmt.TOKENS, True, codec.row_dtype, tokens.shape)
             log.info("built %r (timings %s)", r, {k: round(v, 2) for k, v in builder.timings.items()})
             return r
         except BaseException:
@@ -494,11 +611,11 @@ class Retriever:
         n_allowed = int(allowed.sum()) if allowed is not None else len(self.doc_ids)
         if mode == "exact" or n_candidates >= n_allowed:
             # exhaustive scoring of every allowed document is exact and no slower here
-            rows, scores = search_exact(q, self.tokens, self.doc_offsets, k=int(k), allowed=allowed)
+            rows, scores = search_exact(q, self.store, self.doc_offsets, k=int(k), allowed=allowed)
         else:
             qf = self.fde_encoder.encode_queries(q)
             rows, scores = search_fde(
-                q, qf, self.faiss_index, self.tokens, self.doc_offsets, k=int(k), n_candidates=int(n_candidates),
+                q, qf, self.faiss_index, self.store, self.doc_offsets, k=int(k), n_candidates=int(n_candidates),
                 ef_search=ef_search, nprobe=nprobe, allowed=allowed,
             )
         return SearchResults(ids=self._ids_of(rows), scores=scores, rows=rows)
@@ -644,7 +761,9 @@ class Retriever:
         functions of the stored tokens: Flat and HNSW-Flat indexes reuse their stored vectors,
         other types re-encode them. A trained FAISS index (IVF, PQ) keeps its training unless
         ``retrain=True``, which trains afresh on the remaining documents as :meth:`build` does
-        (advisable after many additions, see the README). Raises ``ValueError`` if every
+        (advisable after many additions, see the README); ``retrain=True`` also retrains a
+        residual token codec on the live tokens and re-encodes the store (from the decoded
+        vectors: the original vectors are not kept). Raises ``ValueError`` if every
         document is deleted (an index cannot be empty). Not safe while other threads search.
         """
         from .lifecycle import compact_index
@@ -675,7 +794,7 @@ class Retriever:
     def _write_into(self, directory: Path, tokens_in_place: bool) -> None:
         names = [fmt.TOKENS, fmt.DOC_OFFSETS, fmt.DOC_IDS, fmt.FAISS]
         if not tokens_in_place:
-            with NpyAppender(directory / fmt.TOKENS, self.dim, np.float16) as w:
+            with NpyAppender(directory / fmt.TOKENS, self.codec.row_width, self.codec.row_dtype) as w:
                 step = 1 << 20
                 for s in range(0, self.n_tokens, step):
                     w.append(self.tokens[s : s + step])
@@ -686,6 +805,9 @@ class Retriever:
         if self.deleted.any():
             np.save(directory / fmt.DELETED, self.deleted, allow_pickle=False)
             names.append(fmt.DELETED)
+        for key, arr in self.codec.arrays().items():
+            np.save(directory / fmt.CODEC_FILES[key], arr, allow_pickle=False)
+            names.append(fmt.CODEC_FILES[key])
         from . import __version__
 
         manifest = {
@@ -701,7 +823,8 @@ class Retriever:
             "dim": self.dim,
             "fde_dim": self.fde_encoder.output_dim,
             "id_type": self.id_type,
-            "dtypes": {"tokens": "float16", "doc_offsets": "int64"},
+            "dtypes": {"tokens": self.codec.row_dtype.name, "doc_offsets": "int64"},
+            "codec": self.codec.describe(),
             "files": fmt.describe_files(directory, names),
         }
         fmt.write_manifest(directory, manifest)
@@ -726,7 +849,8 @@ class Retriever:
         except (TypeError, ValueError) as e:
             raise fmt.IndexFormatError(f"{path / fmt.MANIFEST}: bad config: {e}") from None
         n_docs, n_tokens, dim = int(m["n_docs"]), int(m["n_tokens"]), int(m["dim"])
-        tokens = fmt.load_array(path, fmt.TOKENS, mmap, np.float16, (n_tokens, dim))
+        codec = _load_codec(path, m, config, dim)
+        tokens = fmt.load_array(path, fmt.TOKENS, mmap, codec.row_dtype, (n_tokens, codec.row_width))
         offsets = fmt.load_array(path, fmt.DOC_OFFSETS, False, np.int64, (n_docs + 1,))
         if offsets[0] != 0 or offsets[-1] != n_tokens or np.any(np.diff(offsets) <= 0):
             raise fmt.IndexFormatError(f"{path / fmt.DOC_OFFSETS} is not a valid CSR offset array for {n_tokens} tokens")
@@ -759,14 +883,14 @@ class Retriever:
             )
         r = cls(
             tokens=tokens, doc_offsets=offsets, doc_ids=ids, id_type=id_type, faiss_index=index,
-            config=config, encoder_info=m.get("encoder"), deleted=deleted,
+            config=config, codec=codec, encoder_info=m.get("encoder"), deleted=deleted,
         )
         if r.fde_encoder.output_dim != int(m["fde_dim"]):
             raise fmt.IndexFormatError(f"{path / fmt.MANIFEST}: fde_dim {m['fde_dim']} does not match its FDE config")
         if encoder is not None:
             r._check_encoder(encoder)
             r._encoder = encoder
-        _warmup()
+        _warmup(codec.kind)
         return r
 
     @staticmethod
@@ -803,8 +927,32 @@ def _parse_ids(p: Path, raw: list[str], id_type: str) -> np.ndarray:
     return _ids_array(raw, id_type)
 
 
-def _warmup() -> None:
+def _load_codec(path: Path, m: dict, config: IndexConfig, dim: int) -> TokenCodec:
+    """The index's token codec from its config and (residual codes) its parameter files."""
+    arrays = {}
+    if config.codec.kind == "residual":
+        b = 1 << config.codec.nbits
+        shapes = {"cutoffs": (dim, b - 1), "weights": (dim, b)}
+        n_cent = (m.get("codec") or {}).get("n_centroids")
+        if isinstance(n_cent, bool) or not isinstance(n_cent, int) or n_cent < 1:
+            raise fmt.IndexFormatError(f"{path / fmt.MANIFEST}: codec.n_centroids must be a positive integer, got {n_cent!r}")
+        shapes["centroids"] = (n_cent, dim)
+        for key, name in fmt.CODEC_FILES.items():
+            if name not in m["files"]:
+                raise fmt.IndexFormatError(f"{path / fmt.MANIFEST}: the residual codec needs {name!r}, which is not listed")
+            arrays[key] = fmt.load_array(path, name, False, np.float32, shapes[key])
+            if not np.isfinite(arrays[key]).all():
+                raise fmt.IndexFormatError(f"{path / name} holds NaN or infinite values")
+        if np.any(np.diff(arrays["cutoffs"], axis=1) < 0):
+            raise fmt.IndexFormatError(f"{path / fmt.CODEC_FILES['cutoffs']}: cut-offs must ascend along each row")
+    try:
+        return TokenCodec.from_arrays(config.codec, dim, arrays)
+    except ValueError as e:
+        raise fmt.IndexFormatError(f"{path}: bad codec: {e}") from None
+
+
+def _warmup(kind: str = "float16") -> None:
     from kernels.maxsim import warmup
 
-    warmup()
+    warmup((kind,))
 

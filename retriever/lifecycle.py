@@ -19,7 +19,11 @@ How each change is made
   A deleted id may be added again: it then names a new row.
 * **compact** copies the live rows' tokens to a new store and rebuilds FAISS over them: Flat and
   HNSW-Flat reuse their stored FDE vectors (identical to re-encoding), other types re-encode
-  from the float16 tokens. Trained types (IVF, PQ) keep their training unless ``retrain=True``.
+  from the stored (decoded) tokens. Trained types (IVF, PQ) keep their training unless
+  ``retrain=True``, which also retrains a residual token codec on the live tokens and re-encodes
+  the store with it (from the decoded vectors: the original vectors are not kept).
+* New documents are pooled (``pool_factor``) and encoded with the index's codec as it was
+  trained at build time, so codes of old and new documents mean the same thing.
 """
 
 from __future__ import annotations
@@ -44,7 +48,9 @@ from .index import (
     _is_text_item,
     _py,
     _text_items,
+    _pooled,
     _validate_batch,
+    encode_for_store,
 )
 from .storage import NpyAppender, iter_npy_rows
 from .tokens import TokenEmbeddings, as_token_embeddings
@@ -103,7 +109,7 @@ def _type_of(i) -> str:
 
 
 class _TokenSink:
-    """Receives the float16 tokens of new documents behind the current store until commit."""
+    """Receives the store rows of new documents behind the current store until commit."""
 
     def __init__(self, r: Retriever) -> None:
         self.r = r
@@ -116,30 +122,31 @@ class _TokenSink:
         if not isinstance(tokens, np.memmap):
             self.mem = []
         elif _owns_token_file(r):
-            self.app = NpyAppender.resume(r._workdir / fmt.TOKENS, r.dim, np.float16, self.n_old)
+            self.app = NpyAppender.resume(r._workdir / fmt.TOKENS, r.codec.row_width, r.codec.row_dtype, self.n_old)
         else:  # the store belongs to a saved directory: copy it once into our own workdir
             self.new_workdir = Path(tempfile.mkdtemp(prefix="retriever-"))
             try:
-                self.app = NpyAppender(self.new_workdir / fmt.TOKENS, r.dim, np.float16, durable=False)
+                self.app = NpyAppender(self.new_workdir / fmt.TOKENS, r.codec.row_width, r.codec.row_dtype, durable=False)
                 for s in range(0, self.n_old, _COPY_ROWS):
                     self.app.append(tokens[s : s + _COPY_ROWS])
             except BaseException:
                 self.rollback()
                 raise
 
-    def append(self, half: np.ndarray) -> None:
+    def append(self, rows: np.ndarray) -> None:
         if self.mem is not None:
-            self.mem.append(half)
+            self.mem.append(rows)
         else:
-            self.app.append(half)
-        self.n_new += half.shape[0]
+            self.app.append(rows)
+        self.n_new += rows.shape[0]
 
     def finish(self) -> np.ndarray:
         """The grown store: a memory map of the file (header now final) or an in-memory array."""
         if self.mem is not None:
             return np.concatenate([self.r.tokens, *self.mem], axis=0)
         self.app.close()
-        return fmt.load_array(self.app.path.parent, fmt.TOKENS, True, np.float16, (self.n_old + self.n_new, self.r.dim))
+        return fmt.load_array(self.app.path.parent, fmt.TOKENS, True, self.r.codec.row_dtype,
+                              (self.n_old + self.n_new, self.r.codec.row_width))
 
     def rollback(self) -> None:
         if self.new_workdir is not None:
@@ -178,15 +185,16 @@ class _Stager:
                 raise TypeError(f"document ids are {batch_type}, this index has {r.id_type} ids (e.g. {_py(ids[0])!r})")
         row_of = r._live_row_map()
         in_index = None if self.replace else (lambda i: i in row_of)
-        _, half = _validate_batch(emb, ids, r.dim, r.id_type, self.taken, len(self.ids), in_index)
+        _validate_batch(emb, ids, r.dim, r.id_type, self.taken, len(self.ids), in_index)
         t0 = time.perf_counter()
-        fde = r.fde_encoder.encode_documents(TokenEmbeddings(half.astype(np.float32), emb.offsets))
+        emb = _pooled(emb, r.config.pool_factor)
+        rows, fde = encode_for_store(r.codec, r.fde_encoder, emb)  # a trained codec is kept as it is
         t1 = time.perf_counter()
         if self.sink is None:
             self.sink = _TokenSink(r)
             self.spool_dir = Path(tempfile.mkdtemp(prefix="retriever-add-"))
             self.fdes = NpyAppender(self.spool_dir / "fde_spool.npy", fde.shape[1], np.float32, durable=False)
-        self.sink.append(half)
+        self.sink.append(rows)
         self.fdes.append(fde)
         self.timings["fde_s"] += t1 - t0
         self.timings["write_s"] += time.perf_counter() - t1
@@ -359,12 +367,12 @@ def _copy_search_defaults(src, dst) -> None:
 
 
 def _compacted_faiss(r: Retriever, live: np.ndarray, tokens: np.ndarray, offsets: np.ndarray, workdir: Path,
-                     retrain: bool):
+                     retrain: bool, codec):
     old = r.faiss_index
     factory = r.config.faiss_factory
     fresh = make_faiss_index(factory, old.d)
     needs_training = not fresh.is_trained
-    if not needs_training and _stores_exact_vectors(old):
+    if not needs_training and _stores_exact_vectors(old) and codec is r.codec:
         _copy_search_defaults(old, fresh)
         blocks = (old.reconstruct_batch(live[s : s + _FAISS_ADD_ROWS]) for s in range(0, live.size, _FAISS_ADD_ROWS))
         add_rows(fresh, blocks, int(live.size))
@@ -375,7 +383,7 @@ def _compacted_faiss(r: Retriever, live: np.ndarray, tokens: np.ndarray, offsets
         for s in range(0, n, _FDE_DOCS):
             e = min(n, s + _FDE_DOCS)
             t0, t1 = int(offsets[s]), int(offsets[e])
-            emb = TokenEmbeddings(np.asarray(tokens[t0:t1], dtype=np.float32), offsets[s : e + 1] - t0)
+            emb = TokenEmbeddings(codec.decode(tokens[t0:t1]), offsets[s : e + 1] - t0)
             spool.append(r.fde_encoder.encode_documents(emb))
     if needs_training and not retrain:
         index = faiss.clone_index(old)
@@ -391,6 +399,24 @@ def _compacted_faiss(r: Retriever, live: np.ndarray, tokens: np.ndarray, offsets
     add_rows(index, iter_npy_rows(spool_path, _FAISS_ADD_ROWS), int(live.size))
     spool_path.unlink()
     return index
+
+
+_RETRAIN_SAMPLE_DOCS = 4096  # documents whose (decoded) tokens a codec retraining samples at most
+
+
+def _retrained_codec(r: Retriever, live: np.ndarray):
+    """A codec of the same config trained afresh on decoded tokens of (a sample of) the live documents."""
+    from .codecs import TokenCodec
+
+    cfg = r.codec.config
+    rng = np.random.default_rng(cfg.seed)
+    docs = live if live.size <= _RETRAIN_SAMPLE_DOCS else np.sort(rng.choice(live, _RETRAIN_SAMPLE_DOCS, replace=False))
+    sample = np.concatenate([r.codec.decode(r.tokens[int(r.doc_offsets[d]) : int(r.doc_offsets[d + 1])]) for d in docs])
+    budget = max(1, cfg.max_train_bytes // (4 * r.dim))
+    if sample.shape[0] > budget:
+        sample = sample[np.sort(rng.choice(sample.shape[0], budget, replace=False))]
+    n_tokens = int(np.diff(r.doc_offsets)[live].sum())
+    return TokenCodec.train(cfg, sample, n_tokens)
 
 
 def compact_index(r: Retriever, *, retrain: bool = False) -> int:
@@ -409,20 +435,27 @@ def compact_index(r: Retriever, *, retrain: bool = False) -> int:
     src_off = r.doc_offsets
     workdir = Path(tempfile.mkdtemp(prefix="retriever-"))
     try:
-        if isinstance(r.tokens, np.memmap):
-            with NpyAppender(workdir / fmt.TOKENS, r.dim, np.float16, durable=False) as w:
+        codec = r.codec
+        if retrain and codec.needs_training:
+            codec = _retrained_codec(r, live)
+        if isinstance(r.tokens, np.memmap) or codec is not r.codec:
+            with NpyAppender(workdir / fmt.TOKENS, codec.row_width, codec.row_dtype, durable=False) as w:
                 for a, b in _runs(live):
                     t0, t1 = int(src_off[a]), int(src_off[b])
                     for s in range(t0, t1, _COPY_ROWS):
-                        w.append(r.tokens[s : min(t1, s + _COPY_ROWS)])
-            tokens = fmt.load_array(workdir, fmt.TOKENS, True, np.float16, (int(offsets[-1]), r.dim))
+                        block = r.tokens[s : min(t1, s + _COPY_ROWS)]
+                        w.append(block if codec is r.codec else codec.encode(r.codec.decode(block)))
+            tokens = fmt.load_array(workdir, fmt.TOKENS, True, codec.row_dtype, (int(offsets[-1]), codec.row_width))
+            if not isinstance(r.tokens, np.memmap):
+                tokens = np.array(tokens)  # an in-memory index stays in memory
         else:
             tokens = np.concatenate([r.tokens[int(src_off[a]) : int(src_off[b])] for a, b in _runs(live)], axis=0)
-        index = _compacted_faiss(r, live, tokens, offsets, workdir, retrain)
+        index = _compacted_faiss(r, live, tokens, offsets, workdir, retrain, codec)
     except BaseException:
         shutil.rmtree(workdir, ignore_errors=True)
         raise
     with r._ids_lock:
+        r.codec = codec
         r.tokens = tokens
         r.doc_offsets = offsets
         r.doc_ids = r.doc_ids[live]
@@ -455,10 +488,20 @@ def check_consistency(r: Retriever, path: Path) -> None:
             _check_ids(live_ids, "str")
         except (TypeError, ValueError) as e:
             raise fmt.IndexFormatError(f"{path / fmt.DOC_IDS}: {e}") from None
+    if r.codec.kind == "residual":
+        n_cent, id_bytes = r.codec.centroids.shape[0], r.codec.id_bytes
+        for s in range(0, r.n_tokens, _COPY_ROWS):
+            raw = np.ascontiguousarray(r.tokens[s : s + _COPY_ROWS, :id_bytes])
+            ids = np.zeros((raw.shape[0], 4), dtype=np.uint8)
+            ids[:, :id_bytes] = raw
+            bad = np.flatnonzero(ids.view("<u4")[:, 0] >= n_cent)
+            if bad.size:
+                raise fmt.IndexFormatError(f"{path / fmt.TOKENS}: token row {s + int(bad[0])} names centroid "
+                                           f"{int(ids.view('<u4')[bad[0], 0])}, the codec has {n_cent}")
     if not _stores_exact_vectors(r.faiss_index) or live.size == 0:
         return
     rows = np.unique(live[np.linspace(0, live.size - 1, min(_FDE_SAMPLE, live.size)).astype(np.int64)])
-    emb = TokenEmbeddings.from_list([np.asarray(r.tokens[r.doc_offsets[i] : r.doc_offsets[i + 1]]) for i in rows])
+    emb = TokenEmbeddings.from_list([r.codec.decode(r.tokens[r.doc_offsets[i] : r.doc_offsets[i + 1]]) for i in rows])
     fresh = r.fde_encoder.encode_documents(emb)
     stored = r.faiss_index.reconstruct_batch(rows)
     bad = ~np.all(np.isclose(stored, fresh, rtol=1e-4, atol=1e-5), axis=1)

@@ -85,7 +85,7 @@ def main(argv: list[str]) -> int:
     from retriever import storage
     from retriever.index import Retriever
 
-    index_mod._warmup = lambda: None  # this process never searches: skip the kernels' JIT-cache load
+    index_mod._warmup = lambda *kind: None  # this process never searches: skip the kernels' JIT-cache load
     r = Retriever.load(index_dir)  # before the hooks: an interrupted swap is recovered here, unhooked
 
     kill_phase, kill_n = None, 0

@@ -132,3 +132,54 @@ def check_topk_with_ties(ref_scores: np.ndarray, got_idx: np.ndarray, got_vals: 
         # and the returned scores match the sorted reference top scores within tolerance
         best = np.sort(ref_scores[r, eligible])[::-1][:n_hits]
         assert np.all(np.abs(vals - best) <= np.max(tol[r]) * 2 + 1e-30), f"row {r}: scores differ from reference top-{k}"
+
+
+# -- token codecs (twins of kernels/codes.py) ---------------------------------------------------
+
+
+def int8_encode_ref(x: np.ndarray) -> np.ndarray:
+    """Int8 rows, one token at a time: values q + 128 with q = round(x / s), then float16 s = max|x| / 127."""
+    x = np.asarray(x, dtype=np.float32)
+    out = np.zeros((x.shape[0], x.shape[1] + 2), dtype=np.uint8)
+    for i, v in enumerate(x):
+        s = np.float16(np.abs(v).max() / np.float32(127.0))
+        q = np.zeros_like(v) if float(s) == 0 else np.clip(np.rint(v / np.float32(s)), -127, 127)
+        out[i, : x.shape[1]] = (q + 128).astype(np.uint8)
+        out[i, x.shape[1] :] = np.frombuffer(np.float16(s).tobytes(), dtype=np.uint8)
+    return out
+
+
+def int8_decode_ref(rows: np.ndarray) -> np.ndarray:
+    dim = rows.shape[1] - 2
+    s = np.frombuffer(np.ascontiguousarray(rows[:, dim:]).tobytes(), dtype="<f2").astype(np.float32)
+    return (rows[:, :dim].astype(np.float32) - 128.0) * s[:, None]
+
+
+def residual_encode_ref(x, ids, centroids, cutoffs, nbits, id_bytes) -> np.ndarray:
+    """Residual rows, bit by bit: id little-endian, then dimension k's bucket at bit k * nbits."""
+    n, dim = x.shape
+    out = np.zeros((n, id_bytes + dim * nbits // 8), dtype=np.uint8)
+    for i in range(n):
+        c = int(ids[i])
+        for j in range(id_bytes):
+            out[i, j] = (c >> (8 * j)) & 0xFF
+        r = x[i].astype(np.float32) - centroids[c]
+        for k in range(dim):
+            b = int(np.sum(r[k] > cutoffs[k]))
+            bit = k * nbits
+            out[i, id_bytes + bit // 8] |= b << (bit % 8)
+    return out
+
+
+def residual_decode_ref(rows, centroids, weights, nbits) -> np.ndarray:
+    """centroid + per-dimension bucket weight, read bit by bit."""
+    dim = centroids.shape[1]
+    id_bytes = rows.shape[1] - dim * nbits // 8
+    out = np.zeros((rows.shape[0], dim), dtype=np.float32)
+    for i, row in enumerate(rows):
+        c = sum(int(row[j]) << (8 * j) for j in range(id_bytes))
+        for k in range(dim):
+            bit = k * nbits
+            b = (int(row[id_bytes + bit // 8]) >> (bit % 8)) & ((1 << nbits) - 1)
+            out[i, k] = centroids[c, k] + weights[k, b]
+    return out
