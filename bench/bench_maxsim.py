@@ -9,6 +9,9 @@ Case 1 (rerank): one query (32 x 128) against 1,000 candidates of 180 tokens, fl
 store; ``maxsim_scores`` vs numpy (one float32 GEMM + max + sum) vs torch float32.
 Case 2 (exhaustive): 64 queries against 5,000 documents of 240 tokens;
 ``maxsim_exhaustive_topk`` vs numpy GEMM + max + sum + argpartition, per query.
+Case 3 (codes): case 1's rerank over the same tokens stored by each token codec (int8, residual
+1/2/4 bits; ``retriever.codecs``), decoded inside the kernel; ratio to the float16 store timed in
+the same run, rounds interleaved (``--skip-codecs`` to leave it out).
 
 All timings are medians after warm-up; ratios compare timings taken in the same run.
 """
@@ -124,6 +127,29 @@ def bench_exhaustive(args, rng) -> None:
     print(f"top-{k} overlap with numpy on the first queries: {agree:.3f}")
 
 
+def bench_codecs(args, rng) -> None:
+    from retriever.codecs import CodecConfig, TokenCodec
+
+    tokens, offsets = make_store(rng, args.n_cand, args.doc_len, args.dim)
+    query = make_queries(rng, 1, args.q_len, args.dim)
+    cand = rng.permutation(args.n_cand).astype(np.int64)
+    x = tokens.astype(np.float32)
+    stores = {"float16": tokens}
+    for name in ("int8", "residual4", "residual2", "residual1"):
+        codec = TokenCodec.train(CodecConfig.parse(name), x[:: max(1, x.shape[0] // 65536)], x.shape[0])
+        stores[f"{name} ({codec.bytes_per_token} B/token)"] = codec.store(codec.encode(x))
+    times: dict[str, list[float]] = {k: [] for k in stores}
+    for _ in range(max(3, args.repeat // 3)):  # interleaved rounds: load drifts hit every store alike
+        for name, st in stores.items():
+            times[name].append(median_ms(lambda: maxsim_scores(query, st, offsets, cand), 3, warm=1))
+    base = statistics.median(times["float16"])
+    print(f"\n== rerank over codes: 1 query {args.q_len}x{args.dim} vs {args.n_cand} docs x {args.doc_len} tokens, "
+          f"median of {len(times['float16'])} interleaved rounds ==")
+    for name, ts in times.items():
+        ms = statistics.median(ts)
+        print(f"{name:34s} {ms:8.2f} ms   {ms / base:5.2f}x the float16 time")
+
+
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--threads", type=int, default=2)
@@ -139,6 +165,7 @@ def main(argv=None) -> None:
     p.add_argument("--k", type=int, default=100)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--skip-exhaustive", action="store_true")
+    p.add_argument("--skip-codecs", action="store_true")
     args = p.parse_args(argv)
 
     import numba
@@ -147,12 +174,14 @@ def main(argv=None) -> None:
     print(f"numpy {np.__version__}, numba {numba.__version__}, {os.cpu_count()} CPUs, threads={args.threads}, "
           f"load average {os.getloadavg()[0]:.2f} (other processes share these CPUs)")
     t0 = time.perf_counter()
-    warmup()
+    warmup(("float16", "float32", "int8", "residual"))
     print(f"warmup (compile or load cache): {time.perf_counter() - t0:.2f} s")
     rng = np.random.default_rng(args.seed)
     bench_rerank(args, rng)
     if not args.skip_exhaustive:
         bench_exhaustive(args, rng)
+    if not args.skip_codecs:
+        bench_codecs(args, rng)
     print(f"\nload average at the end: {os.getloadavg()[0]:.2f}")
 
 

@@ -144,7 +144,12 @@ def _tokens_key(dataset: str, corpus_sha: str, encoder) -> str:
 def index_cache_name(dataset: str, corpus_sha: str, config: IndexConfig, encoder) -> str:
     """``<dataset>-<12 hex>``: a hash of the index config, the encoder identity, the corpus and the
     source of the FDE and FAISS modules (cheap to rebuild from a cached token store)."""
-    code = _code_digest("retriever/fde.py", "kernels/fde.py", "retriever/ann.py")
+    files = ["retriever/fde.py", "kernels/fde.py", "retriever/ann.py"]
+    if config.codec.kind != "float16":
+        files += ["retriever/codecs.py", "kernels/codes.py"]
+    if config.pool_factor > 1:
+        files += ["kernels/pooling.py"]
+    code = _code_digest(*files)
     key = _digest({"tokens": _tokens_key(dataset, corpus_sha, encoder), "index": config.to_dict(), "code": code})
     return f"{dataset}-{key}"
 
@@ -199,7 +204,9 @@ def open_index(
     for other in sorted(cache_dir.glob(f"{dataset}-*{_SIDECAR}")):
         rec = json.loads(other.read_text())
         base_path = cache_dir / other.name[: -len(_SIDECAR)]
-        if rec.get("tokens_key") == tkey and rec["build"].get("tokens_from") is None and base_path.is_dir():
+        stored = rec.get("index_config", {})
+        exact_store = stored.get("codec", {}).get("kind", "float16") == "float16" and stored.get("pool_factor", 1) == 1
+        if rec.get("tokens_key") == tkey and rec["build"].get("tokens_from") is None and exact_store and base_path.is_dir():
             base = (Retriever.load(base_path, encoder=encoder), rec, base_path.name)
             break
     t0 = time.perf_counter()
@@ -214,13 +221,19 @@ def open_index(
                             encoder=encoder, path=path, show_progress=show_progress)
         timings = dict(r.build_timings, encode_s=rec["build"]["encode_s"])  # the encoding it reuses
     wall = time.perf_counter() - t0
-    parts = sum(timings[k] for k in ("encode_s", "fde_s", "faiss_s", "write_s"))
+    parts = sum(timings.get(k, 0.0) for k in ("encode_s", "pool_s", "codec_s", "fde_s", "faiss_s", "write_s"))
     build = {**{k: round(v, 3) for k, v in timings.items()}, "total_s": round(parts, 3), "wall_s": round(wall, 3),
              "encode_share": round(timings["encode_s"] / parts, 4) if parts > 0 else None, "tokens_from": tokens_from}
     record = {"tokens_key": tkey, "index_config": config.to_dict(), "build": build,
               "built": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     _write_json(sidecar, record)
     return r, {"name": name, "path": str(path), "cached": False, "index_bytes": _dir_bytes(path), **record}
+
+
+def _store_bytes(path: Path) -> int:
+    """Bytes of the token store: tokens, offsets, ids and trained codec parameters."""
+    return sum(f.stat().st_size for f in Path(path).iterdir()
+               if f.name in ("tokens.npy", "doc_offsets.npy", "doc_ids.txt") or f.name.startswith("codec_"))
 
 
 def exact_topk(
@@ -446,6 +459,13 @@ def _public(t: dict | None) -> dict | None:
     return None if t is None else {k: v for k, v in t.items() if not k.startswith("_")}
 
 
+def _store_extra(r: Retriever, info: dict) -> dict:
+    store = _store_bytes(Path(info["path"]))
+    return {"codec": r.codec.config.name, "pool_factor": r.config.pool_factor, "store_bytes": store,
+            "store_bytes_per_doc": round(store / max(1, r.n_docs), 1),
+            "token_bytes_per_token": r.codec.bytes_per_token, "stored_tokens": r.n_tokens}
+
+
 def run_benchmark(
     data_dir: str | os.PathLike,
     *,
@@ -530,8 +550,8 @@ def run_benchmark(
                        timed, warm)
         ids = np.where(exact_ids[:, :k] != "", exact_ids[:, :k], None).astype(object)
         quality = _quality(qids, ids, exact_scores[:, :k], data.qrels, exact_ids, k, True)
-        store = sum(os.path.getsize(Path(info["path"]) / f) for f in ("tokens.npy", "doc_offsets.npy", "doc_ids.txt"))
-        add("exhaustive", {"mode": "exact"}, quality, exh, enc, info["build"], store)
+        add("exhaustive", {"mode": "exact"}, quality, exh, enc, info["build"], _store_bytes(Path(info["path"])),
+            _store_extra(r, info))
     corpus_texts = [doc_text(d) for d in data.corpus.values()]
     doc_ids = np.asarray(list(data.corpus), dtype=object)
     if "single_vector" in settings.baselines:
@@ -570,12 +590,20 @@ def run_benchmark(
     for j, cfg in enumerate(index_configs):
         if j:
             r, info = open_index(data_dir, data.corpus, cfg, encoder, cache_dir, show_progress)
+            if exh is not None and (cfg.codec.kind != "float16" or cfg.pool_factor > 1):
+                # exhaustive MaxSim over this store: what the codec / pooling alone costs in quality
+                m = _measure(lambda i: r.search(singles[i], k=k, mode="exact"),
+                             lambda ix: r.search(subset, k=k, mode="exact"), timed, warm)
+                res = r.search(q, k=k, mode="exact")
+                quality = _quality(qids, res.ids, res.scores, data.qrels, exact_ids, k, True)
+                add("exhaustive", {"mode": "exact", "index": info["index_config"]}, quality, m, enc, info["build"],
+                    _store_bytes(Path(info["path"])), _store_extra(r, info))
         for n_cand in settings.n_candidates:
             m = _measure(lambda i: r.search(singles[i], k=k, n_candidates=n_cand),
                          lambda ix: r.search(subset, k=k, n_candidates=n_cand), timed, warm)
             res = r.search(q, k=k, n_candidates=n_cand)
             quality = _quality(qids, res.ids, res.scores, data.qrels, exact_ids, k, True)
-            extra = {"index_name": info["name"], "index_cached": info["cached"]}
+            extra = {"index_name": info["name"], "index_cached": info["cached"], **_store_extra(r, info)}
             if exh is not None:
                 extra["speedup_vs_exhaustive"] = {"p50": round(exh["_p50_s"] / m["_p50_s"], 3),
                                                   "qps": round(exh["_batch_s"] / m["_batch_s"], 3)}
@@ -617,7 +645,15 @@ def cmd_bench(args) -> int:
                              threads=args.threads, timing_queries=args.timing_queries)
     encoder = encoder_from_args(args)
     config = index_config_from_args(args)
-    rows = run_benchmark(args.data, split=args.split, index_configs=config, encoder=encoder, settings=settings,
+    configs = [config]
+    if config.codec.kind != "float16" or config.pool_factor > 1:
+        # the float16 store first: the exact top-k that codec / pooling rows are compared with
+        from dataclasses import replace
+
+        from .codecs import CodecConfig
+
+        configs = [replace(config, codec=CodecConfig(), pool_factor=1), config]
+    rows = run_benchmark(args.data, split=args.split, index_configs=configs, encoder=encoder, settings=settings,
                          results=args.results, cache_dir=args.cache_dir, show_progress=not args.quiet)
     for x in rows:
         print(json.dumps(summary(x)))

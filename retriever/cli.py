@@ -45,6 +45,12 @@ def add_index_config_args(p) -> None:
     p.add_argument("--num-simhash-projections", dest="num_simhash_projections", type=int)
     p.add_argument("--projection-dimension", dest="projection_dimension", type=int)
     p.add_argument("--projection-type", dest="projection_type", choices=["identity", "dense", "ams_sketch"])
+    p.add_argument("--codec", default="float16", choices=["float16", "int8", "residual1", "residual2", "residual4"],
+                   help="token store encoding (default float16; residualN = PLAID-style N-bit residual codes)")
+    p.add_argument("--n-centroids", dest="n_centroids", type=int, default=None,
+                   help="residual codec centroids (default: chosen from the corpus's token count)")
+    p.add_argument("--pool-factor", dest="pool_factor", type=int, default=1,
+                   help="token pooling at index time: keep ~1/N of each document's vectors (default 1 = off)")
 
 
 def index_config_from_args(args):
@@ -56,7 +62,15 @@ def index_config_from_args(args):
                                                 "projection_type") if getattr(args, n) is not None}
     if fde_kwargs.get("projection_type") == "identity":
         fde_kwargs["projection_dimension"] = None  # identity keeps the token dimension
-    return IndexConfig(fde=FDEConfig(**fde_kwargs), faiss_factory=args.faiss_factory)
+    from dataclasses import replace
+
+    from .codecs import CodecConfig
+
+    codec = CodecConfig.parse(args.codec)
+    if args.n_centroids is not None:
+        codec = replace(codec, n_centroids=args.n_centroids)
+    return IndexConfig(fde=FDEConfig(**fde_kwargs), faiss_factory=args.faiss_factory, codec=codec,
+                       pool_factor=args.pool_factor)
 
 
 def cmd_index(args) -> int:

@@ -79,6 +79,12 @@ class CodecConfig:
         if not _is_int(self.seed) or self.seed < 0:
             raise ValueError(f"CodecConfig.seed must be a non-negative integer, got {self.seed!r}")
 
+    def check_dim(self, dim: int) -> None:
+        """``ValueError`` unless token vectors of ``dim`` dimensions can be encoded."""
+        per = 8 // self.nbits
+        if self.kind == "residual" and dim % per:
+            raise ValueError(f"residual codes of {self.nbits} bits need dim divisible by {per}, got {dim}")
+
     @property
     def name(self) -> str:
         """Short name: ``float16``, ``int8``, ``residual2`` ..."""
@@ -140,8 +146,7 @@ class TokenCodec:
         if config.kind == "residual":
             if centroids is None or cutoffs is None or weights is None:
                 raise ValueError("a residual codec needs centroids, cutoffs and weights (train it first)")
-            if self.dim % (8 // config.nbits):
-                raise ValueError(f"residual codes of {config.nbits} bits need dim divisible by {8 // config.nbits}, got {dim}")
+            config.check_dim(self.dim)
             b = 1 << config.nbits
             if centroids.shape[1:] != (self.dim,) or cutoffs.shape != (self.dim, b - 1) or weights.shape != (self.dim, b):
                 raise ValueError(
@@ -202,6 +207,7 @@ class TokenCodec:
         dim = sample.shape[1]
         if config.kind != "residual":
             return cls(config, dim)
+        config.check_dim(dim)
         if sample.shape[0] < 1:
             raise ValueError("cannot train a residual codec on an empty sample")
         n_cent = config.n_centroids or auto_n_centroids(n_tokens)
@@ -267,6 +273,9 @@ class TokenCodec:
             raise ValueError(f"tokens to encode must have shape (n, {self.dim}), got {x.shape}")
         if self.kind == "float16":
             return x.astype(np.float16)
+        # codes are computed from the float16-rounded vectors (what a float16 store holds), so a
+        # build (which may spool float16 until the codec is trained) and a later add agree exactly
+        x = x.astype(np.float16).astype(np.float32)
         if self.kind == "int8":
             return int8_encode(x)
         return residual_pack(x, self._assign(x), self.centroids, self.cutoffs, self.config.nbits, self.id_bytes)

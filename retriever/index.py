@@ -224,6 +224,7 @@ class _Builder:
         self.dim = dim
         self.show_progress = show_progress
         self.fde_encoder = FDEEncoder(config.fde, dim)
+        config.codec.check_dim(dim)
         self.codec = None if config.codec.kind == "residual" else TokenCodec.untrained(config.codec, dim)
         if self.codec is not None:
             self.tokens = NpyAppender(workdir / fmt.TOKENS, self.codec.row_width, self.codec.row_dtype)
