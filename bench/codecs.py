@@ -5,7 +5,8 @@ Usage::
     .venv/bin/python bench/codecs.py --splits tune                       # train/dev -> codecs_tuning.jsonl
     .venv/bin/python bench/codecs.py                                     # test -> codecs.jsonl
     .venv/bin/python bench/codecs.py --configs residual2 residual2:c=4096 --splits tune
-    .venv/bin/python bench/report.py                                     # tables + plot
+    .venv/bin/python bench/codecs.py --report                            # codecs.md + codecs.png
+    .venv/bin/python bench/codecs.py --fde-source residual2 residual2+pool2 --splits tune
 
 A config is ``CODEC[:c=N_CENTROIDS][+poolF]`` with CODEC in float16, int8, residual1, residual2,
 residual4, e.g. ``residual2+pool2`` or ``float16+pool3``. For each collection and split, one
@@ -50,6 +51,123 @@ def parse_config(spec: str) -> IndexConfig:
     return IndexConfig(codec=codec, pool_factor=int(m.group(3) or 1))
 
 
+def _name(r: dict) -> str:
+    cfg = (r["config"].get("index") or {})
+    n_cent = (cfg.get("codec") or {}).get("n_centroids")
+    base = r.get("codec") or "float16"
+    base += f" c={n_cent}" if n_cent else ""
+    return base + (f" + pool {r['pool_factor']}" if (r.get("pool_factor") or 1) > 1 else "")
+
+
+def report(results: Path, splits: list[str], out: Path, plot_path: Path) -> str:
+    """Markdown table (one line per dataset, split, store; exact and pipeline side by side) and a plot."""
+    rows = [json.loads(x) for x in results.read_text().splitlines() if x.strip()]
+    rows = [r for r in rows if r["split"] in splits]
+    latest: dict = {}
+    for r in rows:  # the last row of each (dataset, split, method, store) wins
+        latest[(r["dataset"], r["split"], r["method"], _name(r))] = r
+    f16 = {(d, sp): r for (d, sp, m, n), r in latest.items() if m == "exhaustive" and n == "float16"}
+    lines = ["| dataset | split | store | B/token | tokens stored | store KB/doc | x smaller | exact nDCG@10 (Δ f16) "
+             "| exact Chamfer R@10 vs f16 | pipeline nDCG@10 (Δ f16) | pipeline R@100 | pipeline Chamfer R@10 "
+             "| pipeline p50 ms (f16 in same run) | codec+pool build s |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    names = sorted({k[3] for k in latest}, key=lambda n: (n != "float16", "pool" in n, n))
+    pts = []
+    for (ds, sp) in sorted(f16):
+        ref = f16[(ds, sp)]
+        ref_fde = latest.get((ds, sp, "fde", "float16"))
+        for n in names:
+            ex, fde = latest.get((ds, sp, "exhaustive", n)), latest.get((ds, sp, "fde", n))
+            r = ex or fde
+            if r is None:
+                continue
+            b = r["build"]
+            smaller = ref["store_bytes"] / r["store_bytes"] if r.get("store_bytes") else None
+            d_ex = f"{ex['ndcg@10']:.4f} ({ex['ndcg@10'] - ref['ndcg@10']:+.4f})" if ex else ""
+            d_fde = f"{fde['ndcg@10']:.4f} ({fde['ndcg@10'] - ref['ndcg@10']:+.4f})" if fde else ""
+            lat = (f"{fde['search']['latency']['p50_ms']:.1f} ({ref_fde['search']['latency']['p50_ms']:.1f})"
+                   if fde and ref_fde else "")
+            lines.append(
+                f"| {ds} | {sp} | {n} | {r['token_bytes_per_token']} | {r['stored_tokens']:,} | "
+                f"{r['store_bytes_per_doc'] / 1024:.1f} | {'' if smaller is None else f'{smaller:.1f}x'} | {d_ex} | "
+                f"{'' if not ex else format(ex['chamfer_recall@10'], '.3f')} | {d_fde} | "
+                f"{'' if not fde else format(fde['recall@100'], '.3f')} | "
+                f"{'' if not fde else format(fde['chamfer_recall@10'], '.3f')} | {lat} | "
+                f"{b.get('codec_s', 0) + b.get('pool_s', 0):.1f} |")
+            if ex:
+                pts.append((ds, sp, n, r["store_bytes_per_doc"], ex["ndcg@10"]))
+    loads = [r["load_avg_1m"] for r in rows if r.get("load_avg_1m") is not None]
+    text = "\n".join(lines) + (
+        f"\n\nΔ f16: against exhaustive MaxSim over the float16 store of the same run. Chamfer R@10: share of the "
+        f"float16 exact top-10 found. Pipeline: FDE candidates (N={sorted({r['config'].get('n_candidates') for r in rows if r['method'] == 'fde'})}) "
+        f"+ rerank over the store. 1-minute load average {min(loads):.1f}..{max(loads):.1f} while rows were recorded.\n")
+    out.write_text(text)
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    groups = sorted({(p[0], p[1]) for p in pts})
+    fig, axes = plt.subplots(1, len(groups), figsize=(6 * len(groups), 4.5), squeeze=False)
+    for ax, (ds, sp) in zip(axes[0], groups):
+        for _, _, n, x, y in [p for p in pts if (p[0], p[1]) == (ds, sp)]:
+            ax.plot([x / 1024], [y], "o", color="tab:red" if "pool" in n else "tab:blue")
+            ax.annotate(n, (x / 1024, y), textcoords="offset points", xytext=(4, 3), fontsize=7)
+        ax.set_xscale("log")
+        ax.set_xlabel("token store, KB per document (log)")
+        ax.set_ylabel("nDCG@10, exhaustive MaxSim over the store")
+        ax.set_title(f"{ds} ({sp}): blue = codec, red = codec + pooling")
+        ax.grid(True, which="both", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(plot_path, dpi=110)
+    plt.close(fig)
+    return text
+
+
+def fde_source(name: str, split: str, specs: list[str], encoder, cache_dir: Path, n_candidates: int) -> list[dict]:
+    """FDEs from the stored (decoded) vectors, as the index builds them, vs from the float16 vectors.
+
+    Per config: candidates from the config's own FAISS index (FDEs of what it stores) or from the
+    float16 index's FAISS (FDEs of the original vectors, which the index could compute at build),
+    each reranked over the config's store. Reports Chamfer recall@10 of the candidate lists and of
+    the final top-10 against float16 exhaustive MaxSim, and nDCG@10.
+    """
+    import numpy as np
+
+    from kernels.maxsim import maxsim_scores_batch
+    from kernels.topk import topk_candidates
+    from retriever.ann import faiss_search
+    from retriever.beir import load_beir
+    from retriever.benchmark import _digest, _quality, exact_topk, open_index
+
+    data = load_beir(collection_dir(name), split=split)
+    qids, texts = list(data.queries), list(data.queries.values())
+    q = encoder.encode_queries(texts)
+    r16, info16 = open_index(collection_dir(name), data.corpus, IndexConfig(), encoder, cache_dir)
+    qhash = _digest({"ids": qids, "texts": texts})
+    exact_ids, _ = exact_topk(r16, q, qids, 100, cache_dir / f"{data.name}-exact-{_digest([info16['tokens_key'], qhash])}.npz")
+    qf = r16.fde_encoder.encode_queries(q)
+    rows = []
+    for spec in specs:
+        r, _ = open_index(collection_dir(name), data.corpus, parse_config(spec), encoder, cache_dir)
+        for source, faiss_index in (("stored", r.faiss_index), ("original", r16.faiss_index)):
+            cand = faiss_search(faiss_index, qf, n_candidates)
+            scores = maxsim_scores_batch(q.vectors, q.offsets, r.store, r.doc_offsets, cand)
+            top, top_s = topk_candidates(cand, scores, 100)
+            ids = np.where(top >= 0, r.doc_ids[np.maximum(top, 0)], None).astype(object)
+            cand_ids = np.where(cand >= 0, r.doc_ids[np.maximum(cand, 0)], None).astype(object)
+            quality = _quality(qids, ids, top_s, data.qrels, exact_ids, 100, True)
+            from retriever.eval import chamfer_recall
+
+            row = {"dataset": name, "split": split, "config": spec, "fde_from": source, "n_candidates": n_candidates,
+                   "candidates_chamfer_recall@10": round(chamfer_recall(cand_ids, exact_ids, 10), 5),
+                   "ndcg@10": quality["ndcg@10"], "chamfer_recall@10": quality["chamfer_recall@10"],
+                   "recall@100": quality["recall@100"]}
+            print(json.dumps(row), flush=True)
+            rows.append(row)
+    return rows
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--datasets", nargs="+", default=list(COLLECTIONS), choices=list(COLLECTIONS))
@@ -62,12 +180,30 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--results", type=Path, default=ROOT / "bench" / "results" / "codecs.jsonl")
     p.add_argument("--tune-results", type=Path, default=ROOT / "bench" / "results" / "codecs_tuning.jsonl")
     p.add_argument("--cache-dir", type=Path, default=ROOT / "index_data" / "bench")
+    p.add_argument("--report", action="store_true", help="only write the table and plot from the results file")
+    p.add_argument("--fde-source", nargs="+", default=None, metavar="CONFIG",
+                   help="only compare FDEs from the stored vs the original vectors for these configs")
+    p.add_argument("--report-splits", nargs="+", default=["test"])
     args = p.parse_args(argv)
+    if args.report:
+        src = args.results if "test" in args.report_splits else args.tune_results
+        stem = "codecs" if "test" in args.report_splits else "codecs_tuning"
+        print(report(src, args.report_splits, src.parent / f"{stem}.md", src.parent / f"{stem}.png"))
+        return 0
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("faiss.loader").setLevel(logging.WARNING)
 
-    configs = [IndexConfig()] + [parse_config(s) for s in args.configs if s != "float16"]
     encoder = ColBERTEncoder.from_pretrained("default")
+    if args.fde_source:
+        out = ROOT / "bench" / "results" / "codecs_fde_source.jsonl"
+        for name in args.datasets:
+            for which in args.splits:
+                for row in fde_source(name, COLLECTIONS[name][which], args.fde_source, encoder, args.cache_dir,
+                                      args.n_candidates[0]):
+                    with open(out, "a", encoding="utf-8") as fh:
+                        fh.write(json.dumps(row) + "\n")
+        return 0
+    configs = [IndexConfig()] + [parse_config(s) for s in args.configs if s != "float16"]
     for name in args.datasets:
         for which in args.splits:
             settings = BenchSettings(k=args.k, n_candidates=tuple(args.n_candidates), threads=args.threads,

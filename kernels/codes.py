@@ -98,25 +98,46 @@ def decode_int8_block(rows, start, n, buf):
 
 @njit(cache=True)
 def decode_residual_block(rows, centroids, lut, start, n, buf):
-    """buf[r] = decoded row ``start + r`` for ``r < n`` (residual store)."""
-    dim = centroids.shape[1]
+    """buf[r] = decoded row ``start + r`` for ``r < n`` (residual store).
+
+    One fused pass per row: ``buf[r, per*j + t] = centroid[per*j + t] + lut[j, byte_j, t]``. The
+    ``per`` (values per code byte) branches are hoisted out of the row loop and spelled out with
+    constant trip counts, so LLVM turns each byte's ``per`` adds into one short vector add.
+    """
+    n_cent = centroids.shape[0]
     n_bytes = lut.shape[0]
     per = lut.shape[2]
     id_bytes = rows.shape[1] - n_bytes
-    n_cent = centroids.shape[0]
     for r in range(n):
         row = start + r
         c = np.int64(0)
         for j in range(id_bytes):
             c |= np.int64(rows[row, j]) << np.int64(8 * j)
         c = min(c, n_cent - 1)  # a damaged row never reads outside the centroids (verify() reports it)
-        for k in range(dim):
-            buf[r, k] = centroids[c, k]
-        for j in range(n_bytes):
-            v = rows[row, id_bytes + j]
-            base = j * per
-            for t in range(per):
-                buf[r, base + t] += lut[j, v, t]
+        if per == 4:
+            for j in range(n_bytes):
+                v = rows[row, id_bytes + j]
+                b = 4 * j
+                for t in range(4):
+                    buf[r, b + t] = centroids[c, b + t] + lut[j, v, t]
+        elif per == 2:
+            for j in range(n_bytes):
+                v = rows[row, id_bytes + j]
+                b = 2 * j
+                for t in range(2):
+                    buf[r, b + t] = centroids[c, b + t] + lut[j, v, t]
+        elif per == 8:
+            for j in range(n_bytes):
+                v = rows[row, id_bytes + j]
+                b = 8 * j
+                for t in range(8):
+                    buf[r, b + t] = centroids[c, b + t] + lut[j, v, t]
+        else:
+            for j in range(n_bytes):
+                v = rows[row, id_bytes + j]
+                b = per * j
+                for t in range(per):
+                    buf[r, b + t] = centroids[c, b + t] + lut[j, v, t]
 
 
 @njit(parallel=True, cache=True)
