@@ -8,9 +8,10 @@ The text encoder (``retriever.encoder``, torch + transformers) is imported only 
 
 __version__ = "0.1.0"
 
+from .codecs import CodecConfig  # noqa: E402
 from .fde import FDEConfig, FDEEncoder  # noqa: E402
 from .index import IndexConfig, Retriever  # noqa: E402
 from .search import SearchResults  # noqa: E402
 from .tokens import TokenEmbeddings  # noqa: E402
 
-__all__ = ["FDEConfig", "FDEEncoder", "IndexConfig", "Retriever", "SearchResults", "TokenEmbeddings", "__version__"]
+__all__ = ["CodecConfig", "FDEConfig", "FDEEncoder", "IndexConfig", "Retriever", "SearchResults", "TokenEmbeddings", "__version__"]
