@@ -8,8 +8,9 @@ Usage::
     .venv/bin/python bench/codecs.py --report                            # codecs.md + codecs.png
     .venv/bin/python bench/codecs.py --fde-source residual2 residual2+pool2 --splits tune
 
-A config is ``CODEC[:c=N_CENTROIDS][+poolF]`` with CODEC in float16, int8, residual1, residual2,
-residual4, e.g. ``residual2+pool2`` or ``float16+pool3``. For each collection and split, one
+A config is ``CODEC[:c=N_CENTROIDS][+words][+poolF]`` with CODEC in float16, int8, residual1,
+residual2, residual4, e.g. ``residual2+pool2``, ``float16+pool3`` or ``float16+words`` (whole-word
+pooling: those indexes are encoded from the texts again). For each collection and split, one
 :func:`retriever.benchmark.run_benchmark` call: the float16 index (built from text, or the cached
 one) comes first and defines the exact MaxSim top-k every Chamfer recall is measured against;
 every other config is built from its token store (pooling and codec training/encoding run, the
@@ -41,14 +42,14 @@ CONFIGS = ("int8", "residual4", "residual2", "residual1", "float16+pool2", "resi
 
 
 def parse_config(spec: str) -> IndexConfig:
-    """``CODEC[:c=N][+poolF]`` -> IndexConfig (default FDE and FAISS settings)."""
-    m = re.fullmatch(r"(float16|int8|residual[124])(?::c=(\d+))?(?:\+pool(\d+))?", spec)
+    """``CODEC[:c=N][+words][+poolF]`` -> IndexConfig (default FDE and FAISS settings)."""
+    m = re.fullmatch(r"(float16|int8|residual[124])(?::c=(\d+))?(\+words)?(?:\+pool(\d+))?", spec)
     if not m:
-        raise SystemExit(f"error: config {spec!r} is not CODEC[:c=N][+poolF]")
+        raise SystemExit(f"error: config {spec!r} is not CODEC[:c=N][+words][+poolF]")
     codec = CodecConfig.parse(m.group(1))
     if m.group(2):
         codec = CodecConfig(kind=codec.kind, nbits=codec.nbits, n_centroids=int(m.group(2)))
-    return IndexConfig(codec=codec, pool_factor=int(m.group(3) or 1))
+    return IndexConfig(codec=codec, pool_factor=int(m.group(4) or 1), word_pooling=bool(m.group(3)))
 
 
 def _name(r: dict) -> str:
@@ -56,6 +57,7 @@ def _name(r: dict) -> str:
     n_cent = (cfg.get("codec") or {}).get("n_centroids")
     base = r.get("codec") or "float16"
     base += f" c={n_cent}" if n_cent else ""
+    base += " + words" if r.get("word_pooling") else ""
     return base + (f" + pool {r['pool_factor']}" if (r.get("pool_factor") or 1) > 1 else "")
 
 

@@ -205,8 +205,10 @@ def open_index(
         rec = json.loads(other.read_text())
         base_path = cache_dir / other.name[: -len(_SIDECAR)]
         stored = rec.get("index_config", {})
-        exact_store = stored.get("codec", {}).get("kind", "float16") == "float16" and stored.get("pool_factor", 1) == 1
-        if rec.get("tokens_key") == tkey and rec["build"].get("tokens_from") is None and exact_store and base_path.is_dir():
+        exact_store = (stored.get("codec", {}).get("kind", "float16") == "float16" and stored.get("pool_factor", 1) == 1
+                       and not stored.get("word_pooling", False))
+        if (rec.get("tokens_key") == tkey and rec["build"].get("tokens_from") is None and exact_store
+                and base_path.is_dir() and not config.word_pooling):  # word pooling needs the texts
             base = (Retriever.load(base_path, encoder=encoder), rec, base_path.name)
             break
     t0 = time.perf_counter()
@@ -461,7 +463,8 @@ def _public(t: dict | None) -> dict | None:
 
 def _store_extra(r: Retriever, info: dict) -> dict:
     store = _store_bytes(Path(info["path"]))
-    return {"codec": r.codec.config.name, "pool_factor": r.config.pool_factor, "store_bytes": store,
+    return {"codec": r.codec.config.name, "pool_factor": r.config.pool_factor,
+            "word_pooling": r.config.word_pooling, "store_bytes": store,
             "store_bytes_per_doc": round(store / max(1, r.n_docs), 1),
             "token_bytes_per_token": r.codec.bytes_per_token, "stored_tokens": r.n_tokens}
 
@@ -590,7 +593,7 @@ def run_benchmark(
     for j, cfg in enumerate(index_configs):
         if j:
             r, info = open_index(data_dir, data.corpus, cfg, encoder, cache_dir, show_progress)
-            if exh is not None and (cfg.codec.kind != "float16" or cfg.pool_factor > 1):
+            if exh is not None and (cfg.codec.kind != "float16" or cfg.pool_factor > 1 or cfg.word_pooling):
                 # exhaustive MaxSim over this store: what the codec / pooling alone costs in quality
                 m = _measure(lambda i: r.search(singles[i], k=k, mode="exact"),
                              lambda ix: r.search(subset, k=k, mode="exact"), timed, warm)
@@ -646,13 +649,13 @@ def cmd_bench(args) -> int:
     encoder = encoder_from_args(args)
     config = index_config_from_args(args)
     configs = [config]
-    if config.codec.kind != "float16" or config.pool_factor > 1:
+    if config.codec.kind != "float16" or config.pool_factor > 1 or config.word_pooling:
         # the float16 store first: the exact top-k that codec / pooling rows are compared with
         from dataclasses import replace
 
         from .codecs import CodecConfig
 
-        configs = [replace(config, codec=CodecConfig(), pool_factor=1), config]
+        configs = [replace(config, codec=CodecConfig(), pool_factor=1, word_pooling=False), config]
     rows = run_benchmark(args.data, split=args.split, index_configs=configs, encoder=encoder, settings=settings,
                          results=args.results, cache_dir=args.cache_dir, show_progress=not args.quiet)
     for x in rows:

@@ -51,6 +51,8 @@ def add_index_config_args(p) -> None:
                    help="residual codec centroids (default: chosen from the corpus's token count)")
     p.add_argument("--pool-factor", dest="pool_factor", type=int, default=1,
                    help="token pooling at index time: keep ~1/N of each document's vectors (default 1 = off)")
+    p.add_argument("--word-pooling", dest="word_pooling", action="store_true",
+                   help="one vector per whole word (mean of its sub-word tokens) before --pool-factor")
 
 
 def index_config_from_args(args):
@@ -70,7 +72,7 @@ def index_config_from_args(args):
     if args.n_centroids is not None:
         codec = replace(codec, n_centroids=args.n_centroids)
     return IndexConfig(fde=FDEConfig(**fde_kwargs), faiss_factory=args.faiss_factory, codec=codec,
-                       pool_factor=args.pool_factor)
+                       pool_factor=args.pool_factor, word_pooling=args.word_pooling)
 
 
 def cmd_index(args) -> int:

@@ -691,16 +691,33 @@ class ColBERTEncoder:
         return [np.array(s, dtype=np.int64) for s in seqs]
 
     def _tokenize(self, texts: list[str], is_query: bool) -> tuple[list[list[int]], int]:
+        seqs, n_trunc, _ = self._tokenize_words(texts, is_query, with_words=False)
+        return seqs, n_trunc
+
+    def _tokenize_words(self, texts: list[str], is_query: bool, with_words: bool):
+        """(input ids per text, number truncated, word index per position or None).
+
+        Word indices come from the fast tokenizer's ``word_ids`` (its pre-tokenisation: words and
+        punctuation marks); special and marker tokens get -1.
+        """
         cfg = self.config
         if cfg.lowercase:
             texts = [t.lower() for t in texts]
         texts = [t.strip() for t in texts]
-        raw = self.tokenizer(texts, add_special_tokens=False, truncation=False, verbose=False)["input_ids"] if texts else []
+        enc = self.tokenizer(texts, add_special_tokens=False, truncation=False, verbose=False) if texts else None
+        raw = enc["input_ids"] if texts else []
         marker = self._q_marker if is_query else self._d_marker
         head = self._prefix_ids + ([] if marker is None else [marker])
         budget = (cfg.query_length if is_query else cfg.document_length) - len(head) - len(self._suffix_ids)
         n_trunc = sum(len(r) > budget for r in raw)
-        return [head + r[:budget] + self._suffix_ids for r in raw], n_trunc
+        seqs = [head + r[:budget] + self._suffix_ids for r in raw]
+        words = None
+        if with_words and texts:
+            if not getattr(self.tokenizer, "is_fast", False):
+                raise ValueError("word pooling needs a fast (Rust) tokenizer to tell words apart; this model's is not")
+            words = [[-1] * len(head) + [-1 if w is None else w for w in enc.word_ids(i)[:budget]]
+                     + [-1] * len(self._suffix_ids) for i in range(len(raw))]
+        return seqs, n_trunc, words
 
     # -- encoding ---------------------------------------------------------------------------
     def encode_queries(self, texts: Sequence[str], *, batch_size: int | None = None,
@@ -724,7 +741,7 @@ class ColBERTEncoder:
         return self._encode(texts, True, batch_size, show_progress)
 
     def encode_documents(self, texts: Sequence[str], *, batch_size: int | None = None,
-                         show_progress: bool = False) -> TokenEmbeddings:
+                         show_progress: bool = False, word_pooling: bool = False) -> TokenEmbeddings:
         """Encode documents (skip-list tokens and padding dropped, at least one vector each).
 
         Parameters
@@ -734,13 +751,18 @@ class ColBERTEncoder:
             Overrides ``config.batch_size``.
         show_progress : bool
             Show a tqdm progress bar.
+        word_pooling : bool
+            One vector per whole word: the kept sub-word tokens of each word (consecutive tokens
+            with the tokenizer's same word index) are averaged and L2-renormalised, as in
+            ColBERTer's bag of whole-words (Hofstaetter et al. 2022, without its learned word
+            weighting). Special and marker tokens stay single.
 
         Returns
         -------
         TokenEmbeddings
             ``n`` items; vectors ``(n_tokens, dim)`` float32 with unit rows.
         """
-        return self._encode(texts, False, batch_size, show_progress)
+        return self._encode(texts, False, batch_size, show_progress, word_pooling)
 
     def _keep_mask(self, seq: list[int], is_query: bool) -> np.ndarray:
         if is_query:
@@ -751,7 +773,8 @@ class ColBERTEncoder:
             keep[0] = True  # never a zero-token document
         return keep
 
-    def _encode(self, texts, is_query: bool, batch_size: int | None, show_progress: bool) -> TokenEmbeddings:
+    def _encode(self, texts, is_query: bool, batch_size: int | None, show_progress: bool,
+                word_pooling: bool = False) -> TokenEmbeddings:
         import torch
         import torch.nn.functional as F
         from tqdm.auto import tqdm
@@ -760,7 +783,7 @@ class ColBERTEncoder:
         bs = self.config.batch_size if batch_size is None else batch_size
         if isinstance(bs, bool) or not isinstance(bs, int) or bs < 1:
             raise ValueError(f"batch_size must be a positive int, got {bs!r}")
-        seqs, n_trunc = self._tokenize(texts, is_query)
+        seqs, n_trunc, words = self._tokenize_words(texts, is_query, with_words=word_pooling)
         what, limit = ("queries", "query_length") if is_query else ("documents", "document_length")
         if n_trunc:
             logger.info("%d of %d %s truncated to %s=%d tokens", n_trunc, len(texts), what, limit,
@@ -788,6 +811,8 @@ class ColBERTEncoder:
                     release_freed_memory()
                 bar.update(len(rows))
         release_freed_memory()
+        if word_pooling and len(seqs):
+            return _pool_words(out, offsets, [np.asarray(w, dtype=np.int64)[k] for w, k in zip(words, keeps)])
         return TokenEmbeddings(out, offsets)
 
     def _padded_batches(self, seqs: list[list[int]], keeps: list[np.ndarray], is_query: bool,
@@ -817,6 +842,22 @@ class ColBERTEncoder:
 # ---------------------------------------------------------------------------------------------
 # helpers
 # ---------------------------------------------------------------------------------------------
+def _pool_words(vectors: np.ndarray, offsets: np.ndarray, words: list[np.ndarray]) -> TokenEmbeddings:
+    """Average runs of consecutive vectors with the same word index (-1: never merged), renormalised."""
+    starts = []
+    for d, w in enumerate(words):
+        new = np.ones(w.size, dtype=bool)
+        new[1:] = (w[1:] != w[:-1]) | (w[1:] < 0)
+        starts.append(offsets[d] + np.flatnonzero(new))
+    first = np.concatenate(starts)
+    sums = np.add.reduceat(vectors.astype(np.float64), first, axis=0)
+    norms = np.linalg.norm(sums, axis=1, keepdims=True)
+    pooled = (sums / np.where(norms > 0, norms, 1.0)).astype(np.float32)
+    new_offsets = np.zeros(len(words) + 1, dtype=np.int64)
+    np.cumsum([s.size for s in starts], out=new_offsets[1:])
+    return TokenEmbeddings(pooled, new_offsets)
+
+
 def _padded_width(longest: int, max_len: int, expand: bool) -> int:
     """Width of a batch whose longest sequence (at most ``max_len``) has ``longest`` tokens:
     rounded up to a multiple of ``_WIDTH_STEP`` but never past ``max_len``; with query

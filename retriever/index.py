@@ -65,12 +65,18 @@ class IndexConfig:
         clustered (Ward) into ``max(1, n // pool_factor)`` groups whose renormalised means are
         stored. 1 (default) stores every token. Queries are untouched. Assumes L2-normalised
         token vectors (as every ColBERT encoder produces).
+    word_pooling : bool
+        Text builds only: one vector per whole word (the mean of its sub-word tokens,
+        renormalised; ColBERTer's bag of whole-words) before ``pool_factor`` applies. Token
+        embeddings given to ``build`` are refused with it; those given to ``add`` are stored as
+        they are (taken as already pooled).
     """
 
     fde: FDEConfig = field(default_factory=FDEConfig)
     faiss_factory: str = "Flat"
     codec: CodecConfig = field(default_factory=CodecConfig)
     pool_factor: int = 1
+    word_pooling: bool = False
 
     def __post_init__(self) -> None:
         if not isinstance(self.fde, FDEConfig):
@@ -84,15 +90,17 @@ class IndexConfig:
         pf = self.pool_factor
         if isinstance(pf, (bool, np.bool_)) or not isinstance(pf, (int, np.integer)) or not 1 <= pf <= 64:
             raise ValueError(f"IndexConfig.pool_factor must be an integer in [1, 64], got {pf!r}")
+        if not isinstance(self.word_pooling, (bool, np.bool_)):
+            raise ValueError(f"IndexConfig.word_pooling must be a bool, got {self.word_pooling!r}")
 
     def to_dict(self) -> dict:
         return {"fde": self.fde.to_dict(), "faiss_factory": self.faiss_factory, "codec": self.codec.to_dict(),
-                "pool_factor": int(self.pool_factor)}
+                "pool_factor": int(self.pool_factor), "word_pooling": bool(self.word_pooling)}
 
     @classmethod
     def from_dict(cls, d: dict) -> "IndexConfig":
-        """Inverse of :meth:`to_dict`; ``codec`` and ``pool_factor`` default as before they existed."""
-        unknown = set(d) - {"fde", "faiss_factory", "codec", "pool_factor"}
+        """Inverse of :meth:`to_dict`; ``codec`` and the pooling fields default as before they existed."""
+        unknown = set(d) - {"fde", "faiss_factory", "codec", "pool_factor", "word_pooling"}
         if unknown:
             raise ValueError(f"unknown IndexConfig keys: {sorted(unknown)}")
         kw = dict(d)
@@ -469,7 +477,8 @@ class Retriever:
         return (
             f"Retriever(n_docs={self.n_docs}, n_tokens={self.n_tokens}, dim={self.dim}, "
             f"fde_dim={self.fde_encoder.output_dim}, faiss={self.config.faiss_factory!r}, "
-            f"codec={self.codec.config.name!r}, pool_factor={self.config.pool_factor})"
+            f"codec={self.codec.config.name!r}, pool_factor={self.config.pool_factor}"
+            f"{', word_pooling=True' if self.config.word_pooling else ''})"
         )
 
     # -- build -----------------------------------------------------------------------------
@@ -519,9 +528,12 @@ class Retriever:
 
                     encoder = ColBERTEncoder.from_pretrained("default")
                 builder = _Builder(workdir, config, encoder.dim, show_progress)
-                cls._stream_texts(builder, _text_items(items, doc_ids), encoder, show_progress)
+                cls._stream_texts(builder, _text_items(items, doc_ids), encoder, show_progress, config.word_pooling)
                 encoder_info = encoder.identity()
             else:
+                if config.word_pooling:
+                    raise ValueError("IndexConfig.word_pooling needs text documents (the encoder's tokenizer tells "
+                                     "the words apart); these are token embeddings")
                 emb = as_token_embeddings(list(items) if not isinstance(items, TokenEmbeddings) else items)
                 ids = list(range(len(emb))) if doc_ids is None else list(doc_ids)
                 builder = _Builder(workdir, config, emb.dim, show_progress)
@@ -554,7 +566,7 @@ class Retriever:
             raise
 
     @staticmethod
-    def _stream_texts(builder: _Builder, pairs: Iterator, encoder, show_progress: bool) -> None:
+    def _stream_texts(builder, pairs: Iterator, encoder, show_progress: bool, word_pooling: bool = False) -> None:
         bar = tqdm(desc="encoding documents", unit="doc", disable=not show_progress)
         try:
             while True:
@@ -563,7 +575,7 @@ class Retriever:
                     break
                 ids = [i for i, _ in chunk]
                 t0 = time.perf_counter()
-                emb = encoder.encode_documents([t for _, t in chunk])
+                emb = encoder.encode_documents([t for _, t in chunk], word_pooling=word_pooling)
                 builder.timings["encode_s"] += time.perf_counter() - t0
                 builder.add(emb, ids)
                 del emb  # not alive during the next step's encoding

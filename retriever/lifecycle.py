@@ -292,7 +292,7 @@ def add_documents(r: Retriever, documents, doc_ids, *, replace: bool, show_progr
             encoder = r.encoder  # ValueError if the index has none
             if doc_ids is None and all(isinstance(x, str) for x in items):
                 doc_ids = _default_ids(r, len(items), verb)
-            Retriever._stream_texts(stager, _text_items(items, doc_ids), encoder, show_progress)
+            Retriever._stream_texts(stager, _text_items(items, doc_ids), encoder, show_progress, r.config.word_pooling)
         else:
             emb = as_token_embeddings(list(items) if not isinstance(items, TokenEmbeddings) else items)
             ids = _default_ids(r, len(emb), verb) if doc_ids is None else list(doc_ids)

@@ -334,3 +334,27 @@ def test_cli_codec_options_reach_the_config():
     assert cfg.codec == CodecConfig(kind="residual", nbits=4, n_centroids=512) and cfg.pool_factor == 2
     with pytest.raises(SystemExit):
         p.parse_args(["--codec", "residual3"])
+
+
+# -- whole-word pooling ---------------------------------------------------------------------------
+
+
+def test_pool_words_averages_runs_and_keeps_specials_single():
+    from retriever.encoder import _pool_words
+
+    rng = np.random.default_rng(9)
+    v = _unit(rng.standard_normal((9, 8)))
+    offsets = np.array([0, 6, 9], dtype=np.int64)
+    words = [np.array([-1, 0, 0, 1, 2, 2]), np.array([-1, -1, 5])]
+    out = _pool_words(v, offsets, words)
+    np.testing.assert_array_equal(out.offsets, [0, 4, 7])
+    want = [v[0], v[1] + v[2], v[3], v[4] + v[5], v[6], v[7], v[8]]
+    want = np.array([w / np.linalg.norm(w) for w in want], dtype=np.float32)
+    np.testing.assert_allclose(out.vectors, want, rtol=1e-6, atol=1e-6)
+
+
+def test_word_pooling_is_refused_for_token_embeddings():
+    with pytest.raises(ValueError, match="word_pooling needs text documents"):
+        Retriever.build(DOCS[:5], config=IndexConfig(fde=CFG.fde, word_pooling=True), show_progress=False)
+    with pytest.raises(ValueError, match="word_pooling must be a bool"):
+        IndexConfig(word_pooling="yes")

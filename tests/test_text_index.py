@@ -125,3 +125,27 @@ def test_cli_index_and_search(tmp_path, capsys):
     assert cli_main(["verify", str(out)]) == 1
     assert "FAILED" in capsys.readouterr().out
     assert cli_main(["-q", "search", "--index", str(tmp_path / "nope"), "--query", "x"]) == 2
+
+
+def test_word_pooling_build_and_add_agree_with_the_encoder(tmp_path, encoder):
+    """Whole-word pooling: build and add store the encoder's word-pooled vectors, with any codec."""
+    from dataclasses import replace
+
+    from retriever.beir import doc_text
+
+    texts = [doc_text(d) for d in DOCS]
+    pooled = encoder.encode_documents(texts, word_pooling=True)
+    plain = encoder.encode_documents(texts)
+    assert np.all(pooled.lengths <= plain.lengths) and pooled.lengths.sum() < plain.lengths.sum()
+    cfg = replace(CFG, word_pooling=True)
+    r = Retriever.build(DOCS[:3], encoder=encoder, config=cfg, show_progress=False)
+    r.add(DOCS[3:])
+    np.testing.assert_array_equal(r.doc_offsets, pooled.offsets)
+    np.testing.assert_array_equal(np.asarray(r.tokens), pooled.vectors.astype(np.float16))
+    r.save(tmp_path / "w")
+    loaded = Retriever.load(tmp_path / "w", verify=True)
+    assert loaded.config.word_pooling
+    q = ["blood pressure"]
+    np.testing.assert_array_equal(loaded.search(q, k=3).rows, r.search(q, k=3).rows)
+    r8 = Retriever.build(DOCS, encoder=encoder, config=replace(cfg, codec="int8", pool_factor=2), show_progress=False)
+    assert r8.n_tokens < pooled.vectors.shape[0]
