@@ -109,12 +109,12 @@ def main() -> None:
     sampler.start()
     t0 = time.perf_counter()
     if args.encode_only:
-        from retriever import index as index_mod
+        from retriever import builder as builder_mod
         from retriever.memory import release_freed_memory
 
         n_docs = n_tokens = 0
         it = corpus()
-        while chunk := list(itertools.islice(it, index_mod._TEXT_BATCH)):
+        while chunk := list(itertools.islice(it, builder_mod._TEXT_BATCH)):
             emb = enc.encode_documents([doc_text(d) for d in chunk])
             n_docs, n_tokens = n_docs + len(emb), n_tokens + emb.n_tokens
             del emb

@@ -33,27 +33,30 @@ import shutil
 import tempfile
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import faiss
 import numpy as np
 
 from . import format as fmt
 from .ann import add_rows, make_faiss_index, train_index
-from .index import (
+from .builder import (
     _FAISS_ADD_ROWS,
-    _TEXT_BATCH,
-    Retriever,
     _check_ids,
     _ids_array,
     _is_text_item,
+    _pooled,
     _py,
     _text_items,
-    _pooled,
     _validate_batch,
     encode_for_store,
+    stream_texts,
 )
 from .storage import NpyAppender, iter_npy_rows
 from .tokens import TokenEmbeddings, as_token_embeddings
+
+if TYPE_CHECKING:  # index imports this module (inside its methods); this one never imports index
+    from .index import Retriever
 
 log = logging.getLogger(__name__)
 
@@ -292,7 +295,7 @@ def add_documents(r: Retriever, documents, doc_ids, *, replace: bool, show_progr
             encoder = r.encoder  # ValueError if the index has none
             if doc_ids is None and all(isinstance(x, str) for x in items):
                 doc_ids = _default_ids(r, len(items), verb)
-            Retriever._stream_texts(stager, _text_items(items, doc_ids), encoder, show_progress, r.config.word_pooling)
+            stream_texts(stager, _text_items(items, doc_ids), encoder, show_progress, r.config.word_pooling)
         else:
             emb = as_token_embeddings(list(items) if not isinstance(items, TokenEmbeddings) else items)
             ids = _default_ids(r, len(emb), verb) if doc_ids is None else list(doc_ids)

@@ -240,7 +240,7 @@ def test_add_keeps_the_trained_codec_and_equals_encoding_with_it(tmp_path, codec
     r.add(DOCS[80:], IDS[80:])
     for key, arr in r.codec.arrays().items():
         np.testing.assert_array_equal(arr, before[key])
-    from retriever.index import _pooled
+    from retriever.builder import _pooled
 
     pooled = _pooled(TokenEmbeddings.from_list(DOCS), 2)
     np.testing.assert_array_equal(np.asarray(r.tokens), r.codec.encode(pooled.vectors))

@@ -188,7 +188,7 @@ def test_failure_inside_faiss_add_is_rolled_back(monkeypatch):
 
 def test_add_texts_with_the_index_encoder(monkeypatch):
     from conftest import REPO
-    from retriever import index as index_mod
+    from retriever import builder as builder_mod
     from retriever.encoder import ColBERTEncoder
 
     enc = ColBERTEncoder.from_pretrained(str(REPO / "tests" / "fixtures" / "encoder" / "bert_stanford"), dtype="float32")
@@ -197,7 +197,7 @@ def test_add_texts_with_the_index_encoder(monkeypatch):
              "d": "sleep helps memory", "e": "exercise lowers blood pressure"}
     full = Retriever.build(list(texts.items()), encoder=enc, config=cfg, show_progress=False)
     r = Retriever.build(list(texts.items())[:2], encoder=enc, config=cfg, show_progress=False)
-    monkeypatch.setattr(index_mod, "_TEXT_BATCH", 1)  # streamed batch by batch
+    monkeypatch.setattr(builder_mod, "_TEXT_BATCH", 1)  # streamed batch by batch
     r.add([{"_id": "c", "title": "", "text": texts["c"]}, ("d", texts["d"])])
     r.add([texts["e"]], doc_ids=["e"])
     np.testing.assert_array_equal(np.asarray(r.tokens), np.asarray(full.tokens))

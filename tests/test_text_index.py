@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from conftest import REPO
-from retriever import index as index_mod
+from retriever import builder as builder_mod
 from retriever.cli import main as cli_main
 from retriever.encoder import ColBERTEncoder
 from retriever.eval import read_trec_run
@@ -51,7 +51,7 @@ def test_text_build_equals_embedding_build(encoder, text_index):
 
 
 def test_streaming_in_batches_gives_same_index(encoder, text_index, monkeypatch):
-    monkeypatch.setattr(index_mod, "_TEXT_BATCH", 2)
+    monkeypatch.setattr(builder_mod, "_TEXT_BATCH", 2)
     pairs = ((d["_id"], (d["title"] + " " + d["text"]).strip()) for d in DOCS)  # a generator: streamed once
     r = Retriever.build(pairs, encoder=encoder, config=CFG, show_progress=False)
     np.testing.assert_array_equal(np.asarray(r.tokens), np.asarray(text_index.tokens))

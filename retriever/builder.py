@@ -1,0 +1,340 @@
+"""Building blocks shared by ``Retriever.build`` and the lifecycle (``add`` / ``upsert``).
+
+Validation of documents and ids, pooling and encoding of token vectors into the store's rows
+(:func:`encode_for_store`), the streaming :class:`_Builder` that writes a new index's token
+store and FDE spool, and the text-item readers. Both ``retriever.index`` and
+``retriever.lifecycle`` import from here; this module imports neither.
+"""
+
+from __future__ import annotations
+
+import itertools
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Iterable, Iterator
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from . import format as fmt
+from .ann import add_rows, make_faiss_index, train_index
+from .codecs import TokenCodec
+from .fde import FDEEncoder
+from .memory import release_freed_memory
+from .storage import NpyAppender, iter_npy_rows
+from .tokens import TokenEmbeddings
+
+if TYPE_CHECKING:
+    from .index import IndexConfig
+
+_FDE_SPOOL = "fde_spool.npy"
+_TOKEN_SPOOL = "token_spool.npy"  # float16 (pooled) vectors awaiting a codec that must be trained first
+_CODE_ROWS = 1 << 16  # tokens encoded per step when a trained codec encodes the spool
+# Documents encoded per streaming step: bounds the float32 tokens held at once (128 encodes as
+# fast as 256 here; bench/bench_build_memory.py measures the peak).
+_TEXT_BATCH = 128
+_FAISS_ADD_ROWS = 256  # FDE rows read from the spool per FAISS add (10 MB at the default 10,240 dims)
+
+
+def _py(x):
+    return x.item() if isinstance(x, np.generic) else x
+
+
+# -- ids -------------------------------------------------------------------------------------
+
+
+def _check_ids(ids: list, id_type: str | None) -> str:
+    """Validate a batch of external ids; returns the id type ("int" or "str")."""
+    for pos, i in enumerate(ids):
+        if isinstance(i, (bool, np.bool_)):
+            raise TypeError(f"document id at position {pos} is a bool ({i!r}); ids are str or non-negative int")
+        if isinstance(i, (int, np.integer)):
+            t = "int"
+            if i < 0:
+                raise ValueError(f"document id at position {pos} is negative ({i}); -1 marks padding in results")
+            if i > _MAX_INT_ID:
+                raise ValueError(f"document id at position {pos} ({i}) does not fit in int64 (max {_MAX_INT_ID})")
+        elif isinstance(i, str):
+            t = "str"
+            if not i or "\n" in i or "\r" in i or i != i.strip():
+                raise ValueError(
+                    f"document id at position {pos} ({i!r}) is empty, has surrounding whitespace or a line break"
+                )
+            try:
+                i.encode("utf-8")
+            except UnicodeEncodeError:
+                raise ValueError(f"document id at position {pos} ({i!r}) cannot be written as UTF-8 (lone surrogate)") from None
+        else:
+            raise TypeError(f"document id at position {pos} has type {type(i).__name__}; ids are str or non-negative int")
+        if id_type is None:
+            id_type = t
+        elif t != id_type:
+            raise TypeError(f"document id at position {pos} ({i!r}) is {t}, earlier ids are {id_type}: do not mix types")
+    return id_type or "int"
+
+
+_MAX_INT_ID = np.iinfo(np.int64).max
+
+
+def _validate_batch(emb: TokenEmbeddings, ids: list, dim: int, id_type: str | None, taken: set, pos0: int = 0,
+                    in_index=None) -> tuple[str, np.ndarray]:
+    """Check a batch of documents and their ids exactly as :meth:`Retriever.build` does.
+
+    ``taken`` holds the ids seen earlier in the same call; ``in_index(id)`` (optional) tells
+    whether an id is already a live document of the index. Nothing is modified.
+
+    Returns
+    -------
+    id_type : "int" or "str"
+    half : float16 (n_tokens, dim) token vectors as they will be stored
+    """
+    if emb.dim != dim:
+        raise ValueError(f"document embeddings have dim {emb.dim}, the index has dim {dim}")
+    if len(ids) != len(emb):
+        raise ValueError(f"{len(ids)} ids for {len(emb)} documents")
+    id_type = _check_ids(ids, id_type)
+    batch: set = set()
+    for pos, i in enumerate(ids):
+        key = _py(i)
+        if key in taken or key in batch:
+            raise ValueError(f"duplicate document id {i!r} (position {pos0 + pos})")
+        if in_index is not None and in_index(key):
+            raise ValueError(f"document id {i!r} (position {pos0 + pos}) is already in the index; use upsert() to replace it")
+        batch.add(key)
+    lengths = emb.lengths
+    if lengths.size and lengths.min() == 0:
+        j = int(np.flatnonzero(lengths == 0)[0])
+        raise ValueError(f"document {ids[j]!r} has zero tokens")
+    emb.check_finite(what="document embeddings")
+    with np.errstate(over="ignore"):
+        half = emb.vectors.astype(np.float16)
+    if not np.isfinite(half).all():
+        raise ValueError("document embeddings hold values too large for the float16 token store (|x| > 65504)")
+    return id_type, half
+
+
+def _ids_array(ids: list, id_type: str) -> np.ndarray:
+    if id_type == "int":
+        return np.asarray(ids, dtype=np.int64).reshape(-1)
+    arr = np.empty(len(ids), dtype=object)
+    arr[:] = ids
+    return arr
+
+
+# -- building ----------------------------------------------------------------------------------
+
+
+def _pooled(emb: TokenEmbeddings, pool_factor: int) -> TokenEmbeddings:
+    """The documents' token vectors after pooling (float32), or as they are when ``pool_factor`` is 1."""
+    vectors = np.ascontiguousarray(emb.vectors, dtype=np.float32)
+    if pool_factor == 1:
+        return TokenEmbeddings(vectors, emb.offsets)
+    from kernels.pooling import pool_tokens
+
+    pooled, offsets = pool_tokens(vectors, np.ascontiguousarray(emb.offsets, dtype=np.int64), int(pool_factor))
+    return TokenEmbeddings(pooled, offsets)
+
+
+def encode_for_store(codec: TokenCodec, fde_encoder: FDEEncoder, emb: TokenEmbeddings,
+                     timings: dict | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Store rows of (pooled) documents and their FDEs, computed from the stored (decoded) vectors.
+
+    FDEs come from what the index stores, so they stay a function of the token store (verify and
+    compact recompute them from it). ``timings`` (optional) accumulates ``codec_s`` and ``fde_s``.
+    """
+    t0 = time.perf_counter()
+    rows = codec.encode(emb.vectors)
+    t1 = time.perf_counter()
+    fde = fde_encoder.encode_documents(TokenEmbeddings(codec.decode(rows), emb.offsets))
+    if timings is not None:
+        timings["codec_s"] = timings.get("codec_s", 0.0) + t1 - t0
+        timings["fde_s"] = timings.get("fde_s", 0.0) + time.perf_counter() - t1
+    return rows, fde
+
+
+class _Builder:
+    """Streams validated document batches into a token store and an FDE spool in ``workdir``.
+
+    A codec that needs training (residual codes) cannot encode before it has seen the corpus:
+    then the (pooled) vectors are spooled as float16 first, the codec is trained on a random
+    sample of them (bounded by ``CodecConfig.max_train_bytes``), and :meth:`finish` encodes the
+    spool into the store block by block.
+    """
+
+    def __init__(self, workdir: Path, config: IndexConfig, dim: int, show_progress: bool = False):
+        self.workdir = workdir
+        self.config = config
+        self.dim = dim
+        self.show_progress = show_progress
+        self.fde_encoder = FDEEncoder(config.fde, dim)
+        config.codec.check_dim(dim)
+        self.codec = None if config.codec.kind == "residual" else TokenCodec.untrained(config.codec, dim)
+        if self.codec is not None:
+            self.tokens = NpyAppender(workdir / fmt.TOKENS, self.codec.row_width, self.codec.row_dtype)
+        else:
+            self.tokens = NpyAppender(workdir / _TOKEN_SPOOL, dim, np.float16)
+        self.fdes = NpyAppender(workdir / _FDE_SPOOL, self.fde_encoder.output_dim, np.float32)
+        self.lengths: list[np.ndarray] = []
+        self.ids: list = []
+        self.id_set: set = set()
+        self.id_type: str | None = None
+        self.timings = {"encode_s": 0.0, "pool_s": 0.0, "fde_s": 0.0, "codec_s": 0.0, "faiss_s": 0.0, "write_s": 0.0}
+
+    def add(self, emb: TokenEmbeddings, ids: list) -> None:
+        self.id_type, _ = _validate_batch(emb, ids, self.dim, self.id_type, self.id_set, len(self.ids))
+        self.id_set.update(_py(i) for i in ids)
+        t0 = time.perf_counter()
+        emb = _pooled(emb, self.config.pool_factor)
+        t_pool = time.perf_counter()
+        self.timings["pool_s"] += t_pool - t0
+        if self.codec is not None:
+            rows, fde = encode_for_store(self.codec, self.fde_encoder, emb, self.timings)
+            t1 = time.perf_counter()
+            self.tokens.append(rows)
+            self.fdes.append(fde)
+        else:
+            rows = emb.vectors.astype(np.float16)
+            t1 = time.perf_counter()
+            self.tokens.append(rows)
+        self.timings["write_s"] += time.perf_counter() - t1
+        self.lengths.append(emb.lengths)
+        self.ids.extend(ids)
+
+    def _encode_spool(self, offsets: np.ndarray) -> None:
+        """Train the codec on a sample of the float16 spool, then write the coded store and the FDEs."""
+        t0 = time.perf_counter()
+        spool_path = self.workdir / _TOKEN_SPOOL
+        spool = np.load(spool_path, mmap_mode="r")
+        n_tokens = spool.shape[0]
+        budget = max(1, self.config.codec.max_train_bytes // (4 * self.dim))
+        rows = np.arange(n_tokens)
+        if n_tokens > budget:
+            rows = np.sort(np.random.default_rng(self.config.codec.seed).choice(n_tokens, budget, replace=False))
+        self.codec = TokenCodec.train(self.config.codec, np.asarray(spool[rows], dtype=np.float32), n_tokens)
+        self.timings["codec_s"] += time.perf_counter() - t0
+        store = NpyAppender(self.workdir / fmt.TOKENS, self.codec.row_width, self.codec.row_dtype)
+        n_docs = offsets.size - 1
+        bar = tqdm(total=n_docs, desc=f"encoding tokens ({self.codec.config.name})", unit="doc",
+                   disable=not self.show_progress)
+        with store, bar:
+            d0 = 0
+            while d0 < n_docs:
+                # documents whose tokens fit a block of _CODE_ROWS (at least one document)
+                d1 = max(d0 + 1, int(np.searchsorted(offsets, offsets[d0] + _CODE_ROWS, side="right")) - 1)
+                d1 = min(d1, n_docs)
+                t0, t1 = int(offsets[d0]), int(offsets[d1])
+                t_a = time.perf_counter()
+                emb = TokenEmbeddings(np.asarray(spool[t0:t1], dtype=np.float32), offsets[d0 : d1 + 1] - t0)
+                code_rows = self.codec.encode(emb.vectors)
+                t_b = time.perf_counter()
+                fde = self.fde_encoder.encode_documents(TokenEmbeddings(self.codec.decode(code_rows), emb.offsets))
+                t_c = time.perf_counter()
+                store.append(code_rows)
+                self.fdes.append(fde)
+                self.timings["codec_s"] += t_b - t_a
+                self.timings["fde_s"] += t_c - t_b
+                self.timings["write_s"] += time.perf_counter() - t_c
+                bar.update(d1 - d0)
+                d0 = d1
+        del spool
+        spool_path.unlink()
+
+    def finish(self):
+        """Close the files, fill FAISS from the spool; returns (doc_offsets, ids array, faiss index)."""
+        if not self.ids:
+            raise ValueError("cannot build an index from an empty corpus")
+        t0 = time.perf_counter()
+        self.tokens.close()
+        lengths = np.concatenate(self.lengths)
+        offsets = np.zeros(lengths.size + 1, dtype=np.int64)
+        np.cumsum(lengths, out=offsets[1:])
+        if self.codec is None:
+            self.timings["write_s"] += time.perf_counter() - t0
+            self._encode_spool(offsets)
+            t0 = time.perf_counter()
+        self.fdes.close()
+        t1 = time.perf_counter()
+        spool = self.workdir / _FDE_SPOOL
+        index = make_faiss_index(self.config.faiss_factory, self.fdes.n_cols)
+
+        def sample_rows(rows):
+            fdes = np.load(spool, mmap_mode="r")
+            return np.array(fdes[rows])
+
+        train_index(index, self.config.faiss_factory, len(self.ids), sample_rows, seed=self.config.fde.seed)
+        # plain reads: peak memory is one block + the index
+        add_rows(index, iter_npy_rows(spool, _FAISS_ADD_ROWS), len(self.ids))
+        spool.unlink()
+        release_freed_memory()
+        t2 = time.perf_counter()
+        self.timings["write_s"] += t1 - t0
+        self.timings["faiss_s"] += t2 - t1
+        return offsets, _ids_array(self.ids, self.id_type), index
+
+
+def _peek(iterable) -> tuple[object, Iterator]:
+    it = iter(iterable)
+    try:
+        first = next(it)
+    except StopIteration:
+        raise ValueError("cannot build an index from an empty corpus") from None
+    return first, itertools.chain([first], it)
+
+
+def _is_text_item(x) -> bool:
+    return isinstance(x, (str, dict)) or (isinstance(x, tuple) and len(x) == 2 and isinstance(x[1], str))
+
+
+def _text_items(items: Iterable, doc_ids) -> Iterator[tuple[object, str]]:
+    """(id, text) pairs from strings, (id, text) tuples, or BEIR dicts (_id, title, text)."""
+    from .beir import doc_text
+
+    ids_iter = iter(doc_ids) if doc_ids is not None else None
+    pos, used = -1, 0
+    for pos, x in enumerate(items):
+        if isinstance(x, str):
+            if ids_iter is None:
+                i = pos
+            else:
+                i = next(ids_iter, _NO_ID)
+                if i is _NO_ID:
+                    raise ValueError(f"doc_ids has {used} ids, fewer than the documents")
+                used += 1
+            text = x
+        elif isinstance(x, tuple) and len(x) == 2:
+            i, text = x
+        elif isinstance(x, dict):
+            if "_id" not in x:
+                raise ValueError(f"corpus item {pos} has no '_id' field")
+            i, text = x["_id"], doc_text(x)
+        else:
+            raise TypeError(f"corpus item {pos} is a {type(x).__name__}; expected str, (id, text) or a BEIR dict")
+        if not isinstance(text, str):
+            raise TypeError(f"corpus item {pos} (id {i!r}): text is {type(text).__name__}, not str")
+        yield i, text
+    if used and next(ids_iter, _NO_ID) is not _NO_ID:
+        raise ValueError(f"doc_ids has more ids than the {pos + 1} documents")
+
+
+_NO_ID = object()
+
+
+
+def stream_texts(builder, pairs: Iterator, encoder, show_progress: bool, word_pooling: bool = False) -> None:
+    """Encode (id, text) pairs step by step (``_TEXT_BATCH`` documents) into ``builder.add``."""
+    bar = tqdm(desc="encoding documents", unit="doc", disable=not show_progress)
+    try:
+        while True:
+            chunk = list(itertools.islice(pairs, _TEXT_BATCH))
+            if not chunk:
+                break
+            ids = [i for i, _ in chunk]
+            t0 = time.perf_counter()
+            emb = encoder.encode_documents([t for _, t in chunk], word_pooling=word_pooling)
+            builder.timings["encode_s"] += time.perf_counter() - t0
+            builder.add(emb, ids)
+            del emb  # not alive during the next step's encoding
+            release_freed_memory()
+            bar.update(len(chunk))
+    finally:
+        bar.close()
