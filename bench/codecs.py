@@ -145,7 +145,7 @@ def fde_source(name: str, split: str, specs: list[str], encoder, cache_dir: Path
     data = load_beir(collection_dir(name), split=split)
     qids, texts = list(data.queries), list(data.queries.values())
     q = encoder.encode_queries(texts)
-    r16, info16 = open_index(collection_dir(name), data.corpus, IndexConfig(), encoder, cache_dir)
+    r16, info16 = open_index(collection_dir(name), data.corpus, IndexConfig(codec="float16"), encoder, cache_dir)
     qhash = _digest({"ids": qids, "texts": texts})
     exact_ids, _ = exact_topk(r16, q, qids, 100, cache_dir / f"{data.name}-exact-{_digest([info16['tokens_key'], qhash])}.npz")
     qf = r16.fde_encoder.encode_queries(q)
@@ -205,7 +205,7 @@ def main(argv: list[str] | None = None) -> int:
                     with open(out, "a", encoding="utf-8") as fh:
                         fh.write(json.dumps(row) + "\n")
         return 0
-    configs = [IndexConfig()] + [parse_config(s) for s in args.configs if s != "float16"]
+    configs = [IndexConfig(codec="float16")] + [parse_config(s) for s in args.configs if s != "float16"]
     for name in args.datasets:
         for which in args.splits:
             settings = BenchSettings(k=args.k, n_candidates=tuple(args.n_candidates), threads=args.threads,

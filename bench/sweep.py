@@ -41,7 +41,9 @@ def fde_config(spec: str) -> IndexConfig:
         reps, ksim, proj = (int(x) for x in spec.split(","))
     except ValueError:
         raise SystemExit(f"error: FDE setting {spec!r} is not 'R,k,P' (three integers)") from None
-    return IndexConfig(fde=FDEConfig(num_repetitions=reps, num_simhash_projections=ksim, projection_dimension=proj))
+    # float16 store: the FDE settings were tuned, and are compared, over the unquantised tokens
+    return IndexConfig(fde=FDEConfig(num_repetitions=reps, num_simhash_projections=ksim, projection_dimension=proj),
+                       codec="float16")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -486,8 +486,9 @@ def run_benchmark(
     ----------
     data_dir : BEIR collection directory (``corpus.jsonl[.gz]``, ``queries.jsonl``, ``qrels/``)
     split : qrels split whose queries are run
-    index_configs : one or several index configs (default ``IndexConfig()``); the first is built
-        from text (or loaded), the others from its token store
+    index_configs : one or several index configs (default ``IndexConfig(codec="float16")``); the
+        first is built from text (or loaded), the others from its token store. The first defines
+        the exact top-k of the Chamfer recalls: give it the float16 store to measure codecs against it
     encoder : text encoder, default ``ColBERTEncoder.from_pretrained("default")``
     settings : :class:`BenchSettings`
     results : JSONL file to append to (parents created); ``None`` writes nothing
@@ -499,7 +500,7 @@ def run_benchmark(
     """
     settings = settings or BenchSettings()
     if index_configs is None or isinstance(index_configs, IndexConfig):
-        index_configs = [index_configs or IndexConfig()]
+        index_configs = [index_configs or IndexConfig(codec="float16")]
     if encoder is None:
         from .encoder import ColBERTEncoder
 
@@ -655,7 +656,7 @@ def cmd_bench(args) -> int:
 
         from .codecs import CodecConfig
 
-        configs = [replace(config, codec=CodecConfig(), pool_factor=1, word_pooling=False), config]
+        configs = [replace(config, codec=CodecConfig(kind="float16"), pool_factor=1, word_pooling=False), config]
     rows = run_benchmark(args.data, split=args.split, index_configs=configs, encoder=encoder, settings=settings,
                          results=args.results, cache_dir=args.cache_dir, show_progress=not args.quiet)
     for x in rows:

@@ -45,8 +45,8 @@ def add_index_config_args(p) -> None:
     p.add_argument("--num-simhash-projections", dest="num_simhash_projections", type=int)
     p.add_argument("--projection-dimension", dest="projection_dimension", type=int)
     p.add_argument("--projection-type", dest="projection_type", choices=["identity", "dense", "ams_sketch"])
-    p.add_argument("--codec", default="float16", choices=["float16", "int8", "residual1", "residual2", "residual4"],
-                   help="token store encoding (default float16; residualN = PLAID-style N-bit residual codes)")
+    p.add_argument("--codec", default="int8", choices=["int8", "float16", "residual1", "residual2", "residual4"],
+                   help="token store encoding (default int8; residualN = PLAID-style N-bit residual codes)")
     p.add_argument("--n-centroids", dest="n_centroids", type=int, default=None,
                    help="residual codec centroids (default: chosen from the corpus's token count)")
     p.add_argument("--pool-factor", dest="pool_factor", type=int, default=1,

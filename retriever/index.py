@@ -55,9 +55,9 @@ class IndexConfig:
         4 bytes per FDE dimension per document) is the default; ``"HNSW32"`` for sub-linear
         search; ``"IVF{nlist},PQ{m}"`` to compress FDEs when memory matters (needs training).
     codec : CodecConfig
-        How token vectors are stored: ``float16`` (default), ``int8``, or ``residual`` codes of
-        1, 2 or 4 bits per dimension (see ``retriever.codecs``). Accepts a name too
-        (``"residual2"``).
+        How token vectors are stored: ``int8`` (default: 2x smaller than ``float16`` at the
+        same answers), ``float16``, or ``residual`` codes of 1, 2 or 4 bits per dimension (see
+        ``retriever.codecs``). Accepts a name too (``"residual2"``).
     pool_factor : int
         Token pooling at index time (Clavie et al. 2024): each document's token vectors are
         clustered (Ward) into ``max(1, n // pool_factor)`` groups whose renormalised means are
@@ -106,6 +106,8 @@ class IndexConfig:
             kw["fde"] = FDEConfig.from_dict(kw["fde"])
         if isinstance(kw.get("codec"), dict):
             kw["codec"] = CodecConfig.from_dict(kw["codec"])
+        elif "codec" not in kw:
+            kw["codec"] = CodecConfig(kind="float16")  # written before codecs existed: a float16 store
         return cls(**kw)
 
 

@@ -16,7 +16,7 @@ from retriever.index import IndexConfig, Retriever
 
 DIM = 32
 SMALL_FDE = FDEConfig(num_repetitions=4, num_simhash_projections=3, projection_dimension=8, projection_type="ams_sketch")
-CFG = IndexConfig(fde=SMALL_FDE)
+CFG = IndexConfig(fde=SMALL_FDE, codec="float16")  # the oracles below compare float16-rounded vectors
 
 
 def unit(x: np.ndarray) -> np.ndarray:

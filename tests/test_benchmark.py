@@ -23,8 +23,8 @@ from retriever.fde import FDEConfig
 from retriever.index import IndexConfig, Retriever
 
 FIXTURES = REPO / "tests" / "fixtures" / "encoder"
-CFG_A = IndexConfig(fde=FDEConfig(num_repetitions=3, num_simhash_projections=2, projection_dimension=4))
-CFG_B = IndexConfig(fde=FDEConfig(num_repetitions=2, num_simhash_projections=3, projection_dimension=8))
+CFG_A = IndexConfig(fde=FDEConfig(num_repetitions=3, num_simhash_projections=2, projection_dimension=4), codec="float16")
+CFG_B = IndexConfig(fde=FDEConfig(num_repetitions=2, num_simhash_projections=3, projection_dimension=8), codec="float16")
 WORDS = ("cell vitamin cancer risk heart blood sleep memory coffee tea exercise pressure fever pain life unit "
          "brain tumour gene protein virus").split()
 N_DOCS = 36
@@ -223,7 +223,7 @@ def test_cli_bench_appends_rows(tmp_path, capsys):
     argv = ["-q", "bench", "--data", str(data), "--model", str(FIXTURES / "bert_stanford"), "--dtype", "float32",
             "--k", "10", "--n-candidates", "10", "12", "--baselines", "exhaustive", "--results", str(out),
             "--cache-dir", str(tmp_path / "cache"), "--num-repetitions", "2", "--num-simhash-projections", "2",
-            "--projection-dimension", "4", "--timing-queries", "2", "--split", "train"]
+            "--projection-dimension", "4", "--timing-queries", "2", "--split", "train", "--codec", "float16"]
     assert cli_main(argv) == 0
     rows = [json.loads(x) for x in out.read_text().splitlines()]
     assert [r["method"] for r in rows] == ["exhaustive", "fde", "fde"] and rows[1]["split"] == "train"
@@ -266,3 +266,19 @@ def test_single_vector_doc_vectors_are_cached(bench_run):
     v = np.load(files[0], allow_pickle=False)
     assert v.shape[0] == len(data.corpus)
     assert json.loads(files[0].with_suffix(".json").read_text())["encode_s"] > 0
+
+
+def test_cli_bench_of_a_compressed_store_measures_it_against_float16(tmp_path):
+    data = write_collection(tmp_path / "c8beir", n_docs=12, n_queries=6)
+    out = tmp_path / "r.jsonl"
+    argv = ["-q", "bench", "--data", str(data), "--model", str(FIXTURES / "bert_stanford"), "--dtype", "float32",
+            "--k", "10", "--n-candidates", "10", "--baselines", "exhaustive", "--results", str(out),
+            "--cache-dir", str(tmp_path / "cache"), "--num-repetitions", "2", "--num-simhash-projections", "2",
+            "--projection-dimension", "4", "--timing-queries", "2", "--pool-factor", "2"]  # default codec: int8
+    assert cli_main(argv) == 0
+    rows = [json.loads(x) for x in out.read_text().splitlines()]
+    assert [(r["method"], r["codec"], r["pool_factor"]) for r in rows] == [
+        ("exhaustive", "float16", 1), ("fde", "float16", 1), ("exhaustive", "int8", 2), ("fde", "int8", 2)]
+    assert rows[0]["chamfer_recall@10"] == 1.0 and rows[2]["stored_tokens"] < rows[0]["stored_tokens"]
+    assert rows[2]["store_bytes"] < rows[0]["store_bytes"] / 3  # half the bytes per token, half the tokens
+    assert rows[3]["build"]["tokens_from"] == rows[1]["index_name"]

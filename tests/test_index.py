@@ -65,7 +65,7 @@ def corpus():
 @pytest.fixture(scope="module")
 def built(corpus):
     return Retriever.build(corpus, doc_ids=[f"doc{i}" for i in range(len(corpus))],
-                           config=IndexConfig(fde=SMALL_FDE), show_progress=False)
+                           config=IndexConfig(fde=SMALL_FDE, codec="float16"), show_progress=False)
 
 
 def test_exact_mode_matches_reference(built, corpus):
@@ -92,7 +92,7 @@ def test_fde_mode_with_all_candidates_equals_exact(built, corpus):
 
 def test_fde_candidates_recall_and_monotone(corpus):
     fde = FDEConfig(num_repetitions=10, num_simhash_projections=4, projection_dimension=16)
-    built = Retriever.build(corpus, config=IndexConfig(fde=fde), show_progress=False)
+    built = Retriever.build(corpus, config=IndexConfig(fde=fde, codec="float16"), show_progress=False)
     qs = make_queries(corpus, n_queries=20)
     exact = built.search(qs, k=5, mode="exact")
     recalls = []
@@ -119,14 +119,14 @@ def test_single_query_is_batch_of_one(built, corpus):
 
 def test_padding_when_k_exceeds_docs():
     docs = make_corpus(n_docs=4)
-    r = Retriever.build(docs, config=IndexConfig(fde=SMALL_FDE), show_progress=False)
+    r = Retriever.build(docs, config=IndexConfig(fde=SMALL_FDE, codec="float16"), show_progress=False)
     res = r.search(docs[0], k=6)
     assert res.ids.dtype == np.int64
     assert list(res.ids[0, 4:]) == [-1, -1] and np.all(np.isneginf(res.scores[0, 4:]))
     assert list(res.rows[0, 4:]) == [-1, -1]
     assert sorted(res.ids[0, :4]) == [0, 1, 2, 3]
     assert len(res.to_list()[0]) == 4
-    sres = Retriever.build(docs, doc_ids=list("abcd"), config=IndexConfig(fde=SMALL_FDE), show_progress=False).search(docs[0], k=6)
+    sres = Retriever.build(docs, doc_ids=list("abcd"), config=IndexConfig(fde=SMALL_FDE, codec="float16"), show_progress=False).search(docs[0], k=6)
     assert sres.ids[0, 5] is None and sres.ids[0, 0] == "a"
 
 
@@ -151,7 +151,7 @@ def test_save_load_roundtrip(tmp_path, built, corpus, mmap):
 
 def test_int_ids_roundtrip(tmp_path, corpus):
     ids = [1000 + 7 * i for i in range(len(corpus))]
-    r = Retriever.build(corpus, doc_ids=ids, config=IndexConfig(fde=SMALL_FDE), show_progress=False)
+    r = Retriever.build(corpus, doc_ids=ids, config=IndexConfig(fde=SMALL_FDE, codec="float16"), show_progress=False)
     r.save(tmp_path / "i")
     back = Retriever.load(tmp_path / "i")
     res = back.search(corpus[3], k=1, mode="exact")
@@ -159,7 +159,7 @@ def test_int_ids_roundtrip(tmp_path, corpus):
 
 
 def test_build_into_path_is_saved(tmp_path, corpus):
-    r = Retriever.build(corpus[:20], path=tmp_path / "p", config=IndexConfig(fde=SMALL_FDE), show_progress=False)
+    r = Retriever.build(corpus[:20], path=tmp_path / "p", config=IndexConfig(fde=SMALL_FDE, codec="float16"), show_progress=False)
     back = Retriever.load(tmp_path / "p")
     q = make_queries(corpus[:20], n_queries=3)
     np.testing.assert_array_equal(r.search(q, k=4).rows, back.search(q, k=4).rows)
@@ -197,7 +197,7 @@ def _recall(res, exact):
 def test_faiss_variants(tmp_path, corpus300, factory, knobs, max_loss):
     docs, qs = corpus300
     fde = FDEConfig(num_repetitions=10, num_simhash_projections=4, projection_dimension=16)
-    flat = Retriever.build(docs, config=IndexConfig(fde=fde), show_progress=False)
+    flat = Retriever.build(docs, config=IndexConfig(fde=fde, codec="float16"), show_progress=False)
     r = Retriever.build(docs, config=IndexConfig(fde=fde, faiss_factory=factory), show_progress=False)
     exact = r.search(qs, k=5, mode="exact")
     flat_recall = _recall(flat.search(qs, k=5, n_candidates=100), exact)
@@ -227,7 +227,7 @@ def test_too_few_documents_to_train():
 # -- bad input -------------------------------------------------------------------------------
 
 def test_bad_build_inputs(corpus):
-    cfg = IndexConfig(fde=SMALL_FDE)
+    cfg = IndexConfig(fde=SMALL_FDE, codec="float16")
     with pytest.raises(ValueError, match="empty"):
         Retriever.build([], config=cfg, show_progress=False)
     with pytest.raises(ValueError, match="zero tokens"):
@@ -285,7 +285,7 @@ def test_failed_save_keeps_existing_index(tmp_path, built, corpus, monkeypatch):
     q = make_queries(corpus, n_queries=3)
     before = Retriever.load(tmp_path / "idx").search(q, k=5, n_candidates=20)
 
-    other = Retriever.build(corpus[:10], config=IndexConfig(fde=SMALL_FDE), show_progress=False)
+    other = Retriever.build(corpus[:10], config=IndexConfig(fde=SMALL_FDE, codec="float16"), show_progress=False)
 
     def boom(*a, **kw):
         raise OSError("disk full")
@@ -300,7 +300,7 @@ def test_failed_save_keeps_existing_index(tmp_path, built, corpus, monkeypatch):
 
 
 def test_save_over_open_mmapped_index(tmp_path, corpus):
-    cfg = IndexConfig(fde=SMALL_FDE)
+    cfg = IndexConfig(fde=SMALL_FDE, codec="float16")
     Retriever.build(corpus, config=cfg, show_progress=False).save(tmp_path / "idx")
     opened = Retriever.load(tmp_path / "idx", mmap=True)
     q = make_queries(corpus, n_queries=4)

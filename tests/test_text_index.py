@@ -137,7 +137,7 @@ def test_word_pooling_build_and_add_agree_with_the_encoder(tmp_path, encoder):
     pooled = encoder.encode_documents(texts, word_pooling=True)
     plain = encoder.encode_documents(texts)
     assert np.all(pooled.lengths <= plain.lengths) and pooled.lengths.sum() < plain.lengths.sum()
-    cfg = replace(CFG, word_pooling=True)
+    cfg = replace(CFG, word_pooling=True, codec="float16")
     r = Retriever.build(DOCS[:3], encoder=encoder, config=cfg, show_progress=False)
     r.add(DOCS[3:])
     np.testing.assert_array_equal(r.doc_offsets, pooled.offsets)
