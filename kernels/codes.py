@@ -17,12 +17,20 @@ arrays (numba compiles one specialisation per store type):
     ``centroids`` float32 ``(n_centroids, dim)``; ``lut`` float32 ``(dim * nbits / 8, 256,
     8 / nbits)`` maps (byte position, byte value) to the residual values of the dimensions that
     byte holds (:func:`residual_lut` builds it from per-dimension bucket weights). Decodes to
-    ``centroids[id] + residual``.
+    ``centroids[id] + residual`` rescaled to unit length, as ColBERT's decompression does: the
+    codes are for L2-normalised token vectors, and the renormalisation removes the radial part of
+    the quantisation error (SciFact train, 2,048 centroids: the exact top-10's overlap with
+    float16 went from 0.953 to 0.975 at 4 bits, 0.893 to 0.926 at 2 bits).
 
 Decoding happens inside the kernels, a block of rows at a time into a float32 scratch buffer,
 exactly where float16 rows are converted: no per-query copy of the candidates' vectors exists.
 :func:`decode_rows` exposes the same decoding for whole ranges (FDEs, verification, compaction);
 ``tests/reference.py`` holds the plain-numpy twin of both encoders and decoders.
+
+Note for developers: numba's on-disk cache keys a compiled function by its own file, so the
+kernels of ``kernels/maxsim.py`` cached before an edit of the decoders here keep the old
+decoders. After changing this file, delete ``kernels/__pycache__/*.nbi`` and ``*.nbc`` (a fresh
+install or checkout has no cache).
 """
 
 from __future__ import annotations
@@ -100,9 +108,10 @@ def decode_int8_block(rows, start, n, buf):
 def decode_residual_block(rows, centroids, lut, start, n, buf):
     """buf[r] = decoded row ``start + r`` for ``r < n`` (residual store).
 
-    One fused pass per row: ``buf[r, per*j + t] = centroid[per*j + t] + lut[j, byte_j, t]``. The
-    ``per`` (values per code byte) branches are hoisted out of the row loop and spelled out with
-    constant trip counts, so LLVM turns each byte's ``per`` adds into one short vector add.
+    One fused pass per row: ``buf[r, per*j + t] = centroid[per*j + t] + lut[j, byte_j, t]``, then
+    a rescale to unit length (a zero row stays zero). The ``per`` (values per code byte) branches
+    are hoisted out of the row loop and spelled out with constant trip counts, so LLVM turns each
+    byte's ``per`` adds into one short vector add.
     """
     n_cent = centroids.shape[0]
     n_bytes = lut.shape[0]
@@ -138,6 +147,13 @@ def decode_residual_block(rows, centroids, lut, start, n, buf):
                 b = per * j
                 for t in range(per):
                     buf[r, b + t] = centroids[c, b + t] + lut[j, v, t]
+        ss = np.float32(0.0)
+        for k in range(centroids.shape[1]):
+            ss += buf[r, k] * buf[r, k]
+        if ss > 0:
+            inv = np.float32(1.0) / np.sqrt(ss)
+            for k in range(centroids.shape[1]):
+                buf[r, k] *= inv
 
 
 @njit(parallel=True, cache=True)

@@ -14,7 +14,9 @@ kernel (``kernels.codes``). Choose one with ``IndexConfig(codec=CodecConfig(...)
 ``residual`` with ``nbits`` in {1, 2, 4}
     PLAID / ColBERTv2 residual compression: k-means centroids over a bounded sample of the
     corpus's tokens (FAISS k-means), each token stored as its nearest centroid's id plus
-    ``nbits`` per dimension quantising the residual ``x - centroid``. Per dimension the
+    ``nbits`` per dimension quantising the residual ``x - centroid``; decoded vectors are
+    rescaled to unit length, so these codes are for L2-normalised token vectors (what ColBERT
+    encoders produce; other inputs are refused with a clear error). Per dimension the
     ``2**nbits`` buckets are cut at the residual's quantiles and decode to the mean residual of
     their bucket (both learned on sample tokens held out from k-means, as PLAID does); PLAID
     shares one set of cut-offs across dimensions, per-dimension ones cost nothing at search.
@@ -133,6 +135,18 @@ def auto_n_centroids(n_tokens: int) -> int:
     return int(max(1, min(n_tokens, max(16, min(4096, c)))))
 
 
+def _check_unit(x: np.ndarray) -> None:
+    """Residual codes decode to unit vectors: refuse inputs that are not (zero vectors pass)."""
+    norms = np.linalg.norm(x, axis=1)
+    bad = (np.abs(norms - 1.0) > 1e-2) & (norms > 0)
+    if bad.any():
+        i = int(np.flatnonzero(bad)[0])
+        raise ValueError(
+            f"residual codes store L2-normalised token vectors, but token {i} has norm {norms[i]:.4g} "
+            f"({int(bad.sum())} of {x.shape[0]} are not unit length): normalise them, or use codec int8 or float16"
+        )
+
+
 class TokenCodec:
     """A (trained) codec: encodes float32 tokens into store rows and wraps rows for the kernels.
 
@@ -213,6 +227,7 @@ class TokenCodec:
         if config.kind != "residual":
             return cls(config, dim)
         config.check_dim(dim)
+        _check_unit(sample)
         if sample.shape[0] < 1:
             raise ValueError("cannot train a residual codec on an empty sample")
         n_cent = config.n_centroids or auto_n_centroids(n_tokens)
@@ -283,6 +298,7 @@ class TokenCodec:
         x = x.astype(np.float16).astype(np.float32)
         if self.kind == "int8":
             return int8_encode(x)
+        _check_unit(x)
         return residual_pack(x, self._assign(x), self.centroids, self.cutoffs, self.config.nbits, self.id_bytes)
 
     def store(self, rows: np.ndarray):

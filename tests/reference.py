@@ -172,7 +172,7 @@ def residual_encode_ref(x, ids, centroids, cutoffs, nbits, id_bytes) -> np.ndarr
 
 
 def residual_decode_ref(rows, centroids, weights, nbits) -> np.ndarray:
-    """centroid + per-dimension bucket weight, read bit by bit."""
+    """centroid + per-dimension bucket weight, read bit by bit, rescaled to unit length."""
     dim = centroids.shape[1]
     id_bytes = rows.shape[1] - dim * nbits // 8
     out = np.zeros((rows.shape[0], dim), dtype=np.float32)
@@ -182,4 +182,7 @@ def residual_decode_ref(rows, centroids, weights, nbits) -> np.ndarray:
             bit = k * nbits
             b = (int(row[id_bytes + bit // 8]) >> (bit % 8)) & ((1 << nbits) - 1)
             out[i, k] = centroids[c, k] + weights[k, b]
+        norm = np.sqrt(np.sum(out[i].astype(np.float64) ** 2))
+        if norm > 0:
+            out[i] = out[i] / norm
     return out

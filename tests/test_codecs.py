@@ -69,8 +69,10 @@ def test_residual_pack_and_decode_match_reference(nbits, id_bytes):
     rows = residual_pack(x, ids, cent, cut, nbits, id_bytes)
     np.testing.assert_array_equal(rows, residual_encode_ref(x, ids, cent, cut, nbits, id_bytes))
     store = ResidualRows(rows, cent, residual_lut(w, nbits))
-    np.testing.assert_array_equal(decode_rows(store, 0, n), residual_decode_ref(rows, cent, w, nbits))
-    np.testing.assert_array_equal(decode_rows(store, 17, 40), residual_decode_ref(rows[17:40], cent, w, nbits))
+    np.testing.assert_allclose(decode_rows(store, 0, n), residual_decode_ref(rows, cent, w, nbits), rtol=0, atol=1e-6)
+    np.testing.assert_allclose(decode_rows(store, 17, 40), residual_decode_ref(rows[17:40], cent, w, nbits),
+                               rtol=0, atol=1e-6)
+    np.testing.assert_allclose(np.linalg.norm(decode_rows(store, 0, n), axis=1), 1.0, atol=1e-6)
 
 
 def _stores(rng, dim=16, n=400):
@@ -316,6 +318,18 @@ def test_load_names_missing_or_bad_codec_files(tmp_path):
     fmt.write_manifest(tmp_path / "idx", m)
     with pytest.raises(fmt.IndexFormatError, match="needs 'codec_cutoffs.npy'"):
         Retriever.load(tmp_path / "idx")
+
+
+def test_residual_codec_refuses_vectors_that_are_not_unit_length():
+    x = np.concatenate(make_docs(50, seed=13))
+    with pytest.raises(ValueError, match="token 0 has norm 2"):
+        TokenCodec.train(CodecConfig(kind="residual"), 2 * x, x.shape[0])
+    codec = TokenCodec.train(CodecConfig(kind="residual"), x, x.shape[0])
+    y = x.copy()
+    y[3] *= 0.5
+    with pytest.raises(ValueError, match="token 3 has norm 0.5.*use codec int8 or float16"):
+        codec.encode(y)
+    codec.encode(np.zeros((2, DIM), dtype=np.float32))  # zero vectors pass (a pooled cluster can cancel out)
 
 
 def test_residual_codec_needs_a_compatible_dim():
