@@ -117,6 +117,7 @@ def decode_residual_block(rows, centroids, lut, start, n, buf):
     n_bytes = lut.shape[0]
     per = lut.shape[2]
     id_bytes = rows.shape[1] - n_bytes
+    part = np.empty(16, dtype=np.float32)  # partial sums of the squared norm (allocated once per block)
     for r in range(n):
         row = start + r
         c = np.int64(0)
@@ -147,12 +148,24 @@ def decode_residual_block(rows, centroids, lut, start, n, buf):
                 b = per * j
                 for t in range(per):
                     buf[r, b + t] = centroids[c, b + t] + lut[j, v, t]
+        # squared norm in 16 independent partial sums: a single running sum is a chain of dependent
+        # adds that the compiler may not reorder (no fastmath), which cost more than the decode
+        dim = centroids.shape[1]
+        for t in range(16):
+            part[t] = 0.0
+        k0 = 0
+        while k0 + 16 <= dim:
+            for t in range(16):
+                part[t] += buf[r, k0 + t] * buf[r, k0 + t]
+            k0 += 16
+        for k in range(k0, dim):
+            part[k - k0] += buf[r, k] * buf[r, k]
         ss = np.float32(0.0)
-        for k in range(centroids.shape[1]):
-            ss += buf[r, k] * buf[r, k]
+        for t in range(16):
+            ss += part[t]
         if ss > 0:
             inv = np.float32(1.0) / np.sqrt(ss)
-            for k in range(centroids.shape[1]):
+            for k in range(dim):
                 buf[r, k] *= inv
 
 
