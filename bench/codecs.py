@@ -105,6 +105,7 @@ def report(results: Path, splits: list[str], out: Path, plot_path: Path) -> str:
         f"+ rerank over the store. 1-minute load average {min(loads):.1f}..{max(loads):.1f} while rows were recorded.\n")
     out.write_text(text)
     import matplotlib
+    import matplotlib.ticker
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -113,12 +114,15 @@ def report(results: Path, splits: list[str], out: Path, plot_path: Path) -> str:
     fig, axes = plt.subplots(1, len(groups), figsize=(6 * len(groups), 4.5), squeeze=False)
     for ax, (ds, sp) in zip(axes[0], groups):
         for _, _, n, x, y in [p for p in pts if (p[0], p[1]) == (ds, sp)]:
-            ax.plot([x / 1024], [y], "o", color="tab:red" if "pool" in n else "tab:blue")
+            ax.plot([x / 1024], [y], "o", color="tab:red" if ("pool" in n or "words" in n) else "tab:blue")
             ax.annotate(n, (x / 1024, y), textcoords="offset points", xytext=(4, 3), fontsize=7)
         ax.set_xscale("log")
+        ax.xaxis.set_major_formatter(matplotlib.ticker.FormatStrFormatter("%g"))
+        ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+        ax.set_xticks([2, 5, 10, 20, 50, 100])
         ax.set_xlabel("token store, KB per document (log)")
         ax.set_ylabel("nDCG@10, exhaustive MaxSim over the store")
-        ax.set_title(f"{ds} ({sp}): blue = codec, red = codec + pooling")
+        ax.set_title(f"{ds} ({sp}): blue = codec, red = codec + pooling (Ward or words)")
         ax.grid(True, which="both", alpha=0.3)
     fig.tight_layout()
     fig.savefig(plot_path, dpi=110)

@@ -148,7 +148,8 @@ def test_residual_codec_training_is_seeded_and_bounded():
     c = TokenCodec.train(CodecConfig(kind="residual", n_centroids=16, seed=2), x, x.shape[0])
     np.testing.assert_array_equal(a.centroids, b.centroids)
     assert not np.array_equal(a.centroids, c.centroids)
-    assert auto_n_centroids(1_240_000) == 2048 and auto_n_centroids(10) == 10 and auto_n_centroids(10**9) == 4096
+    assert auto_n_centroids(1_477_636) == 256 and auto_n_centroids(68_000_000) == 2048
+    assert auto_n_centroids(10) == 10 and auto_n_centroids(5000) == 16 and auto_n_centroids(10**9) == 4096
 
 
 @pytest.mark.parametrize(
