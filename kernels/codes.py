@@ -215,17 +215,26 @@ def decode_rows(store, start: int, stop: int) -> np.ndarray:
 # --------------------------------------------------------------------------------------
 def int8_encode(x: np.ndarray) -> np.ndarray:
     """Int8 rows ``(n, dim + 2)`` uint8 of float32 vectors ``x`` ``(n, dim)`` (finite, |x| <= 65504)."""
-    x = np.asarray(x, dtype=np.float32)
+    x = np.ascontiguousarray(x, dtype=np.float32)
     n, dim = x.shape
     amax = np.abs(x).max(axis=1) if dim else np.zeros(n, dtype=np.float32)
-    scale = (amax / np.float32(127.0)).astype(np.float16)
-    s32 = scale.astype(np.float32)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        q = np.where(s32[:, None] > 0, np.rint(x / s32[:, None]), 0.0)
+    scale = (amax / np.float32(127.0)).astype(np.float16)  # the scale as stored (numba has no float16)
     out = np.empty((n, dim + 2), dtype=np.uint8)
-    out[:, :dim] = (np.clip(q, -127, 127) + 128).astype(np.uint8)
     out[:, dim:] = scale.view(np.uint8).reshape(n, 2)
+    _int8_values(x, scale.astype(np.float32), out)
     return out
+
+
+@njit(parallel=True, cache=True)
+def _int8_values(x, scale, out):
+    """out[i, :dim] = clip(rint(x[i] / scale[i]), -127, 127) + 128 (0 + 128 where the scale is 0)."""
+    n, dim = x.shape
+    for i in prange(n):
+        s = scale[i]
+        for k in range(dim):
+            q = np.rint(x[i, k] / s) if s > 0 else np.float32(0.0)
+            q = min(max(q, np.float32(-127.0)), np.float32(127.0))
+            out[i, k] = np.uint8(np.int32(q) + 128)
 
 
 def residual_pack(
