@@ -71,6 +71,8 @@ import operator
 import numpy as np
 from numba import get_num_threads, njit, prange
 
+from .topk import _check_array, _readonly
+
 __all__ = ["pool_tokens", "pool_tokens_with_rows", "pooled_lengths"]
 
 _DOCS_PER_TASK = 8  # documents per parallel task at most: they share one set of scratch buffers
@@ -311,26 +313,6 @@ def _pool_kernel(vectors, offsets, new_offsets, docs_per_task, out, rows):
 # --------------------------------------------------------------------------------------
 # public API
 # --------------------------------------------------------------------------------------
-def _check_array(name: str, a, dtype, ndim: int) -> np.ndarray:
-    """Check type, dtype, ndim and C-contiguity of a public argument; never copies."""
-    if not isinstance(a, np.ndarray):
-        raise TypeError(f"{name} must be a numpy array, got {type(a).__name__}")
-    if a.dtype != dtype:
-        raise TypeError(f"{name} must have dtype {np.dtype(dtype)}, got {a.dtype}")
-    if a.ndim != ndim:
-        raise ValueError(f"{name} must be {ndim}-D, got shape {a.shape}")
-    if not a.flags.c_contiguous:
-        raise ValueError(f"{name} must be C-contiguous (use np.ascontiguousarray)")
-    return a
-
-
-def _readonly(a: np.ndarray) -> np.ndarray:
-    """A read-only base-class view, so that the kernel compiles once whatever the caller passes."""
-    v = np.ndarray.view(a, np.ndarray)
-    v.flags.writeable = False
-    return v
-
-
 def _check_pool_factor(pool_factor) -> int:
     if isinstance(pool_factor, (bool, np.bool_)) or not isinstance(pool_factor, (int, np.integer)):
         raise TypeError(f"pool_factor must be an int, got {type(pool_factor).__name__} {pool_factor!r}")
@@ -365,8 +347,8 @@ def pooled_lengths(lengths: np.ndarray, pool_factor: int) -> np.ndarray:
 
 def _pool(vectors, offsets, pool_factor, want_rows: bool):
     """Validate, then run the kernel: (pooled, new_offsets, rows or None)."""
-    _check_array("vectors", vectors, np.float32, 2)
-    _check_array("offsets", offsets, np.int64, 1)
+    _check_array("vectors", vectors, (np.float32,), 2)
+    _check_array("offsets", offsets, (np.int64,), 1)
     pool_factor = _check_pool_factor(pool_factor)
     n_tokens = vectors.shape[0]
     if offsets.size == 0:
