@@ -109,9 +109,9 @@ def decode_residual_block(rows, centroids, lut, start, n, buf):
     """buf[r] = decoded row ``start + r`` for ``r < n`` (residual store).
 
     One fused pass per row: ``buf[r, per*j + t] = centroid[per*j + t] + lut[j, byte_j, t]``, then
-    a rescale to unit length (a zero row stays zero). The ``per`` (values per code byte) branches
-    are hoisted out of the row loop and spelled out with constant trip counts, so LLVM turns each
-    byte's ``per`` adds into one short vector add.
+    a rescale to unit length (a zero row stays zero). For 2 and 4 values per code byte the loop
+    is spelled out with a constant trip count, so LLVM turns each byte's adds into one short
+    vector add (measured 72 vs 88 ns/token at 2 bits and 76 vs 134 at 4 bits, one thread).
     """
     n_cent = centroids.shape[0]
     n_bytes = lut.shape[0]
@@ -136,13 +136,7 @@ def decode_residual_block(rows, centroids, lut, start, n, buf):
                 b = 2 * j
                 for t in range(2):
                     buf[r, b + t] = centroids[c, b + t] + lut[j, v, t]
-        elif per == 8:
-            for j in range(n_bytes):
-                v = rows[row, id_bytes + j]
-                b = 8 * j
-                for t in range(8):
-                    buf[r, b + t] = centroids[c, b + t] + lut[j, v, t]
-        else:
+        else:  # 8 values per byte (1 bit) decode as fast without a constant trip count
             for j in range(n_bytes):
                 v = rows[row, id_bytes + j]
                 b = per * j

@@ -204,9 +204,7 @@ def open_index(
     for other in sorted(cache_dir.glob(f"{dataset}-*{_SIDECAR}")):
         rec = json.loads(other.read_text())
         base_path = cache_dir / other.name[: -len(_SIDECAR)]
-        stored = rec.get("index_config", {})
-        exact_store = (stored.get("codec", {}).get("kind", "float16") == "float16" and stored.get("pool_factor", 1) == 1
-                       and not stored.get("word_pooling", False))
+        exact_store = IndexConfig.from_dict(rec.get("index_config", {})).exact_store
         if (rec.get("tokens_key") == tkey and rec["build"].get("tokens_from") is None and exact_store
                 and base_path.is_dir() and not config.word_pooling):  # word pooling needs the texts
             base = (Retriever.load(base_path, encoder=encoder), rec, base_path.name)
@@ -554,8 +552,8 @@ def run_benchmark(
                        timed, warm)
         ids = np.where(exact_ids[:, :k] != "", exact_ids[:, :k], None).astype(object)
         quality = _quality(qids, ids, exact_scores[:, :k], data.qrels, exact_ids, k, True)
-        add("exhaustive", {"mode": "exact"}, quality, exh, enc, info["build"], _store_bytes(Path(info["path"])),
-            _store_extra(r, info))
+        extra = _store_extra(r, info)
+        add("exhaustive", {"mode": "exact"}, quality, exh, enc, info["build"], extra["store_bytes"], extra)
     corpus_texts = [doc_text(d) for d in data.corpus.values()]
     doc_ids = np.asarray(list(data.corpus), dtype=object)
     if "single_vector" in settings.baselines:
@@ -594,20 +592,22 @@ def run_benchmark(
     for j, cfg in enumerate(index_configs):
         if j:
             r, info = open_index(data_dir, data.corpus, cfg, encoder, cache_dir, show_progress)
-            if exh is not None and (cfg.codec.kind != "float16" or cfg.pool_factor > 1 or cfg.word_pooling):
+            if exh is not None and not cfg.exact_store:
                 # exhaustive MaxSim over this store: what the codec / pooling alone costs in quality
                 m = _measure(lambda i: r.search(singles[i], k=k, mode="exact"),
                              lambda ix: r.search(subset, k=k, mode="exact"), timed, warm)
                 res = r.search(q, k=k, mode="exact")
                 quality = _quality(qids, res.ids, res.scores, data.qrels, exact_ids, k, True)
+                extra = _store_extra(r, info)
                 add("exhaustive", {"mode": "exact", "index": info["index_config"]}, quality, m, enc, info["build"],
-                    _store_bytes(Path(info["path"])), _store_extra(r, info))
+                    extra["store_bytes"], extra)
+        store_extra = _store_extra(r, info)
         for n_cand in settings.n_candidates:
             m = _measure(lambda i: r.search(singles[i], k=k, n_candidates=n_cand),
                          lambda ix: r.search(subset, k=k, n_candidates=n_cand), timed, warm)
             res = r.search(q, k=k, n_candidates=n_cand)
             quality = _quality(qids, res.ids, res.scores, data.qrels, exact_ids, k, True)
-            extra = {"index_name": info["name"], "index_cached": info["cached"], **_store_extra(r, info)}
+            extra = {"index_name": info["name"], "index_cached": info["cached"], **store_extra}
             if exh is not None:
                 extra["speedup_vs_exhaustive"] = {"p50": round(exh["_p50_s"] / m["_p50_s"], 3),
                                                   "qps": round(exh["_batch_s"] / m["_batch_s"], 3)}
@@ -650,7 +650,7 @@ def cmd_bench(args) -> int:
     encoder = encoder_from_args(args)
     config = index_config_from_args(args)
     configs = [config]
-    if config.codec.kind != "float16" or config.pool_factor > 1 or config.word_pooling:
+    if not config.exact_store:
         # the float16 store first: the exact top-k that codec / pooling rows are compared with
         from dataclasses import replace
 

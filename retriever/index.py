@@ -91,6 +91,12 @@ class IndexConfig:
         if not isinstance(self.word_pooling, (bool, np.bool_)):
             raise ValueError(f"IndexConfig.word_pooling must be a bool, got {self.word_pooling!r}")
 
+    @property
+    def exact_store(self) -> bool:
+        """True when the token store holds the encoded vectors as float16, unpooled (the reference
+        that compressed or pooled stores are measured against)."""
+        return self.codec.kind == "float16" and self.pool_factor == 1 and not self.word_pooling
+
     def to_dict(self) -> dict:
         return {"fde": self.fde.to_dict(), "faiss_factory": self.faiss_factory, "codec": self.codec.to_dict(),
                 "pool_factor": int(self.pool_factor), "word_pooling": bool(self.word_pooling)}
