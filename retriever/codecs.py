@@ -138,6 +138,15 @@ def auto_n_centroids(n_tokens: int) -> int:
     return int(max(1, min(n_tokens, max(16, min(4096, c)))))
 
 
+def _nearest(index, x: np.ndarray) -> np.ndarray:
+    """Row of the nearest vector of a FAISS L2 index for each row of ``x``, int64 (n,)."""
+    out = np.empty(x.shape[0], dtype=np.int64)
+    for s in range(0, x.shape[0], _ASSIGN_ROWS):
+        _, ids = index.search(np.ascontiguousarray(x[s : s + _ASSIGN_ROWS], dtype=np.float32), 1)
+        out[s : s + _ASSIGN_ROWS] = ids[:, 0]
+    return out
+
+
 def _check_unit(x: np.ndarray) -> None:
     """Residual codes decode to unit vectors: refuse inputs that are not (zero vectors pass)."""
     norms = np.linalg.norm(x, axis=1)
@@ -247,10 +256,7 @@ class TokenCodec:
                           min_points_per_centroid=1, verbose=False)
         km.train(np.ascontiguousarray(fit))
         centroids = np.ascontiguousarray(km.centroids, dtype=np.float32)
-        codec = cls.__new__(cls)
-        codec.config, codec.dim, codec.centroids = config, dim, centroids
-        codec._assigner = None
-        resid = held - centroids[codec._assign(held)]
+        resid = held - centroids[_nearest(km.index, held)]  # km.index: a flat L2 index of the centroids
         b = 1 << config.nbits
         cutoffs = np.quantile(resid, np.arange(1, b) / b, axis=0).T.astype(np.float32)  # (dim, b-1)
         cutoffs = np.ascontiguousarray(np.maximum.accumulate(cutoffs, axis=1))
@@ -283,11 +289,7 @@ class TokenCodec:
         if self._assigner is None:
             self._assigner = faiss.IndexFlatL2(self.dim)
             self._assigner.add(self.centroids)
-        out = np.empty(x.shape[0], dtype=np.int64)
-        for s in range(0, x.shape[0], _ASSIGN_ROWS):
-            _, ids = self._assigner.search(np.ascontiguousarray(x[s : s + _ASSIGN_ROWS], dtype=np.float32), 1)
-            out[s : s + _ASSIGN_ROWS] = ids[:, 0]
-        return out
+        return _nearest(self._assigner, x)
 
     def encode(self, x: np.ndarray) -> np.ndarray:
         """Store rows ``(n, row_width)`` of ``row_dtype`` for float32 tokens ``x`` ``(n, dim)``."""
