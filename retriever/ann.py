@@ -14,7 +14,8 @@ import numpy as np
 
 log = logging.getLogger(__name__)
 
-__all__ = ["make_faiss_index", "train_index", "add_rows", "faiss_search", "min_training_points"]
+__all__ = ["make_faiss_index", "train_index", "add_rows", "faiss_search", "min_training_points", "auto_factory",
+           "resolve_factory"]
 
 
 def make_faiss_index(factory: str, dim: int) -> faiss.Index:
@@ -37,8 +38,13 @@ def min_training_points(factory: str) -> int:
     return need
 
 
-def train_index(index: faiss.Index, factory: str, n_vectors: int, sample_rows, max_train: int = 100_000, seed: int = 1) -> None:
-    """Train ``index`` if its type needs it, on at most ``max_train`` random rows.
+#: Bytes of float32 training vectors a FAISS training sample may hold (6,553 FDEs of 10,240 dims).
+TRAIN_BYTES = 256 << 20
+
+
+def train_index(index: faiss.Index, factory: str, n_vectors: int, sample_rows, max_bytes: int = TRAIN_BYTES,
+                seed: int = 1) -> None:
+    """Train ``index`` if its type needs it, on a random sample of at most ``max_bytes`` of float32 rows.
 
     ``sample_rows(rows)`` returns the float32 vectors of the given sorted row numbers, so the
     caller decides where they come from (memory or a file). Raises ``ValueError`` when there
@@ -52,6 +58,7 @@ def train_index(index: faiss.Index, factory: str, n_vectors: int, sample_rows, m
             f"faiss_factory={factory!r} needs at least {need} documents to train, the corpus has {n_vectors}; "
             f"use 'Flat' or 'HNSW32' for small corpora, or a smaller IVF nlist / PQ nbits"
         )
+    max_train = max(need, int(max_bytes) // (4 * index.d), 1)
     rows = np.arange(n_vectors)
     if n_vectors > max_train:
         rows = np.sort(np.random.default_rng(seed).choice(n_vectors, max_train, replace=False))
@@ -163,3 +170,37 @@ def faiss_search(
     _, rows = index.search(np.ascontiguousarray(queries, dtype=np.float32), int(k), params=params)
     del bitmap  # kept alive until FAISS has finished reading it
     return rows.astype(np.int64, copy=False)
+
+
+AUTO = "auto"
+
+
+def resolve_factory(factory: str, n_docs: int, dim: int) -> str:
+    """The FAISS factory string a build uses: ``factory`` itself, or :func:`auto_factory` for ``"auto"``."""
+    if factory.strip().lower() != AUTO:
+        return factory
+    return auto_factory(n_docs, dim)
+
+
+#: Below this many documents ``"auto"`` keeps exact ``Flat`` FDEs: the whole scan is a few MB and a
+#: 4-bit codebook would be trained on too few vectors.
+AUTO_FLAT_BELOW = 2048
+
+
+def auto_factory(n_docs: int, dim: int) -> str:
+    """The candidate index ``faiss_factory="auto"`` builds for ``n_docs`` FDEs of ``dim`` dimensions.
+
+    ``Flat`` below :data:`AUTO_FLAT_BELOW` documents; otherwise ``IVF1,PQ{dim/4}x4fs``: 4-bit
+    fast-scan product quantisation with 4 dimensions per sub-quantiser, ``dim / 8`` bytes per
+    document (1,280 B at the default 10,240 dims, 32x less than ``Flat``), scanned with SIMD
+    look-up tables. Measured on a 100k-document synthetic corpus (bench/scale.py, 200 tuning
+    queries): the same candidate recall as ``Flat`` at N = 250..2,000 (0.632 / 0.839 against
+    0.624 / 0.839) at 6.7 ms per single query instead of 163 ms; ``PQ{dim/8}x4fs`` halves
+    bytes and scan time but loses 0.04-0.07 recall; IVF partitions of FDEs lose candidates
+    (1,024 lists, 256 probed: 0.726 at N=2,000). The one-list IVF wrapper scans everything like
+    a plain fast-scan index but, unlike it, accepts the ID filters that deletes and subset
+    searches need. Dimensions not divisible by 8 keep ``Flat``.
+    """
+    if n_docs < AUTO_FLAT_BELOW or dim % 8:
+        return "Flat"
+    return f"IVF1,PQ{dim // 4}x4fs"

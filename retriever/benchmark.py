@@ -40,9 +40,16 @@ from pathlib import Path
 import numpy as np
 
 from .beir import doc_text, load_beir
+from .cli_args import (
+    add_encoder_args,
+    add_index_config_args,
+    encoder_from_args,
+    index_config_from_args,
+    n_candidates_arg,
+)
 from .eval import DEFAULT_METRICS, chamfer_recall, evaluate, run_from_arrays
 from .index import IndexConfig, Retriever
-from .search import DEFAULT_N_CANDIDATES
+from .search import auto_n_candidates
 from .storage import file_sha256
 from .tokens import TokenEmbeddings
 
@@ -75,8 +82,10 @@ class BenchSettings:
     ----------
     k : int >= 1
         Results per query (metrics deeper than ``k`` are reported as ``null``).
-    n_candidates : tuple of int >= k
-        FDE candidates reranked per query; one ``"fde"`` row each.
+    n_candidates : tuple of int >= k or "auto"
+        FDE candidates reranked per query; one ``"fde"`` row each. ``"auto"`` is resolved per
+        index with :func:`retriever.search.auto_n_candidates` (the row records the number and
+        ``"n_candidates_auto": true``).
     baselines : tuple of str
         Subset of :data:`BASELINES`. The exhaustive baseline is needed for the speed-up.
     threads : int >= 1 or None
@@ -89,7 +98,7 @@ class BenchSettings:
     """
 
     k: int = 100
-    n_candidates: tuple[int, ...] = (DEFAULT_N_CANDIDATES,)
+    n_candidates: tuple[int | str, ...] = ("auto",)
     baselines: tuple[str, ...] = BASELINES
     threads: int | None = None
     timing_queries: int | None = None
@@ -100,7 +109,7 @@ class BenchSettings:
         object.__setattr__(self, "baselines", tuple(self.baselines))
         checks = [("k", self.k, 1, False), ("threads", self.threads, 1, True),
                   ("timing_queries", self.timing_queries, 1, True), ("warmup", self.warmup, 0, False)]
-        checks += [("n_candidates", n, self.k, False) for n in self.n_candidates]
+        checks += [("n_candidates", n, self.k, False) for n in self.n_candidates if n != "auto"]
         for name, v, lo, optional in checks:
             if not (optional and v is None) and (isinstance(v, bool) or not isinstance(v, int) or v < lo):
                 raise ValueError(f"BenchSettings.{name} must be {'None or ' if optional else ''}an int >= {lo}, got {v!r}")
@@ -224,7 +233,7 @@ def open_index(
     parts = sum(timings.get(k, 0.0) for k in ("encode_s", "pool_s", "codec_s", "fde_s", "faiss_s", "write_s"))
     build = {**{k: round(v, 3) for k, v in timings.items()}, "total_s": round(parts, 3), "wall_s": round(wall, 3),
              "encode_share": round(timings["encode_s"] / parts, 4) if parts > 0 else None, "tokens_from": tokens_from}
-    record = {"tokens_key": tkey, "index_config": config.to_dict(), "build": build,
+    record = {"tokens_key": tkey, "index_config": r.config.to_dict(), "build": build,  # as built ("auto" resolved)
               "built": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     _write_json(sidecar, record)
     return r, {"name": name, "path": str(path), "cached": False, "index_bytes": _dir_bytes(path), **record}
@@ -602,7 +611,8 @@ def run_benchmark(
                 add("exhaustive", {"mode": "exact", "index": info["index_config"]}, quality, m, enc, info["build"],
                     extra["store_bytes"], extra)
         store_extra = _store_extra(r, info)
-        for n_cand in settings.n_candidates:
+        for n_spec in settings.n_candidates:
+            n_cand = auto_n_candidates(r.n_docs, k) if n_spec == "auto" else n_spec
             m = _measure(lambda i: r.search(singles[i], k=k, n_candidates=n_cand),
                          lambda ix: r.search(subset, k=k, n_candidates=n_cand), timed, warm)
             res = r.search(q, k=k, n_candidates=n_cand)
@@ -612,6 +622,8 @@ def run_benchmark(
                 extra["speedup_vs_exhaustive"] = {"p50": round(exh["_p50_s"] / m["_p50_s"], 3),
                                                   "qps": round(exh["_batch_s"] / m["_batch_s"], 3)}
             config = {"mode": "fde", "n_candidates": n_cand, "index": info["index_config"]}
+            if n_spec == "auto":
+                config["n_candidates_auto"] = True
             add("fde", config, quality, m, enc, info["build"], info["index_bytes"], extra)
     return rows
 
@@ -625,15 +637,15 @@ def add_bench_parser(subparsers) -> None:
     p.add_argument("--data", required=True, help="BEIR collection directory (e.g. ../shared/beir/scifact)")
     p.add_argument("--split", default="test", help="qrels split whose queries are run (default: test)")
     p.add_argument("--k", type=int, default=100, help="results per query (default: 100)")
-    p.add_argument("--n-candidates", type=int, nargs="+", default=[DEFAULT_N_CANDIDATES],
-                   help=f"FDE candidates reranked per query; one row each (default: {DEFAULT_N_CANDIDATES})")
+    p.add_argument("--n-candidates", type=n_candidates_arg, nargs="+", default=["auto"],
+                   help="FDE candidates reranked per query, or 'auto' (20 sqrt(n_docs), at least 10 k); one row each "
+                        "(default: auto)")
     p.add_argument("--results", default=str(DEFAULT_RESULTS), help="JSONL file to append rows to")
     p.add_argument("--cache-dir", default=str(DEFAULT_CACHE_DIR), help="cached indexes and exact results")
     p.add_argument("--baselines", default=",".join(BASELINES),
                    help=f"comma-separated subset of {','.join(BASELINES)}, or 'none'")
     p.add_argument("--threads", type=int, default=None, help="threads for numba, FAISS and torch")
     p.add_argument("--timing-queries", type=int, default=None, help="time single queries on this many (default: all)")
-    from .cli import add_encoder_args, add_index_config_args  # cli imports this module: import at call time
 
     add_encoder_args(p, "default")
     add_index_config_args(p)
@@ -642,7 +654,6 @@ def add_bench_parser(subparsers) -> None:
 
 def cmd_bench(args) -> int:
     """Run :func:`run_benchmark` from parsed arguments; prints one summary line per row."""
-    from .cli import encoder_from_args, index_config_from_args
 
     baselines = () if args.baselines.strip() == "none" else tuple(b.strip() for b in args.baselines.split(",") if b.strip())
     settings = BenchSettings(k=args.k, n_candidates=tuple(args.n_candidates), baselines=baselines,

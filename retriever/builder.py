@@ -17,23 +17,22 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from . import format as fmt
-from .ann import add_rows, make_faiss_index, train_index
+from .ann import add_rows, make_faiss_index, resolve_factory, train_index
 from .codecs import TokenCodec
 from .fde import FDEEncoder
 from .memory import release_freed_memory
-from .storage import NpyAppender, iter_npy_rows
+from .storage import NpyAppender
 from .tokens import TokenEmbeddings
 
 if TYPE_CHECKING:
     from .index import IndexConfig
 
-_FDE_SPOOL = "fde_spool.npy"
 _TOKEN_SPOOL = "token_spool.npy"  # float16 (pooled) vectors awaiting a codec that must be trained first
 _CODE_ROWS = 1 << 16  # tokens encoded per step when a trained codec encodes the spool
 # Documents encoded per streaming step: bounds the float32 tokens held at once (128 encodes as
 # fast as 256 here; bench/bench_build_memory.py measures the peak).
 _TEXT_BATCH = 128
-_FAISS_ADD_ROWS = 256  # FDE rows read from the spool per FAISS add (10 MB at the default 10,240 dims)
+_FAISS_ADD_ROWS = 256  # FDE rows computed and added to FAISS per step (10 MB at the default 10,240 dims)
 
 
 def _py(x):
@@ -173,7 +172,6 @@ class _Builder:
             self.tokens = NpyAppender(workdir / fmt.TOKENS, self.codec.row_width, self.codec.row_dtype)
         else:
             self.tokens = NpyAppender(workdir / _TOKEN_SPOOL, dim, np.float16)
-        self.fdes = NpyAppender(workdir / _FDE_SPOOL, self.fde_encoder.output_dim, np.float32)
         self.lengths: list[np.ndarray] = []
         self.ids: list = []
         self.id_set: set = set()
@@ -188,10 +186,10 @@ class _Builder:
         t_pool = time.perf_counter()
         self.timings["pool_s"] += t_pool - t0
         if self.codec is not None:
-            rows, fde = encode_for_store(self.codec, self.fde_encoder, emb, self.timings)
+            rows = self.codec.encode(emb.vectors)
             t1 = time.perf_counter()
+            self.timings["codec_s"] += t1 - t_pool
             self.tokens.append(rows)
-            self.fdes.append(fde)
         else:
             rows = emb.vectors.astype(np.float16)
             t1 = time.perf_counter()
@@ -201,7 +199,7 @@ class _Builder:
         self.ids.extend(ids)
 
     def _encode_spool(self, offsets: np.ndarray) -> None:
-        """Train the codec on a sample of the float16 spool, then write the coded store and the FDEs."""
+        """Train the codec on a sample of the float16 spool, then write the coded store."""
         t0 = time.perf_counter()
         spool_path = self.workdir / _TOKEN_SPOOL
         spool = np.load(spool_path, mmap_mode="r")
@@ -227,20 +225,16 @@ class _Builder:
                 emb = TokenEmbeddings(np.asarray(spool[t0:t1], dtype=np.float32), offsets[d0 : d1 + 1] - t0)
                 code_rows = self.codec.encode(emb.vectors)
                 t_b = time.perf_counter()
-                fde = self.fde_encoder.encode_documents(TokenEmbeddings(self.codec.decode(code_rows), emb.offsets))
-                t_c = time.perf_counter()
                 store.append(code_rows)
-                self.fdes.append(fde)
                 self.timings["codec_s"] += t_b - t_a
-                self.timings["fde_s"] += t_c - t_b
-                self.timings["write_s"] += time.perf_counter() - t_c
+                self.timings["write_s"] += time.perf_counter() - t_b
                 bar.update(d1 - d0)
                 d0 = d1
         del spool
         spool_path.unlink()
 
     def finish(self):
-        """Close the files, fill FAISS from the spool; returns (doc_offsets, ids array, faiss index)."""
+        """Close the store, then compute the FDEs from it into FAISS; returns (doc_offsets, ids array, faiss index)."""
         if not self.ids:
             raise ValueError("cannot build an index from an empty corpus")
         t0 = time.perf_counter()
@@ -252,24 +246,72 @@ class _Builder:
             self.timings["write_s"] += time.perf_counter() - t0
             self._encode_spool(offsets)
             t0 = time.perf_counter()
-        self.fdes.close()
-        t1 = time.perf_counter()
-        spool = self.workdir / _FDE_SPOOL
-        index = make_faiss_index(self.config.faiss_factory, self.fdes.n_cols)
+        store = fmt.load_array(self.workdir, fmt.TOKENS, True, self.codec.row_dtype, (int(offsets[-1]), self.codec.row_width))
+        self.timings["write_s"] += time.perf_counter() - t0
+        factory = resolve_factory(self.config.faiss_factory, len(self.ids), self.fde_encoder.output_dim)
+        index = make_faiss_index(factory, self.fde_encoder.output_dim)
+        fill_faiss(index, factory, self.codec, self.fde_encoder, store, offsets, np.arange(len(self.ids)),
+                   seed=self.config.fde.seed, timings=self.timings, show_progress=self.show_progress)
+        del store
+        release_freed_memory()
+        self.factory = factory
+        return offsets, _ids_array(self.ids, self.id_type), index
+
+
+def _doc_fdes(codec: TokenCodec, fde_encoder: FDEEncoder, store: np.ndarray, offsets: np.ndarray,
+              docs: np.ndarray) -> np.ndarray:
+    """float32 FDEs of document rows ``docs`` (sorted), computed from their stored (decoded) tokens."""
+    starts, stops = offsets[docs], offsets[docs + 1]
+    if docs.size and np.array_equal(starts[1:], stops[:-1]):  # consecutive rows: one slice
+        vectors = codec.decode(store[int(starts[0]) : int(stops[-1])])
+    else:
+        vectors = np.concatenate([codec.decode(store[int(a) : int(b)]) for a, b in zip(starts, stops)])
+    sub = np.zeros(docs.size + 1, dtype=np.int64)
+    np.cumsum(stops - starts, out=sub[1:])
+    return fde_encoder.encode_documents(TokenEmbeddings(vectors, sub))
+
+
+def fill_faiss(index, factory: str, codec: TokenCodec, fde_encoder: FDEEncoder, store: np.ndarray,
+               offsets: np.ndarray, docs: np.ndarray, *, seed: int, timings: dict | None = None,
+               show_progress: bool = False, train: bool = True) -> None:
+    """Add the FDEs of document rows ``docs`` (sorted) to ``index``, computed block by block from the store.
+
+    An index type that needs training is first trained on the FDEs of a random sample of ``docs``
+    (at most ``ann.TRAIN_BYTES`` of float32 FDEs); ``train=False`` requires a trained index. No FDE
+    matrix of the corpus is ever held or written: peak memory is one block of FDEs plus the index.
+    """
+    timings = timings if timings is not None else {}
+    docs = np.asarray(docs, dtype=np.int64)
+    t0 = time.perf_counter()
+    fde_s = 0.0
+    if not index.is_trained:
+        if not train:
+            raise ValueError(f"the FAISS index {factory!r} is not trained")
 
         def sample_rows(rows):
-            fdes = np.load(spool, mmap_mode="r")
-            return np.array(fdes[rows])
+            nonlocal fde_s
+            t = time.perf_counter()
+            out = np.concatenate([_doc_fdes(codec, fde_encoder, store, offsets, docs[rows[s : s + _FAISS_ADD_ROWS]])
+                                  for s in range(0, rows.size, _FAISS_ADD_ROWS)])
+            fde_s += time.perf_counter() - t
+            return out
 
-        train_index(index, self.config.faiss_factory, len(self.ids), sample_rows, seed=self.config.fde.seed)
-        # plain reads: peak memory is one block + the index
-        add_rows(index, iter_npy_rows(spool, _FAISS_ADD_ROWS), len(self.ids))
-        spool.unlink()
-        release_freed_memory()
-        t2 = time.perf_counter()
-        self.timings["write_s"] += t1 - t0
-        self.timings["faiss_s"] += t2 - t1
-        return offsets, _ids_array(self.ids, self.id_type), index
+        train_index(index, factory, int(docs.size), sample_rows, seed=seed)
+    bar = tqdm(total=int(docs.size), desc=f"FDEs into FAISS ({factory})", unit="doc", disable=not show_progress)
+
+    def blocks():
+        nonlocal fde_s
+        for s in range(0, docs.size, _FAISS_ADD_ROWS):
+            t = time.perf_counter()
+            block = _doc_fdes(codec, fde_encoder, store, offsets, docs[s : s + _FAISS_ADD_ROWS])
+            fde_s += time.perf_counter() - t
+            yield block
+            bar.update(block.shape[0])
+
+    with bar:
+        add_rows(index, blocks(), int(docs.size))
+    timings["fde_s"] = timings.get("fde_s", 0.0) + fde_s
+    timings["faiss_s"] = timings.get("faiss_s", 0.0) + time.perf_counter() - t0 - fde_s
 
 
 def _peek(iterable) -> tuple[object, Iterator]:
@@ -279,6 +321,11 @@ def _peek(iterable) -> tuple[object, Iterator]:
     except StopIteration:
         raise ValueError("cannot build an index from an empty corpus") from None
     return first, itertools.chain([first], it)
+
+
+def _is_batch_item(x) -> bool:
+    """A ``(TokenEmbeddings, ids)`` pair: one block of a streamed build from token embeddings."""
+    return isinstance(x, tuple) and len(x) == 2 and isinstance(x[0], TokenEmbeddings)
 
 
 def _is_text_item(x) -> bool:

@@ -7,6 +7,7 @@ Search fetches candidates by FDE inner product and reranks them by exact MaxSim.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import shutil
 import tempfile
@@ -18,6 +19,7 @@ from pathlib import Path
 
 import faiss
 import numpy as np
+from tqdm.auto import tqdm
 
 from . import format as fmt
 from .codecs import CodecConfig, TokenCodec
@@ -26,13 +28,14 @@ from .builder import (
     _MAX_INT_ID,
     _Builder,
     _ids_array,
+    _is_batch_item,
     _is_text_item,
     _peek,
     _py,
     _text_items,
     stream_texts,
 )
-from .search import DEFAULT_N_CANDIDATES, SearchResults, search_exact, search_fde
+from .search import SearchResults, auto_n_candidates, search_exact, search_fde
 from .storage import NpyAppender, atomic_replace_dir, make_temp_dir_beside, recover_interrupted_swap
 from .tokens import TokenEmbeddings, as_token_embeddings
 
@@ -51,9 +54,11 @@ class IndexConfig:
     fde : FDEConfig
         MUVERA encoding of each document's token set into one vector.
     faiss_factory : str
-        FAISS factory string of the candidate index, always inner product. ``"Flat"`` (exact,
-        4 bytes per FDE dimension per document) is the default; ``"HNSW32"`` for sub-linear
-        search; ``"IVF{nlist},PQ{m}"`` to compress FDEs when memory matters (needs training).
+        FAISS factory string of the candidate index, always inner product. ``"auto"`` (default)
+        picks a measured configuration from the corpus size when the index is built (see
+        :func:`retriever.ann.auto_factory`); the built index's config holds the choice. Any
+        factory string works: ``"Flat"`` (exact, 4 bytes per FDE dimension per document),
+        ``"PQ2560x4fs"`` (4-bit fast-scan product quantisation), ``"IVF{nlist},PQ{m}x4fs"``, ...
     codec : CodecConfig
         How token vectors are stored: ``int8`` (default: 2x smaller than ``float16`` at the
         same answers), ``float16``, or ``residual`` codes of 1, 2 or 4 bits per dimension (see
@@ -71,7 +76,7 @@ class IndexConfig:
     """
 
     fde: FDEConfig = field(default_factory=FDEConfig)
-    faiss_factory: str = "Flat"
+    faiss_factory: str = "auto"
     codec: CodecConfig = field(default_factory=CodecConfig)
     pool_factor: int = 1
     word_pooling: bool = False
@@ -241,11 +246,16 @@ class Retriever:
             raise TypeError("documents must be a collection of texts or token embeddings, not a single string")
         if isinstance(doc_ids, (str, bytes)):
             raise TypeError("doc_ids must be a collection of ids, not a single string")
+        streamed = False
         if isinstance(documents, TokenEmbeddings) or isinstance(documents, np.ndarray) or hasattr(documents, "detach"):
             is_text, items = False, documents
         else:
             first, items = _peek(documents)
             is_text = _is_text_item(first)
+            streamed = _is_batch_item(first)
+            if streamed and doc_ids is not None:
+                raise ValueError("doc_ids must be None when documents are (TokenEmbeddings, ids) batches: "
+                                 "each batch carries its ids")
         target = Path(path) if path is not None else None
         workdir = make_temp_dir_beside(target) if target is not None else Path(tempfile.mkdtemp(prefix="retriever-"))
         try:
@@ -257,6 +267,23 @@ class Retriever:
                 builder = _Builder(workdir, config, encoder.dim, show_progress)
                 stream_texts(builder, _text_items(items, doc_ids), encoder, show_progress, config.word_pooling)
                 encoder_info = encoder.identity()
+            elif streamed:
+                if config.word_pooling:
+                    raise ValueError("IndexConfig.word_pooling needs text documents (the encoder's tokenizer tells "
+                                     "the words apart); these are token embeddings")
+                builder = None
+                bar = tqdm(desc="adding token embeddings", unit="doc", disable=not show_progress)
+                with bar:
+                    for pos, batch in enumerate(items):
+                        if not _is_batch_item(batch):
+                            raise TypeError(f"documents batch {pos} is a {type(batch).__name__}; every batch must be "
+                                            f"a (TokenEmbeddings, ids) pair")
+                        emb, ids = batch
+                        if builder is None:
+                            builder = _Builder(workdir, config, emb.dim, show_progress)
+                        builder.add(emb, list(ids))
+                        bar.update(len(emb))
+                encoder_info = encoder.identity() if encoder is not None else None
             else:
                 if config.word_pooling:
                     raise ValueError("IndexConfig.word_pooling needs text documents (the encoder's tokenizer tells "
@@ -267,6 +294,9 @@ class Retriever:
                 builder.add(emb, ids)
                 encoder_info = encoder.identity() if encoder is not None else None
             offsets, ids_arr, index = builder.finish()
+            if builder.factory != config.faiss_factory:
+                log.info("faiss_factory=%r chose %r for %d documents", config.faiss_factory, builder.factory, len(ids_arr))
+                config = dataclasses.replace(config, faiss_factory=builder.factory)
             codec = builder.codec
             tokens = fmt.load_array(workdir, fmt.TOKENS, True, codec.row_dtype, (int(offsets[-1]), codec.row_width))
             r = cls(
@@ -298,7 +328,7 @@ class Retriever:
         queries,
         k: int = 10,
         *,
-        n_candidates: int | None = None,
+        n_candidates: int | str | None = "auto",
         mode: str = "fde",
         ef_search: int | None = None,
         nprobe: int | None = None,
@@ -313,8 +343,11 @@ class Retriever:
             ``(n, dim)`` array = a batch of one), or query texts (a string or a list of strings,
             encoded with the index's encoder).
         k : int >= 1
-        n_candidates : int >= k, default ``DEFAULT_N_CANDIDATES``
+        n_candidates : int >= k, or "auto" (default; ``None`` means the same)
             Documents fetched by FDE inner product and reranked exactly (``mode="fde"``).
+            ``"auto"``: :func:`retriever.search.auto_n_candidates` of the number of searchable
+            documents (live, and in ``subset`` when given) and ``k``: ``20 * sqrt(n)``, at least
+            ``10 * k``.
         mode : "fde" (FAISS candidates + exact rerank) or "exact" (exhaustive MaxSim, the ground truth)
         ef_search : HNSW search depth (HNSW indexes only)
         nprobe : IVF lists visited (IVF indexes only)
@@ -328,13 +361,15 @@ class Retriever:
             raise ValueError(f"k must be an integer >= 1, got {k!r}")
         if mode not in ("fde", "exact"):
             raise ValueError(f"mode must be 'fde' or 'exact', got {mode!r}")
-        if n_candidates is None:
-            n_candidates = max(DEFAULT_N_CANDIDATES, int(k))
-        elif not isinstance(n_candidates, (int, np.integer)) or isinstance(n_candidates, bool) or n_candidates < k:
-            raise ValueError(f"n_candidates must be an integer >= k ({k}), got {n_candidates!r}")
+        auto = n_candidates is None or (isinstance(n_candidates, str) and n_candidates == "auto")
+        if not auto and (not isinstance(n_candidates, (int, np.integer)) or isinstance(n_candidates, bool)
+                         or n_candidates < k):
+            raise ValueError(f"n_candidates must be 'auto' or an integer >= k ({k}), got {n_candidates!r}")
         q = self._query_embeddings(queries)
         allowed = self._allowed_mask(subset)
         n_allowed = int(allowed.sum()) if allowed is not None else len(self.doc_ids)
+        if auto:
+            n_candidates = max(int(k), auto_n_candidates(n_allowed, int(k)))
         if mode == "exact" or n_candidates >= n_allowed:
             # exhaustive scoring of every allowed document is exact and no slower here
             rows, scores = search_exact(q, self.store, self.doc_offsets, k=int(k), allowed=allowed)

@@ -39,7 +39,7 @@ import faiss
 import numpy as np
 
 from . import format as fmt
-from .ann import add_rows, make_faiss_index, train_index
+from .ann import add_rows, make_faiss_index
 from .builder import (
     _FAISS_ADD_ROWS,
     _check_ids,
@@ -50,6 +50,7 @@ from .builder import (
     _text_items,
     _validate_batch,
     encode_for_store,
+    fill_faiss,
     stream_texts,
 )
 from .storage import NpyAppender, iter_npy_rows
@@ -63,7 +64,6 @@ log = logging.getLogger(__name__)
 __all__ = ["add_documents", "delete_documents", "compact_index", "lookup_rows"]
 
 _COPY_ROWS = 1 << 18  # token rows per block when copying a store (64 MiB of float16 at dim 128)
-_FDE_DOCS = 256  # documents re-encoded per step by compact
 _MAX_NAMED = 10  # unknown ids named in a KeyError
 
 
@@ -369,8 +369,7 @@ def _copy_search_defaults(src, dst) -> None:
         pass
 
 
-def _compacted_faiss(r: Retriever, live: np.ndarray, tokens: np.ndarray, offsets: np.ndarray, workdir: Path,
-                     retrain: bool, codec):
+def _compacted_faiss(r: Retriever, live: np.ndarray, tokens: np.ndarray, offsets: np.ndarray, retrain: bool, codec):
     old = r.faiss_index
     factory = r.config.faiss_factory
     fresh = make_faiss_index(factory, old.d)
@@ -380,27 +379,13 @@ def _compacted_faiss(r: Retriever, live: np.ndarray, tokens: np.ndarray, offsets
         blocks = (old.reconstruct_batch(live[s : s + _FAISS_ADD_ROWS]) for s in range(0, live.size, _FAISS_ADD_ROWS))
         add_rows(fresh, blocks, int(live.size))
         return fresh
-    spool_path = workdir / "fde_spool.npy"
-    with NpyAppender(spool_path, old.d, np.float32, durable=False) as spool:
-        n = live.size
-        for s in range(0, n, _FDE_DOCS):
-            e = min(n, s + _FDE_DOCS)
-            t0, t1 = int(offsets[s]), int(offsets[e])
-            emb = TokenEmbeddings(codec.decode(tokens[t0:t1]), offsets[s : e + 1] - t0)
-            spool.append(r.fde_encoder.encode_documents(emb))
     if needs_training and not retrain:
         index = faiss.clone_index(old)
         index.reset()  # keeps the trained quantiser / codebooks, drops the vectors
     else:
         index = fresh
-
-        def sample_rows(rows):
-            return np.array(np.load(spool_path, mmap_mode="r")[rows])
-
-        train_index(index, factory, int(live.size), sample_rows, seed=r.config.fde.seed)
         _copy_search_defaults(old, index)
-    add_rows(index, iter_npy_rows(spool_path, _FAISS_ADD_ROWS), int(live.size))
-    spool_path.unlink()
+    fill_faiss(index, factory, codec, r.fde_encoder, tokens, offsets, np.arange(live.size), seed=r.config.fde.seed)
     return index
 
 
@@ -453,7 +438,7 @@ def compact_index(r: Retriever, *, retrain: bool = False) -> int:
                 tokens = np.array(tokens)  # an in-memory index stays in memory
         else:
             tokens = np.concatenate([r.tokens[int(src_off[a]) : int(src_off[b])] for a, b in _runs(live)], axis=0)
-        index = _compacted_faiss(r, live, tokens, offsets, workdir, retrain, codec)
+        index = _compacted_faiss(r, live, tokens, offsets, retrain, codec)
     except BaseException:
         shutil.rmtree(workdir, ignore_errors=True)
         raise

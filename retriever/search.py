@@ -15,12 +15,21 @@ from kernels.topk import topk_candidates
 from .ann import faiss_search
 from .tokens import TokenEmbeddings
 
-__all__ = ["SearchResults", "search_fde", "search_exact", "DEFAULT_N_CANDIDATES"]
+__all__ = ["SearchResults", "search_fde", "search_exact", "auto_n_candidates", "AUTO_N_SCALE"]
 
-#: Documents fetched from FAISS by FDE inner product and reranked exactly, per query. 1500 is the
-#: smallest value meeting nDCG@10 within 0.005 of exhaustive MaxSim and Chamfer recall@10 >= 0.98 on
-#: SciFact train and NFCorpus dev (bench/results/tuning.md); chosen there, not on the test queries.
-DEFAULT_N_CANDIDATES = 1500
+#: ``n_candidates="auto"`` fetches ``AUTO_N_SCALE * sqrt(n_docs)`` documents (at least ``10 * k``, at
+#: most every document). FDE candidate recall falls as the corpus grows, so N must grow, but
+#: much slower than the corpus. Chosen on tuning queries only (never test queries), as the constant
+#: that keeps Chamfer recall@10 near 0.97 across sizes: NFCorpus dev needs N=1,500 of 3,633 docs
+#: (25 sqrt(n)) for 0.986 and 1,000 (17 sqrt(n)) for 0.970; SciFact train N=700 of 5,183 (10 sqrt(n))
+#: for 0.986 (bench/results/tuning.md); the 100k synthetic corpus (bench/scale.py --split tune) 0.935 at
+#: N=4,000 (13 sqrt(n)) and 0.969 at 8,000 (25 sqrt(n)). 20 sqrt(n): 1,205 / 1,440 / 6,325 documents.
+AUTO_N_SCALE = 20.0
+
+
+def auto_n_candidates(n_docs: int, k: int) -> int:
+    """The number of FDE candidates ``n_candidates="auto"`` reranks for ``n_docs`` searchable documents."""
+    return int(min(max(n_docs, 1), max(10 * int(k), round(AUTO_N_SCALE * float(n_docs) ** 0.5))))
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,362 @@
+"""Cost and Chamfer recall against corpus size: synthetic MS MARCO-length corpora of 100k-1M documents.
+
+Usage::
+
+    .venv/bin/python bench/scale.py --sizes 100000 300000            # build (cached) + measure -> scale.jsonl
+    .venv/bin/python bench/scale.py --sizes 100000 --split tune --n-candidates 1000 2000 4000 8000
+    .venv/bin/python bench/scale.py --report                          # scale.md + scale.png
+
+Corpora come from :mod:`synthetic` (real token windows of the cached SciFact/NFCorpus float16 stores,
+2-4 windows per document, seeded noise; see its docstring). Each is built once with the library's
+streaming build from ``(TokenEmbeddings, ids)`` batches under ``index_data/scale/`` (the encoder is
+not involved: "build" here is store + codec + FDE + FAISS). Queries are the real queries of both
+collections, encoded once and cached: ``--split report`` (SciFact test + NFCorpus test, 623
+queries) for the quoted numbers, ``--split tune`` (SciFact train + NFCorpus dev, 1,133) for choosing
+defaults.
+
+Per corpus size, in fresh child processes (so memory figures are the process's own):
+
+- ``build``: seconds by stage (``codec_s``, ``fde_s``, ``faiss_s``, ``write_s``; generation is
+  reported apart as ``gen_s``), peak RSS, disk bytes per document;
+- ``search``: RSS before loading, after loading, and after the timed queries; resident bytes per
+  document = (after queries - before load) / n_docs. Ground truth: exact MaxSim top-10 over the
+  same stored tokens (``mode="exact"``) for the first ``--gt-queries`` queries, cached beside the
+  index. For each N in ``--n-candidates``: Chamfer recall@10 (mean |top10 ∩ exact top10| / 10),
+  single-query p50/p99 over ``--timed`` queries (one query per call, after a warm-up), and batch
+  QPS (all queries in one call, both cores).
+
+Each row records the 1-minute load average before and after; rows are appended to
+``bench/results/scale.jsonl``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from datasets import ROOT, collection_dir  # noqa: E402
+
+from retriever.cli_args import n_candidates_arg  # noqa: E402
+from retriever.search import auto_n_candidates  # noqa: E402
+
+log = logging.getLogger("bench.scale")
+
+OUT = ROOT / "index_data" / "scale"
+RESULTS = ROOT / "bench" / "results" / "scale.jsonl"
+SPLITS = {"report": [("scifact", "test"), ("nfcorpus", "test")], "tune": [("scifact", "train"), ("nfcorpus", "dev")]}
+
+
+def rss() -> int:
+    with open("/proc/self/status") as fh:
+        for line in fh:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    return 0
+
+
+def peak_rss() -> int:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def index_dir(n_docs: int, codec: str, seed: int) -> Path:
+    return OUT / f"synth-{n_docs}-{codec}-s{seed}"
+
+
+def queries(split: str):
+    """Query token embeddings of ``split`` (cached in index_data/scale/queries-SPLIT.npz)."""
+    from retriever.tokens import TokenEmbeddings
+
+    path = OUT / f"queries-{split}.npz"
+    if not path.is_file():
+        from retriever.beir import read_qrels, read_queries
+        from retriever.encoder import ColBERTEncoder
+
+        enc = ColBERTEncoder.from_pretrained("default")
+        vecs, lens = [], []
+        for name, sp in SPLITS[split]:
+            d = collection_dir(name)
+            q, rel = read_queries(d / "queries.jsonl"), read_qrels(d / "qrels" / f"{sp}.tsv")
+            e = enc.encode_queries([q[i] for i in q if i in rel])
+            vecs.append(e.vectors.astype(np.float32))
+            lens.append(e.lengths)
+        lengths = np.concatenate(lens)
+        offsets = np.zeros(lengths.size + 1, np.int64)
+        np.cumsum(lengths, out=offsets[1:])
+        OUT.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp.npz")
+        np.savez(tmp, vectors=np.concatenate(vecs), offsets=offsets)
+        os.replace(tmp, path)
+    with np.load(path) as z:
+        return TokenEmbeddings(z["vectors"], z["offsets"])
+
+
+def subset(q, n: int):
+    from retriever.tokens import TokenEmbeddings
+
+    n = min(n, len(q))
+    return TokenEmbeddings(q.vectors[: int(q.offsets[n])], q.offsets[: n + 1])
+
+
+# -- child: build ------------------------------------------------------------------------------
+
+
+def child_build(args) -> dict:
+    from synthetic import TokenSources, find_sources, synthetic_batches
+
+    from retriever import IndexConfig, Retriever
+
+    src = TokenSources(find_sources(ROOT / "index_data" / "bench"))
+    path = index_dir(args.n, args.codec, args.seed)
+    config = IndexConfig(codec=args.codec, faiss_factory=args.faiss_factory)
+    gen_s = 0.0
+
+    def batches():
+        nonlocal gen_s
+        it = synthetic_batches(src, args.n, seed=args.seed)
+        while True:
+            t = time.perf_counter()
+            b = next(it, None)
+            gen_s += time.perf_counter() - t
+            if b is None:
+                return
+            yield b
+
+    rss0 = rss()
+    t0 = time.perf_counter()
+    r = Retriever.build(batches(), config=config, path=path, show_progress=True)
+    wall = time.perf_counter() - t0
+    disk = sum(f.stat().st_size for f in path.iterdir())
+    return {"stage": "build", "n_docs": r.n_docs, "n_tokens": r.n_tokens, "faiss_factory": r.config.faiss_factory,
+            "codec": args.codec, "wall_s": round(wall, 1), "gen_s": round(gen_s, 1),
+            "timings": {k: round(v, 1) for k, v in r.build_timings.items()},
+            "build_s_excl_gen": round(wall - gen_s, 1), "peak_rss_gb": round(peak_rss() / 1e9, 2),
+            "rss_before_gb": round(rss0 / 1e9, 2), "disk_bytes_per_doc": round(disk / r.n_docs),
+            "faiss_bytes_per_doc": round((path / "fde.faiss").stat().st_size / r.n_docs)}
+
+
+# -- child: search -----------------------------------------------------------------------------
+
+
+def child_search(args) -> list[dict]:
+    from retriever import Retriever
+    from retriever.index import _warmup
+
+    path = index_dir(args.n, args.codec, args.seed)
+    q_all = queries(args.split)
+    _warmup(args.codec)
+    rss0 = rss()
+    r = Retriever.load(path)
+    rss_loaded = rss()
+    q_gt = subset(q_all, args.gt_queries)
+    gt_file = path.parent / f"{path.name}.gt-{args.split}-{len(q_gt)}.npy"
+    if gt_file.is_file():
+        gt = np.load(gt_file)
+    else:
+        t = time.perf_counter()
+        gt = r.search(q_gt, k=10, mode="exact").rows
+        log.info("exact top-10 of %d queries: %.1f s", len(q_gt), time.perf_counter() - t)
+        np.save(gt_file, gt)
+    # exhaustive single-query latency (a few queries: the reference the pipeline is compared to)
+    ex = []
+    for i in range(min(args.timed_exact, len(q_gt))):
+        t = time.perf_counter()
+        r.search(subset_one(q_gt, i), k=10, mode="exact")
+        ex.append(time.perf_counter() - t)
+    rows = []
+    q_t = subset(q_all, args.timed)
+    for n_spec in args.n_candidates:
+        n_cand = auto_n_candidates(r.n_docs, 10) if n_spec == "auto" else n_spec
+        res = r.search(q_gt, k=10, n_candidates=n_cand)
+        recall = float(np.mean([len(set(a) & set(b)) / 10 for a, b in zip(res.rows, gt)]))
+        for i in range(min(10, len(q_t))):  # warm-up
+            r.search(subset_one(q_t, i), k=10, n_candidates=n_cand)
+        lat = []
+        for i in range(len(q_t)):
+            t = time.perf_counter()
+            r.search(subset_one(q_t, i), k=10, n_candidates=n_cand)
+            lat.append(time.perf_counter() - t)
+        t = time.perf_counter()
+        r.search(q_t, k=10, n_candidates=n_cand)
+        qps = len(q_t) / (time.perf_counter() - t)
+        lat = np.array(lat) * 1e3
+        rows.append({"n_candidates": n_cand, "n_candidates_auto": n_spec == "auto",
+                     "chamfer_recall_at_10": round(recall, 4),
+                     "p50_ms": round(float(np.median(lat)), 2), "p99_ms": round(float(np.percentile(lat, 99)), 2),
+                     "batch_qps": round(qps, 1)})
+        log.info("N=%d: %s", n_cand, rows[-1])
+    rss_after = rss()
+    common = {"stage": "search", "n_docs": r.n_docs, "n_tokens": r.n_tokens, "faiss_factory": r.config.faiss_factory,
+              "codec": args.codec, "split": args.split, "gt_queries": len(q_gt), "timed_queries": len(q_t),
+              "exact_p50_ms": round(float(np.median(ex)) * 1e3, 1) if ex else None,
+              "rss_before_load_gb": round(rss0 / 1e9, 2), "rss_loaded_gb": round(rss_loaded / 1e9, 2),
+              "rss_after_gb": round(rss_after / 1e9, 2),
+              "resident_bytes_per_doc": round((rss_after - rss0) / r.n_docs),
+              "faiss_bytes_per_doc": round(r.faiss_index.sa_code_size() if hasattr(r.faiss_index, "sa_code_size") else 0)}
+    return [dict(common, **row) for row in rows]
+
+
+def subset_one(q, i: int):
+    from retriever.tokens import TokenEmbeddings
+
+    a, b = int(q.offsets[i]), int(q.offsets[i + 1])
+    return TokenEmbeddings(q.vectors[a:b], np.array([0, b - a], np.int64))
+
+
+# -- driver ------------------------------------------------------------------------------------
+
+
+def run_child(argv: list[str]) -> list[dict]:
+    out = subprocess.run([sys.executable, __file__, *argv], check=True, stdout=subprocess.PIPE, text=True).stdout
+    return [json.loads(line) for line in out.splitlines() if line.startswith("{")]
+
+
+def machine() -> dict:
+    return {"load_1m": round(os.getloadavg()[0], 2), "cpus": os.cpu_count()}
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--sizes", type=int, nargs="+", default=[100_000, 300_000, 1_000_000])
+    ap.add_argument("--codec", default="int8")
+    ap.add_argument("--faiss-factory", default="auto")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--split", choices=sorted(SPLITS), default="report")
+    ap.add_argument("--n-candidates", type=n_candidates_arg, nargs="+", default=["auto", 2000, 4000, 8000, 16000])
+    ap.add_argument("--gt-queries", type=int, default=200)
+    ap.add_argument("--timed", type=int, default=300, help="queries timed one by one (and batched)")
+    ap.add_argument("--timed-exact", type=int, default=5, help="queries timed with exhaustive MaxSim")
+    ap.add_argument("--results", type=Path, default=RESULTS)
+    ap.add_argument("--report", action="store_true", help="write scale.md and scale.png from the results")
+    ap.add_argument("--target", type=float, default=0.95, help="Chamfer recall@10 the report's fit is made at")
+    ap.add_argument("--child", choices=["build", "search"])
+    ap.add_argument("--n", type=int)
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s", stream=sys.stderr)
+    if args.child == "build":
+        print(json.dumps(child_build(args)), flush=True)
+        return 0
+    if args.child == "search":
+        for row in child_search(args):
+            print(json.dumps(row), flush=True)
+        return 0
+    if args.report:
+        report(args.results, args.split, args.target)
+        return 0
+    common = ["--codec", args.codec, "--faiss-factory", args.faiss_factory, "--seed", str(args.seed)]
+    for n in args.sizes:
+        if not (index_dir(n, args.codec, args.seed) / "manifest.json").is_file():
+            m0 = machine()
+            for row in run_child(["--child", "build", "--n", str(n), *common]):
+                row.update(machine=m0, load_after=machine()["load_1m"], time=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
+                append(args.results, row)
+                print(json.dumps(row))
+        m0 = machine()
+        rows = run_child(["--child", "search", "--n", str(n), *common, "--split", args.split,
+                          "--gt-queries", str(args.gt_queries), "--timed", str(args.timed),
+                          "--timed-exact", str(args.timed_exact),
+                          "--n-candidates", *map(str, args.n_candidates)])
+        for row in rows:
+            row.update(machine=m0, load_after=machine()["load_1m"], time=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
+            append(args.results, row)
+            print(json.dumps(row))
+    return 0
+
+
+def _latest(rows: list[dict], stage: str, split: str | None = None) -> dict:
+    out = {}
+    for r in rows:
+        if r.get("stage") != stage or (split and r.get("split") != split):
+            continue
+        out[(r["n_docs"], r["codec"], r["faiss_factory"], r.get("n_candidates"))] = r
+    return out
+
+
+def report(results: Path, split: str, target: float) -> None:
+    """Markdown table + log-log plot of the latest rows; prints the fitted latency growth exponent."""
+    rows = [json.loads(x) for x in results.read_text().splitlines() if x.strip()]
+    builds, search = _latest(rows, "build"), _latest(rows, "search", split)
+    lines = [f"# Scale benchmark ({split} queries; `bench/scale.py`)", "",
+             "| docs | codec | FAISS | N | Chamfer R@10 | p50 ms | p99 ms | batch QPS | exhaustive p50 ms | "
+             "resident B/doc | load |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for key in sorted(search):
+        r = search[key]
+        lines.append(f"| {r['n_docs']:,} | {r['codec']} | {r['faiss_factory']} | {r['n_candidates']:,} | "
+                     f"{r['chamfer_recall_at_10']:.3f} | {r['p50_ms']:.1f} | {r['p99_ms']:.1f} | {r['batch_qps']:.0f} | "
+                     f"{r['exact_p50_ms']} | {r['resident_bytes_per_doc']:,} | {r['machine']['load_1m']} |")
+    lines += ["", "| docs | codec | FAISS | build s (excl. generation) | codec_s | fde_s | faiss_s | write_s | "
+              "peak RSS GB | disk B/doc | FAISS B/doc |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for key in sorted(builds):
+        b = builds[key]
+        t = b["timings"]
+        lines.append(f"| {b['n_docs']:,} | {b['codec']} | {b['faiss_factory']} | {b['build_s_excl_gen']} | "
+                     f"{t.get('codec_s')} | {t.get('fde_s')} | {t.get('faiss_s')} | {t.get('write_s')} | "
+                     f"{b['peak_rss_gb']} | {b['disk_bytes_per_doc']:,} | {b['faiss_bytes_per_doc']:,} |")
+    # the smallest N reaching the target at each size, and the growth of its p50 with corpus size
+    best = {}
+    for (n, codec, fac, n_cand), r in sorted(search.items()):
+        if r["chamfer_recall_at_10"] >= target and n not in best:
+            best[n] = r
+    lines += ["", f"Smallest measured N reaching Chamfer recall@10 >= {target}: " +
+              (", ".join(f"{n:,} docs: N={r['n_candidates']:,} ({r['p50_ms']:.1f} ms p50)" for n, r in sorted(best.items()))
+               or "none")]
+    if len(best) >= 2:
+        x = np.log([n for n in sorted(best)])
+        y = np.log([best[n]["p50_ms"] for n in sorted(best)])
+        slope = float(np.polyfit(x, y, 1)[0])
+        lines.append(f"Fitted p50 growth at that recall: latency ~ n_docs^{slope:.2f}")
+        print(f"p50 latency growth exponent at recall {target}: {slope:.2f}")
+    md = results.with_suffix(".md")
+    md.write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(1, 3, figsize=(15, 4.2))
+    by_n = {}
+    for (n, codec, fac, n_cand), r in search.items():
+        by_n.setdefault(n_cand, []).append(r)
+    for n_cand, rs in sorted(by_n.items()):
+        rs.sort(key=lambda r: r["n_docs"])
+        xs = [r["n_docs"] for r in rs]
+        ax[0].plot(xs, [r["p50_ms"] for r in rs], "o-", label=f"N={n_cand:,}")
+        ax[2].plot(xs, [r["chamfer_recall_at_10"] for r in rs], "o-", label=f"N={n_cand:,}")
+    ex = sorted({r["n_docs"]: r["exact_p50_ms"] for r in search.values() if r["exact_p50_ms"]}.items())
+    if ex:
+        ax[0].plot([a for a, _ in ex], [b for _, b in ex], "k--", label="exhaustive MaxSim")
+    mem = sorted({r["n_docs"]: r["resident_bytes_per_doc"] for r in search.values()}.items())
+    ax[1].plot([a for a, _ in mem], [b / 1024 for _, b in mem], "o-", label="resident (search)")
+    disk = sorted({b["n_docs"]: b["disk_bytes_per_doc"] for b in builds.values()}.items())
+    ax[1].plot([a for a, _ in disk], [b / 1024 for _, b in disk], "s--", label="disk")
+    for a, t in zip(ax, ["single-query p50 (ms)", "KB per document", f"Chamfer recall@10 ({split})"]):
+        a.set_xscale("log")
+        a.set_xlabel("documents")
+        a.set_title(t)
+        a.legend(fontsize=7)
+    ax[0].set_yscale("log")
+    ax[1].set_yscale("log")
+    fig.tight_layout()
+    fig.savefig(results.with_suffix(".png"), dpi=110)
+
+
+def append(path: Path, row: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as fh:
+        fh.write(json.dumps(row) + "\n")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,75 @@
+"""Command-line options shared by ``retriever index / search`` (``cli``) and ``retriever bench``
+(``benchmark``): both import this module, which imports neither."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def encoder_from_args(args):
+    from .encoder import ColBERTEncoder
+
+    overrides = {}
+    if getattr(args, "dtype", None):
+        overrides["dtype"] = args.dtype
+    if getattr(args, "batch_size", None):
+        overrides["batch_size"] = args.batch_size
+    if getattr(args, "batch_tokens", None):
+        overrides["batch_tokens"] = args.batch_tokens
+    return ColBERTEncoder.from_pretrained(args.model, **overrides)
+
+
+def add_index_config_args(p) -> None:
+    """Build-time index options (FAISS factory and FDE fields), shared by ``index`` and ``bench``."""
+    p.add_argument("--faiss-factory", default="auto",
+                   help="FAISS factory string of the candidate index (default auto: chosen from the corpus size)")
+    p.add_argument("--num-repetitions", dest="num_repetitions", type=int)
+    p.add_argument("--num-simhash-projections", dest="num_simhash_projections", type=int)
+    p.add_argument("--projection-dimension", dest="projection_dimension", type=int)
+    p.add_argument("--projection-type", dest="projection_type", choices=["identity", "dense", "ams_sketch"])
+    p.add_argument("--codec", default="int8", choices=["int8", "float16", "residual1", "residual2", "residual4"],
+                   help="token store encoding (default int8; residualN = PLAID-style N-bit residual codes)")
+    p.add_argument("--n-centroids", dest="n_centroids", type=int, default=None,
+                   help="residual codec centroids (default: chosen from the corpus's token count)")
+    p.add_argument("--pool-factor", dest="pool_factor", type=int, default=1,
+                   help="token pooling at index time: keep ~1/N of each document's vectors (default 1 = off)")
+    p.add_argument("--word-pooling", dest="word_pooling", action="store_true",
+                   help="one vector per whole word (mean of its sub-word tokens) before --pool-factor")
+
+
+def index_config_from_args(args):
+    """The ``IndexConfig`` named by :func:`add_index_config_args` options (unset fields keep defaults)."""
+    from .fde import FDEConfig
+    from .index import IndexConfig
+
+    fde_kwargs = {n: getattr(args, n) for n in ("num_repetitions", "num_simhash_projections", "projection_dimension",
+                                                "projection_type") if getattr(args, n) is not None}
+    if fde_kwargs.get("projection_type") == "identity":
+        fde_kwargs["projection_dimension"] = None  # identity keeps the token dimension
+    from dataclasses import replace
+
+    from .codecs import CodecConfig
+
+    codec = CodecConfig.parse(args.codec)
+    if args.n_centroids is not None:
+        codec = replace(codec, n_centroids=args.n_centroids)
+    return IndexConfig(fde=FDEConfig(**fde_kwargs), faiss_factory=args.faiss_factory, codec=codec,
+                       pool_factor=args.pool_factor, word_pooling=args.word_pooling)
+
+
+def add_encoder_args(p, default_model):
+    p.add_argument("--model", default=default_model, help="encoder: 'default' (bundled MiniLM), a local dir or a hub id")
+    p.add_argument("--dtype", choices=["bfloat16", "float32"], default=None, help="encoder compute dtype")
+    p.add_argument("--batch-size", type=int, default=None, help="encoder batch size (most texts per forward pass)")
+    p.add_argument("--batch-tokens", type=int, default=None,
+                   help="most padded tokens per encoder forward pass (bounds memory; default 2048)")
+
+
+def n_candidates_arg(text: str) -> int | str:
+    """argparse type of ``--n-candidates``: ``auto`` or a positive integer."""
+    if text == "auto":
+        return text
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected 'auto' or an integer, got {text!r}") from None

@@ -1,0 +1,144 @@
+"""The scale path: faiss_factory="auto", streamed builds from embedding batches, bounded FAISS training."""
+
+from __future__ import annotations
+
+import json
+
+import faiss
+import numpy as np
+import pytest
+
+from lifecycle_util import SMALL_FDE, make_docs, make_queries
+from retriever import ann
+from retriever.fde import FDEEncoder
+from retriever.index import IndexConfig, Retriever
+from retriever.tokens import TokenEmbeddings
+
+N_AUTO = ann.AUTO_FLAT_BELOW + 300  # just past the size where "auto" compresses
+DOCS = make_docs(N_AUTO, seed=3, max_len=12)
+QUERIES = make_queries(10, seed=4)
+CFG = IndexConfig(fde=SMALL_FDE)  # faiss_factory "auto", int8 codec: the defaults
+DIM_FDE = FDEEncoder(SMALL_FDE, 32).output_dim
+
+
+def test_auto_factory_rule():
+    assert ann.auto_factory(ann.AUTO_FLAT_BELOW - 1, 10240) == "Flat"
+    assert ann.auto_factory(ann.AUTO_FLAT_BELOW, 10240) == "IVF1,PQ2560x4fs"
+    assert ann.auto_factory(10**6, 1024) == "IVF1,PQ256x4fs"
+    assert ann.auto_factory(10**6, 1020) == "Flat"  # not a multiple of 8
+    assert ann.resolve_factory("HNSW32", 5, 64) == "HNSW32"
+    assert ann.resolve_factory(" AUTO ", 10**5, 64) == "IVF1,PQ16x4fs"
+
+
+@pytest.fixture(scope="module")
+def auto_index(tmp_path_factory):
+    path = tmp_path_factory.mktemp("auto") / "idx"
+    r = Retriever.build(DOCS, config=CFG, path=path, show_progress=False)
+    return r, path
+
+
+def test_auto_builds_compressed_index_and_records_it(auto_index):
+    r, path = auto_index
+    assert r.config.faiss_factory == f"IVF1,PQ{DIM_FDE // 4}x4fs"
+    assert json.loads((path / "manifest.json").read_text())["config"]["faiss_factory"] == r.config.faiss_factory
+    base = faiss.downcast_index(faiss.extract_index_ivf(r.faiss_index))
+    assert isinstance(base, faiss.IndexIVFPQFastScan) and r.faiss_index.ntotal == N_AUTO
+    assert base.code_size * 8 == DIM_FDE  # dim / 8 bytes per document
+    small = Retriever.build(DOCS[:100], config=CFG, show_progress=False)
+    assert small.config.faiss_factory == "Flat"
+
+
+def test_auto_index_candidates_match_flat_ranking(auto_index):
+    """PQ candidates approximate the exact FDE inner-product ranking (the Flat index's answer)."""
+    r, _ = auto_index
+    flat = Retriever.build(DOCS, config=IndexConfig(fde=SMALL_FDE, faiss_factory="Flat"), show_progress=False)
+    q = TokenEmbeddings.from_list(QUERIES)
+    qf = r.fde_encoder.encode_queries(q)
+    _, a = r.faiss_index.search(qf, 100)
+    _, b = flat.faiss_index.search(qf, 10)
+    found = np.mean([len(set(x) & set(y)) / 10 for x, y in zip(a, b)])  # random rows would find ~4%
+    assert found >= 0.8, found
+    # the pipeline over compressed candidates finds about as much of the exact top-5 as over Flat ones
+    ex = r.search(QUERIES, k=5, mode="exact")
+
+    def hit(index):
+        res = index.search(QUERIES, k=5, n_candidates=400)
+        return np.mean([len(set(x) & set(y)) / 5 for x, y in zip(res.rows, ex.rows)])
+
+    assert hit(r) >= hit(flat) - 0.1, (hit(r), hit(flat))
+
+
+def test_auto_index_round_trips_filters_and_lifecycle(auto_index, tmp_path):
+    r, path = auto_index
+    loaded = Retriever.load(path, verify=True)
+    for kw in ({"n_candidates": 200}, {"mode": "exact"}):
+        a, b = r.search(QUERIES, k=5, **kw), loaded.search(QUERIES, k=5, **kw)
+        np.testing.assert_array_equal(a.rows, b.rows)
+        np.testing.assert_array_equal(a.scores, b.scores)
+    # subset filters and deletes go through FAISS's ID selector (a plain fast-scan index has none)
+    keep = list(range(0, N_AUTO, 3))
+    res = loaded.search(QUERIES, k=5, n_candidates=200, subset=keep)
+    assert set(res.ids[res.rows >= 0].tolist()) <= set(keep)
+    gone = res.ids[:, 0].tolist()
+    loaded.delete(gone)
+    again = loaded.search(QUERIES, k=5, n_candidates=200)
+    assert not set(again.ids[again.rows >= 0].tolist()) & set(gone)
+    loaded.add(DOCS[:3], doc_ids=[10**6, 10**6 + 1, 10**6 + 2])
+    assert loaded.faiss_index.ntotal == N_AUTO + 3
+    top = loaded.search(DOCS[:3], k=1, n_candidates=300)
+    assert top.ids[:, 0].tolist() == [10**6, 10**6 + 1, 10**6 + 2] or top.scores[:, 0].min() > 0
+    loaded.compact()
+    assert loaded.config.faiss_factory == r.config.faiss_factory and loaded.faiss_index.ntotal == loaded.n_docs
+    loaded.save(tmp_path / "c")
+    back = Retriever.load(tmp_path / "c", verify=True)
+    np.testing.assert_array_equal(back.search(QUERIES, k=5, n_candidates=200).rows,
+                                  loaded.search(QUERIES, k=5, n_candidates=200).rows)
+
+
+def _batches(docs, step):
+    for s in range(0, len(docs), step):
+        yield TokenEmbeddings.from_list(docs[s : s + step]), list(range(s, min(len(docs), s + step)))
+
+
+@pytest.mark.parametrize("codec", ["int8", "residual2"])
+def test_streamed_build_equals_one_shot_build(codec):
+    docs = DOCS[:700]
+    cfg = IndexConfig(fde=SMALL_FDE, codec=codec, faiss_factory="Flat")
+    one = Retriever.build(docs, config=cfg, show_progress=False)
+    streamed = Retriever.build(_batches(docs, 128), config=cfg, show_progress=False)
+    np.testing.assert_array_equal(np.asarray(one.tokens), np.asarray(streamed.tokens))
+    np.testing.assert_array_equal(one.doc_offsets, streamed.doc_offsets)
+    np.testing.assert_array_equal(one.doc_ids, streamed.doc_ids)
+    for kw in ({"n_candidates": 50}, {"mode": "exact"}):
+        a, b = one.search(QUERIES, k=5, **kw), streamed.search(QUERIES, k=5, **kw)
+        np.testing.assert_array_equal(a.rows, b.rows)
+        np.testing.assert_array_equal(a.scores, b.scores)
+
+
+def test_streamed_build_checks_batches():
+    with pytest.raises(ValueError, match="doc_ids must be None"):
+        Retriever.build(_batches(DOCS[:10], 5), doc_ids=list(range(10)), config=CFG, show_progress=False)
+    bad = iter([next(_batches(DOCS[:10], 5)), "not a batch"])
+    with pytest.raises(TypeError, match="documents batch 1"):
+        Retriever.build(bad, config=CFG, show_progress=False)
+    dup = iter([(TokenEmbeddings.from_list(DOCS[:2]), [0, 1]), (TokenEmbeddings.from_list(DOCS[2:4]), [1, 2])])
+    with pytest.raises(ValueError, match="duplicate document id 1"):
+        Retriever.build(dup, config=CFG, show_progress=False)
+
+
+def test_faiss_training_sample_is_bounded_by_bytes():
+    dim, n = 64, 5000
+    x = np.random.default_rng(0).standard_normal((n, dim)).astype(np.float32)
+    seen = []
+
+    def sample_rows(rows):
+        seen.append(rows.copy())
+        return x[rows]
+
+    index = ann.make_faiss_index("PQ16x4fs", dim)
+    ann.train_index(index, "PQ16x4fs", n, sample_rows, max_bytes=1000 * 4 * dim)
+    assert index.is_trained and seen[0].size == 1000 and np.all(np.diff(seen[0]) > 0)
+    # never fewer rows than the index type needs, whatever the byte budget
+    index = ann.make_faiss_index("IVF64,Flat", dim)
+    ann.train_index(index, "IVF64,Flat", n, sample_rows, max_bytes=1)
+    assert seen[1].size == 64
