@@ -138,7 +138,7 @@ def child_build(args) -> dict:
     r = Retriever.build(batches(), config=config, path=path, show_progress=True)
     wall = time.perf_counter() - t0
     disk = sum(f.stat().st_size for f in path.iterdir())
-    return {"stage": "build", "n_docs": r.n_docs, "n_tokens": r.n_tokens, "faiss_factory": r.config.faiss_factory,
+    return {"stage": "build", "corpus": args.corpus_name, "n_docs": r.n_docs, "n_tokens": r.n_tokens, "faiss_factory": r.config.faiss_factory,
             "codec": args.codec, "wall_s": round(wall, 1), "gen_s": round(gen_s, 1),
             "timings": {k: round(v, 1) for k, v in r.build_timings.items()},
             "build_s_excl_gen": round(wall - gen_s, 1), "peak_rss_gb": round(peak_rss() / 1e9, 2),
@@ -153,14 +153,22 @@ def child_search(args) -> list[dict]:
     from retriever import Retriever
     from retriever.index import _warmup
 
-    path = index_dir(args.n, args.codec, args.seed)
-    q_all = queries(args.split)
+    path = args.index_dir or index_dir(args.n, args.codec, args.seed)
+    if args.queries_file:
+        from retriever.tokens import TokenEmbeddings
+
+        with np.load(args.queries_file) as z:
+            q_all = TokenEmbeddings(z["vectors"], z["offsets"])
+    else:
+        q_all = queries(args.split)
     _warmup(args.codec)
     rss0 = rss()
     r = Retriever.load(path)
     rss_loaded = rss()
     q_gt = subset(q_all, args.gt_queries)
-    gt_file = path.parent / f"{path.name}.gt-{args.split}-{len(q_gt)}.npy"
+    split = "heldout" if args.queries_file else args.split
+    store_sha = json.loads((path / "manifest.json").read_text())["files"]["tokens.npy"]["sha256"][:12]
+    gt_file = path.parent / f"{path.name}.gt-{split}-{len(q_gt)}-{store_sha}.npy"
     if gt_file.is_file():
         gt = np.load(gt_file)
     else:
@@ -197,8 +205,8 @@ def child_search(args) -> list[dict]:
                      "batch_qps": round(qps, 1)})
         log.info("N=%d: %s", n_cand, rows[-1])
     rss_after = rss()
-    common = {"stage": "search", "n_docs": r.n_docs, "n_tokens": r.n_tokens, "faiss_factory": r.config.faiss_factory,
-              "codec": args.codec, "split": args.split, "gt_queries": len(q_gt), "timed_queries": len(q_t),
+    common = {"stage": "search", "corpus": args.corpus_name, "n_docs": r.n_docs, "n_tokens": r.n_tokens, "faiss_factory": r.config.faiss_factory,
+              "codec": args.codec, "split": split, "gt_queries": len(q_gt), "timed_queries": len(q_t),
               "exact_p50_ms": round(float(np.median(ex)) * 1e3, 1) if ex else None,
               "rss_before_load_gb": round(rss0 / 1e9, 2), "rss_loaded_gb": round(rss_loaded / 1e9, 2),
               "rss_after_gb": round(rss_after / 1e9, 2),
@@ -239,9 +247,14 @@ def main(argv=None) -> int:
     ap.add_argument("--timed-exact", type=int, default=5, help="queries timed with exhaustive MaxSim")
     ap.add_argument("--results", type=Path, default=RESULTS)
     ap.add_argument("--report", action="store_true", help="write scale.md and scale.png from the results")
+    ap.add_argument("--rebuild", action="store_true", help="delete a cached synthetic index and build it again")
+    ap.add_argument("--build-only", action="store_true", help="build (if needed) without measuring search")
     ap.add_argument("--target", type=float, default=0.95, help="Chamfer recall@10 the report's fit is made at")
     ap.add_argument("--child", choices=["build", "search"])
     ap.add_argument("--n", type=int)
+    ap.add_argument("--index-dir", type=Path, help="measure this (already built) index instead of synthetic ones")
+    ap.add_argument("--queries-file", type=Path, help="query token embeddings (.npz: vectors, offsets) for --index-dir")
+    ap.add_argument("--corpus-name", default="synthetic")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s", stream=sys.stderr)
     if args.child == "build":
@@ -254,14 +267,23 @@ def main(argv=None) -> int:
     if args.report:
         report(args.results, args.split, args.target)
         return 0
-    common = ["--codec", args.codec, "--faiss-factory", args.faiss_factory, "--seed", str(args.seed)]
-    for n in args.sizes:
-        if not (index_dir(n, args.codec, args.seed) / "manifest.json").is_file():
+    common = ["--codec", args.codec, "--faiss-factory", args.faiss_factory, "--seed", str(args.seed),
+              "--corpus-name", args.corpus_name]
+    if args.index_dir:
+        common += ["--index-dir", str(args.index_dir), "--queries-file", str(args.queries_file)]
+    for n in [0] if args.index_dir else args.sizes:
+        if args.rebuild and not args.index_dir and index_dir(n, args.codec, args.seed).is_dir():
+            import shutil
+
+            shutil.rmtree(index_dir(n, args.codec, args.seed))  # ground truth is keyed by the store's sha256
+        if not args.index_dir and not (index_dir(n, args.codec, args.seed) / "manifest.json").is_file():
             m0 = machine()
             for row in run_child(["--child", "build", "--n", str(n), *common]):
                 row.update(machine=m0, load_after=machine()["load_1m"], time=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
                 append(args.results, row)
                 print(json.dumps(row))
+        if args.build_only:
+            continue
         m0 = machine()
         rows = run_child(["--child", "search", "--n", str(n), *common, "--split", args.split,
                           "--gt-queries", str(args.gt_queries), "--timed", str(args.timed),
@@ -279,36 +301,40 @@ def _latest(rows: list[dict], stage: str, split: str | None = None) -> dict:
     for r in rows:
         if r.get("stage") != stage or (split and r.get("split") != split):
             continue
-        out[(r["n_docs"], r["codec"], r["faiss_factory"], r.get("n_candidates"))] = r
+        out[(r.get("corpus", "synthetic"), r["n_docs"], r["codec"], r["faiss_factory"], r.get("n_candidates"))] = r
     return out
 
 
 def report(results: Path, split: str, target: float) -> None:
     """Markdown table + log-log plot of the latest rows; prints the fitted latency growth exponent."""
     rows = [json.loads(x) for x in results.read_text().splitlines() if x.strip()]
-    builds, search = _latest(rows, "build"), _latest(rows, "search", split)
+    builds = _latest(rows, "build")
+    search = {**_latest(rows, "search", split), **_latest(rows, "search", "heldout")}
     lines = [f"# Scale benchmark ({split} queries; `bench/scale.py`)", "",
-             "| docs | codec | FAISS | N | Chamfer R@10 | p50 ms | p99 ms | batch QPS | exhaustive p50 ms | "
-             "resident B/doc | load |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+             "| corpus | docs | codec | FAISS | N | Chamfer R@10 | p50 ms | p99 ms | batch QPS | exhaustive p50 ms | "
+             "resident B/doc | load |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for key in sorted(search):
         r = search[key]
-        lines.append(f"| {r['n_docs']:,} | {r['codec']} | {r['faiss_factory']} | {r['n_candidates']:,} | "
+        auto = " (auto)" if r.get("n_candidates_auto") else ""
+        lines.append(f"| {r.get('corpus', 'synthetic')} | {r['n_docs']:,} | {r['codec']} | {r['faiss_factory']} | "
+                     f"{r['n_candidates']:,}{auto} | "
                      f"{r['chamfer_recall_at_10']:.3f} | {r['p50_ms']:.1f} | {r['p99_ms']:.1f} | {r['batch_qps']:.0f} | "
                      f"{r['exact_p50_ms']} | {r['resident_bytes_per_doc']:,} | {r['machine']['load_1m']} |")
-    lines += ["", "| docs | codec | FAISS | build s (excl. generation) | codec_s | fde_s | faiss_s | write_s | "
-              "peak RSS GB | disk B/doc | FAISS B/doc |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines += ["", "| corpus | docs | codec | FAISS | build s (excl. generation / encoding) | codec_s | fde_s | faiss_s | "
+              "write_s | peak RSS GB | disk B/doc | FAISS B/doc |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for key in sorted(builds):
         b = builds[key]
         t = b["timings"]
-        lines.append(f"| {b['n_docs']:,} | {b['codec']} | {b['faiss_factory']} | {b['build_s_excl_gen']} | "
+        lines.append(f"| {b.get('corpus', 'synthetic')} | {b['n_docs']:,} | {b['codec']} | {b['faiss_factory']} | "
+                     f"{b['build_s_excl_gen']} | "
                      f"{t.get('codec_s')} | {t.get('fde_s')} | {t.get('faiss_s')} | {t.get('write_s')} | "
                      f"{b['peak_rss_gb']} | {b['disk_bytes_per_doc']:,} | {b['faiss_bytes_per_doc']:,} |")
     # the smallest N reaching the target at each size, and the growth of its p50 with corpus size
     best = {}
-    for (n, codec, fac, n_cand), r in sorted(search.items()):
-        if r["chamfer_recall_at_10"] >= target and n not in best:
+    for (corpus, n, codec, fac, n_cand), r in sorted(search.items()):
+        if corpus == "synthetic" and r["chamfer_recall_at_10"] >= target and n not in best:
             best[n] = r
-    lines += ["", f"Smallest measured N reaching Chamfer recall@10 >= {target}: " +
+    lines += ["", f"Synthetic corpora, smallest measured N reaching Chamfer recall@10 >= {target}: " +
               (", ".join(f"{n:,} docs: N={r['n_candidates']:,} ({r['p50_ms']:.1f} ms p50)" for n, r in sorted(best.items()))
                or "none")]
     if len(best) >= 2:
@@ -327,19 +353,26 @@ def report(results: Path, split: str, target: float) -> None:
 
     fig, ax = plt.subplots(1, 3, figsize=(15, 4.2))
     by_n = {}
-    for (n, codec, fac, n_cand), r in search.items():
-        by_n.setdefault(n_cand, []).append(r)
+    for (corpus, n, codec, fac, n_cand), r in search.items():
+        if corpus == "synthetic" and not r.get("n_candidates_auto"):
+            by_n.setdefault(n_cand, []).append(r)
+    autos = sorted((r for (c, *_), r in search.items() if c == "synthetic" and r.get("n_candidates_auto")),
+                   key=lambda r: r["n_docs"])
+    if autos:
+        ax[0].plot([r["n_docs"] for r in autos], [r["p50_ms"] for r in autos], "k^-", label="N=auto")
+        ax[2].plot([r["n_docs"] for r in autos], [r["chamfer_recall_at_10"] for r in autos], "k^-", label="N=auto")
     for n_cand, rs in sorted(by_n.items()):
         rs.sort(key=lambda r: r["n_docs"])
         xs = [r["n_docs"] for r in rs]
         ax[0].plot(xs, [r["p50_ms"] for r in rs], "o-", label=f"N={n_cand:,}")
         ax[2].plot(xs, [r["chamfer_recall_at_10"] for r in rs], "o-", label=f"N={n_cand:,}")
-    ex = sorted({r["n_docs"]: r["exact_p50_ms"] for r in search.values() if r["exact_p50_ms"]}.items())
+    syn = [r for (c, *_), r in search.items() if c == "synthetic"]
+    ex = sorted({r["n_docs"]: r["exact_p50_ms"] for r in syn if r["exact_p50_ms"]}.items())
     if ex:
         ax[0].plot([a for a, _ in ex], [b for _, b in ex], "k--", label="exhaustive MaxSim")
-    mem = sorted({r["n_docs"]: r["resident_bytes_per_doc"] for r in search.values()}.items())
+    mem = sorted({r["n_docs"]: r["resident_bytes_per_doc"] for r in syn}.items())
     ax[1].plot([a for a, _ in mem], [b / 1024 for _, b in mem], "o-", label="resident (search)")
-    disk = sorted({b["n_docs"]: b["disk_bytes_per_doc"] for b in builds.values()}.items())
+    disk = sorted({b["n_docs"]: b["disk_bytes_per_doc"] for (c, *_), b in builds.items() if c == "synthetic"}.items())
     ax[1].plot([a for a, _ in disk], [b / 1024 for _, b in disk], "s--", label="disk")
     for a, t in zip(ax, ["single-query p50 (ms)", "KB per document", f"Chamfer recall@10 ({split})"]):
         a.set_xscale("log")

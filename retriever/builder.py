@@ -2,7 +2,8 @@
 
 Validation of documents and ids, pooling and encoding of token vectors into the store's rows
 (:func:`encode_for_store`), the streaming :class:`_Builder` that writes a new index's token
-store and FDE spool, and the text-item readers. Both ``retriever.index`` and
+store, :func:`fill_faiss` that computes FDEs from a token store block by block straight into FAISS
+(build and compact), and the text-item readers. Both ``retriever.index`` and
 ``retriever.lifecycle`` import from here; this module imports neither.
 """
 
@@ -21,7 +22,7 @@ from .ann import add_rows, make_faiss_index, resolve_factory, train_index
 from .codecs import TokenCodec
 from .fde import FDEEncoder
 from .memory import release_freed_memory
-from .storage import NpyAppender
+from .storage import NpyAppender, NpyRowReader
 from .tokens import TokenEmbeddings
 
 if TYPE_CHECKING:
@@ -152,7 +153,7 @@ def encode_for_store(codec: TokenCodec, fde_encoder: FDEEncoder, emb: TokenEmbed
 
 
 class _Builder:
-    """Streams validated document batches into a token store and an FDE spool in ``workdir``.
+    """Streams validated document batches into a token store in ``workdir``; :meth:`finish` fills FAISS.
 
     A codec that needs training (residual codes) cannot encode before it has seen the corpus:
     then the (pooled) vectors are spooled as float16 first, the codec is trained on a random
@@ -202,7 +203,7 @@ class _Builder:
         """Train the codec on a sample of the float16 spool, then write the coded store."""
         t0 = time.perf_counter()
         spool_path = self.workdir / _TOKEN_SPOOL
-        spool = np.load(spool_path, mmap_mode="r")
+        spool = NpyRowReader(spool_path)
         n_tokens = spool.shape[0]
         budget = max(1, self.config.codec.max_train_bytes // (4 * self.dim))
         rows = np.arange(n_tokens)
@@ -230,7 +231,7 @@ class _Builder:
                 self.timings["write_s"] += time.perf_counter() - t_b
                 bar.update(d1 - d0)
                 d0 = d1
-        del spool
+        spool.close()
         spool_path.unlink()
 
     def finish(self):
@@ -246,13 +247,14 @@ class _Builder:
             self.timings["write_s"] += time.perf_counter() - t0
             self._encode_spool(offsets)
             t0 = time.perf_counter()
-        store = fmt.load_array(self.workdir, fmt.TOKENS, True, self.codec.row_dtype, (int(offsets[-1]), self.codec.row_width))
         self.timings["write_s"] += time.perf_counter() - t0
         factory = resolve_factory(self.config.faiss_factory, len(self.ids), self.fde_encoder.output_dim)
         index = make_faiss_index(factory, self.fde_encoder.output_dim)
-        fill_faiss(index, factory, self.codec, self.fde_encoder, store, offsets, np.arange(len(self.ids)),
-                   seed=self.config.fde.seed, timings=self.timings, show_progress=self.show_progress)
-        del store
+        with NpyRowReader(self.workdir / fmt.TOKENS) as store:  # plain reads: a map's pages would count as RSS
+            if store.shape != (int(offsets[-1]), self.codec.row_width):
+                raise RuntimeError(f"token store holds {store.shape} rows, expected {(int(offsets[-1]), self.codec.row_width)}")
+            fill_faiss(index, factory, self.codec, self.fde_encoder, store, offsets, np.arange(len(self.ids)),
+                       seed=self.config.fde.seed, timings=self.timings, show_progress=self.show_progress)
         release_freed_memory()
         self.factory = factory
         return offsets, _ids_array(self.ids, self.id_type), index

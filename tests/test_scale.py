@@ -142,3 +142,24 @@ def test_faiss_training_sample_is_bounded_by_bytes():
     index = ann.make_faiss_index("IVF64,Flat", dim)
     ann.train_index(index, "IVF64,Flat", n, sample_rows, max_bytes=1)
     assert seen[1].size == 64
+
+
+def test_npy_row_reader_equals_numpy(tmp_path):
+    from retriever.storage import NpyRowReader
+
+    x = np.random.default_rng(0).integers(0, 255, (1000, 13), dtype=np.uint8)
+    np.save(tmp_path / "x.npy", x)
+    with NpyRowReader(tmp_path / "x.npy") as r:
+        assert r.shape == x.shape and r.dtype == x.dtype and len(r) == 1000
+        np.testing.assert_array_equal(r[10:500], x[10:500])
+        np.testing.assert_array_equal(r[995:2000], x[995:])
+        assert r[7:7].shape == (0, 13)
+        rows = np.array([5, 6, 7, 999, 0, 6, 300])
+        np.testing.assert_array_equal(r[rows], x[rows])
+        with pytest.raises(IndexError):
+            r[np.array([1000])]
+        with pytest.raises(IndexError):
+            r[::2]
+    (tmp_path / "t.npy").write_bytes((tmp_path / "x.npy").read_bytes()[:-20])  # truncated file
+    with NpyRowReader(tmp_path / "t.npy") as r, pytest.raises(ValueError, match="truncated"):
+        r[990:1000]

@@ -1,0 +1,194 @@
+"""A real-text corpus of 300,000+ short documents from two public dictionaries packaged by Debian.
+
+Usage::
+
+    .venv/bin/python bench/realtext.py prepare        # download the pinned .debs, check sha256, write corpus + queries
+    .venv/bin/python bench/realtext.py build          # encode with the default encoder and build (the long run)
+    .venv/bin/python bench/realtext.py measure        # same measurements as bench/scale.py, rows -> scale.jsonl
+
+Sources (``apt-get download``, versions pinned and checked against the sha256 below):
+
+- ``dict-gcide`` 0.48.5+nmu2: the GNU Collaborative International Dictionary of English (Webster 1913 and
+  additions), dictd format. One document per distinct definition block (several headwords may share one).
+- ``dict-wn`` 1:3.0-37: WordNet 3.0 in dictd format. One document per sense (the numbered parts of an
+  entry; an entry without numbers is one document).
+
+Documents are ``{"_id", "title", "text"}`` (title = headword). After a seeded shuffle, the first 1,000
+documents are held out of the corpus and their texts become the queries (what they are relevant to does not
+matter here: the measurement is Chamfer recall against exhaustive MaxSim over the same index); the next
+``--n-docs`` (default 300,000) documents are the corpus. Files go to ``index_data/realtext/``; nothing is
+downloaded by tests, and nothing but these two package files is fetched.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import hashlib
+import json
+import logging
+import random
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from datasets import ROOT  # noqa: E402
+
+log = logging.getLogger("bench.realtext")
+
+OUT = ROOT / "index_data" / "realtext"
+PACKAGES = {  # name=version -> (file name, sha256)
+    "dict-gcide=0.48.5+nmu2": ("dict-gcide_0.48.5+nmu2_all.deb",
+                               "7b0af5cfde3cbdef5e9d6e78f92ec335ced7c2790f37a40f49bebc6f7347ac0f"),
+    "dict-wn=1:3.0-37": ("dict-wn_1%3a3.0-37_all.deb",
+                         "ed99e0bf162815dc1cc69de3727eedd7112ddf170badf83dbde26209e0724a8c"),
+}
+N_QUERIES = 1000
+_B64 = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
+
+
+def _b64(s: str) -> int:
+    v = 0
+    for c in s:
+        v = v * 64 + _B64.index(c)
+    return v
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def fetch(debs: Path) -> Path:
+    """Download (once) and unpack the pinned packages; returns the unpacked tree."""
+    debs.mkdir(parents=True, exist_ok=True)
+    tree = debs / "x"
+    for spec, (fname, sha) in PACKAGES.items():
+        path = debs / fname
+        if not path.is_file():
+            subprocess.run(["apt-get", "download", spec], cwd=debs, check=True)
+        got = _sha256(path)
+        if got != sha:
+            raise SystemExit(f"error: {path} has sha256 {got}, expected {sha}")
+        subprocess.run(["dpkg-deb", "-x", str(path), str(tree)], check=True)
+    return tree / "usr" / "share" / "dictd"
+
+
+def _entries(dictd: Path, name: str):
+    """(headword, definition text) per distinct (offset, length) of a dictd index."""
+    data = gzip.open(dictd / f"{name}.dict.dz").read()
+    seen = set()
+    for line in open(dictd / f"{name}.index", encoding="utf-8", errors="replace"):
+        parts = line.rstrip("\n").split("\t")
+        if len(parts) < 3 or parts[0].startswith("00-database") or parts[0].startswith("00database"):
+            continue
+        key = (parts[1], parts[2])
+        if key in seen:
+            continue
+        seen.add(key)
+        off, n = _b64(parts[1]), _b64(parts[2])
+        yield parts[0], data[off : off + n].decode("utf-8", errors="replace")
+
+
+_WN_SENSE = re.compile(r"\n\s+(?:(?:n|v|adj|adv)\s+)?\d+:\s")
+
+
+def _clean(text: str) -> str:
+    return re.sub(r"\s+", " ", text.replace("{", "").replace("}", "")).strip()
+
+
+def documents(dictd: Path):
+    for word, text in _entries(dictd, "gcide"):
+        body = text.split("\n", 1)[1] if "\n" in text else text
+        if len(body.split()) >= 3:
+            yield {"title": word, "text": _clean(body)}
+    for word, text in _entries(dictd, "wn"):
+        body = text.split("\n", 1)[1] if "\n" in text else text
+        senses = [s for s in _WN_SENSE.split("\n" + body) if s.strip()] or [body]
+        for s in senses:
+            if len(s.split()) >= 3:
+                yield {"title": word, "text": _clean(s)}
+
+
+def prepare(args) -> None:
+    dictd = fetch(OUT / "debs")
+    docs = list(documents(dictd))
+    log.info("%d documents from gcide + wn", len(docs))
+    random.Random(args.seed).shuffle(docs)
+    if len(docs) < N_QUERIES + args.n_docs:
+        raise SystemExit(f"error: only {len(docs)} documents, {N_QUERIES} + {args.n_docs} asked for")
+    with open(OUT / "queries.jsonl", "w") as fh:
+        for i, d in enumerate(docs[:N_QUERIES]):
+            fh.write(json.dumps({"_id": f"q{i}", "text": d["text"]}) + "\n")
+    with gzip.open(OUT / "corpus.jsonl.gz", "wt") as fh:
+        for i, d in enumerate(docs[N_QUERIES : N_QUERIES + args.n_docs]):
+            fh.write(json.dumps({"_id": f"d{i}", "title": d["title"], "text": d["text"]}) + "\n")
+    log.info("wrote %d queries and %d documents to %s", N_QUERIES, args.n_docs, OUT)
+
+
+def build(args) -> None:
+    from retriever import IndexConfig, Retriever
+    from retriever.beir import iter_corpus
+
+    path = OUT / f"index-{args.codec}"
+    t0 = time.perf_counter()
+    r = Retriever.build(iter_corpus(OUT / "corpus.jsonl.gz"), config=IndexConfig(codec=args.codec), path=path,
+                        show_progress=True)
+    row = {"stage": "build", "corpus": "realtext", "n_docs": r.n_docs, "n_tokens": r.n_tokens,
+           "faiss_factory": r.config.faiss_factory, "codec": args.codec, "wall_s": round(time.perf_counter() - t0, 1),
+           "timings": {k: round(v, 1) for k, v in r.build_timings.items()},
+           "disk_bytes_per_doc": round(sum(f.stat().st_size for f in path.iterdir()) / r.n_docs)}
+    (OUT / f"build-{args.codec}.json").write_text(json.dumps(row))
+    print(json.dumps(row))
+
+
+def encode_queries(args) -> Path:
+    import numpy as np
+
+    from retriever.beir import read_queries
+    from retriever.encoder import ColBERTEncoder
+
+    path = OUT / "queries.npz"
+    if not path.is_file():
+        q = read_queries(OUT / "queries.jsonl")
+        e = ColBERTEncoder.from_pretrained("default").encode_queries(list(q.values()))
+        np.savez(path, vectors=e.vectors.astype(np.float32), offsets=e.offsets)
+    return path
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("step", choices=["prepare", "build", "measure"])
+    ap.add_argument("--n-docs", type=int, default=300_000)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--codec", default="int8")
+    ap.add_argument("--n-candidates", nargs="+", default=["auto", 2000, 4000, 8000, 16000])
+    ap.add_argument("--gt-queries", type=int, default=200)
+    ap.add_argument("--timed", type=int, default=300)
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    OUT.mkdir(parents=True, exist_ok=True)
+    if args.step == "prepare":
+        prepare(args)
+    elif args.step == "build":
+        build(args)
+    else:
+        import scale
+
+        qfile = encode_queries(args)
+        return scale.main(["--index-dir", str(OUT / f"index-{args.codec}"), "--queries-file", str(qfile),
+                           "--codec", args.codec, "--gt-queries", str(args.gt_queries), "--timed", str(args.timed),
+                           "--n-candidates", *map(str, args.n_candidates), "--corpus-name", "realtext"])
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
