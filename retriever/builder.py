@@ -9,6 +9,7 @@ store, :func:`fill_faiss` that computes FDEs from a token store block by block s
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import time
 from pathlib import Path
@@ -370,9 +371,12 @@ _NO_ID = object()
 
 
 def stream_texts(builder, pairs: Iterator, encoder, show_progress: bool, word_pooling: bool = False) -> None:
-    """Encode (id, text) pairs step by step (``_TEXT_BATCH`` documents) into ``builder.add``."""
-    bar = tqdm(desc="encoding documents", unit="doc", disable=not show_progress)
-    try:
+    """Encode (id, text) pairs step by step (``_TEXT_BATCH`` documents) into ``builder.add``.
+
+    Truncated documents are counted over all steps and logged in one line at the end.
+    """
+    summary = encoder.truncation_summary() if hasattr(encoder, "truncation_summary") else contextlib.nullcontext()
+    with tqdm(desc="encoding documents", unit="doc", disable=not show_progress) as bar, summary:
         while True:
             chunk = list(itertools.islice(pairs, _TEXT_BATCH))
             if not chunk:
@@ -385,5 +389,3 @@ def stream_texts(builder, pairs: Iterator, encoder, show_progress: bool, word_po
             del emb  # not alive during the next step's encoding
             release_freed_memory()
             bar.update(len(chunk))
-    finally:
-        bar.close()

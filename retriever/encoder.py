@@ -515,6 +515,7 @@ class ColBERTEncoder:
         self._head_files = tuple(head_files)
         self.dim = self._head[-1].out_dim if self._head else int(backbone.config.hidden_size)
         self._sha256: str | None = None
+        self._trunc_tally: dict | None = None  # set inside truncation_summary()
 
         where = info.backbone_dir
         self._prefix_ids, self._suffix_ids = _special_template(tokenizer, where)
@@ -773,6 +774,25 @@ class ColBERTEncoder:
             keep[0] = True  # never a zero-token document
         return keep
 
+    @contextlib.contextmanager
+    def truncation_summary(self):
+        """Count truncated texts over many encode calls and log one line per kind at the end.
+
+        Streaming builds encode a corpus in many small steps; without this, every step that
+        truncates something logs its own line. Yields the tally: kind -> [truncated, total, limit name].
+        """
+        outer = self._trunc_tally
+        tally = self._trunc_tally = {} if outer is None else outer
+        try:
+            yield tally
+        finally:
+            self._trunc_tally = outer
+            if outer is None:
+                for what, (n, total, limit) in tally.items():
+                    if n:
+                        logger.info("%d of %d %s truncated to %s=%d tokens", n, total, what, limit,
+                                    getattr(self.config, limit))
+
     def _encode(self, texts, is_query: bool, batch_size: int | None, show_progress: bool,
                 word_pooling: bool = False) -> TokenEmbeddings:
         import torch
@@ -785,7 +805,11 @@ class ColBERTEncoder:
             raise ValueError(f"batch_size must be a positive int, got {bs!r}")
         seqs, n_trunc, words = self._tokenize_words(texts, is_query, with_words=word_pooling)
         what, limit = ("queries", "query_length") if is_query else ("documents", "document_length")
-        if n_trunc:
+        if self._trunc_tally is not None:
+            t = self._trunc_tally.setdefault(what, [0, 0, limit])
+            t[0] += n_trunc
+            t[1] += len(texts)
+        elif n_trunc:
             logger.info("%d of %d %s truncated to %s=%d tokens", n_trunc, len(texts), what, limit,
                         getattr(self.config, limit))
         keeps = [self._keep_mask(s, is_query) for s in seqs]

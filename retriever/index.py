@@ -41,6 +41,10 @@ from .tokens import TokenEmbeddings, as_token_embeddings
 
 log = logging.getLogger(__name__)
 
+#: The largest ``k`` a search accepts: results are dense (n_queries, k) arrays, so an unbounded k
+#: (say 10**8) would allocate gigabytes of padding before any work.
+MAX_K = 100_000
+
 __all__ = ["IndexConfig", "Retriever"]
 
 
@@ -342,7 +346,7 @@ class Retriever:
             Query token embeddings (``TokenEmbeddings``, a list of ``(n_i, dim)`` arrays, or one
             ``(n, dim)`` array = a batch of one), or query texts (a string or a list of strings,
             encoded with the index's encoder).
-        k : int >= 1
+        k : int in [1, MAX_K] (100,000: results are (n_queries, k) arrays, padded past the corpus)
         n_candidates : int >= k, or "auto" (default; ``None`` means the same)
             Documents fetched by FDE inner product and reranked exactly (``mode="fde"``).
             ``"auto"``: :func:`retriever.search.auto_n_candidates` of the number of searchable
@@ -357,8 +361,8 @@ class Retriever:
         -------
         SearchResults with (n_queries, k) ``ids``, ``scores`` (descending) and ``rows``.
         """
-        if not isinstance(k, (int, np.integer)) or isinstance(k, bool) or k < 1:
-            raise ValueError(f"k must be an integer >= 1, got {k!r}")
+        if not isinstance(k, (int, np.integer)) or isinstance(k, bool) or not 1 <= k <= MAX_K:
+            raise ValueError(f"k must be an integer in [1, {MAX_K}], got {k!r}")
         if mode not in ("fde", "exact"):
             raise ValueError(f"mode must be 'fde' or 'exact', got {mode!r}")
         auto = n_candidates is None or (isinstance(n_candidates, str) and n_candidates == "auto")

@@ -23,7 +23,8 @@ from hypothesis.extra import numpy as hnp
 from lifecycle_util import CFG, DIM, build, dir_state, make_docs, make_queries, state_of
 from retriever import beir
 from retriever import format as fmt
-from retriever.index import Retriever
+from retriever.index import MAX_K, Retriever
+from retriever.search import auto_n_candidates
 
 SETTINGS = settings(max_examples=40, derandomize=True, deadline=None, database=None,
                     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large,
@@ -216,7 +217,8 @@ def test_delete_random_ids(saved_dir, ids):
 
 # -- search knobs -----------------------------------------------------------------------------------
 
-_KNOB = st.one_of(st.none(), st.integers(-3, 40), st.sampled_from([10**6, 2.0, 1.5, True, False, "5", np.int64(3)]))
+_KNOB = st.one_of(st.none(), st.integers(-3, 40),
+                  st.sampled_from([10**6, MAX_K, 2.0, 1.5, True, False, "5", "auto", np.int64(3)]))
 
 
 @SETTINGS
@@ -226,8 +228,8 @@ def test_search_knobs(saved_dir, k, n_candidates, mode, subset):
     r = Retriever.load(saved_dir)
     is_int = lambda v: isinstance(v, (int, np.integer)) and not isinstance(v, bool)  # noqa: E731
     live = set(r.doc_ids[r.deleted == 0].tolist())
-    valid = (is_int(k) and k >= 1 and mode in (None, "fde", "exact")
-             and (n_candidates is None or (is_int(n_candidates) and n_candidates >= k))
+    valid = (is_int(k) and 1 <= k <= MAX_K and mode in (None, "fde", "exact")
+             and (n_candidates in (None, "auto") or (is_int(n_candidates) and n_candidates >= k))
              and (subset is None or all(isinstance(i, str) and i in live for i in subset)))
     kw = {"k": k, "n_candidates": n_candidates, "subset": subset}
     if mode is not None:
@@ -247,7 +249,8 @@ def test_search_knobs(saved_dir, k, n_candidates, mode, subset):
     assert np.all(res.rows[:, n_hits:] == -1) and np.all(np.isneginf(res.scores[:, n_hits:]))
     assert all(set(row[:n_hits]) <= allowed for row in res.ids.tolist())
     exact = r.search(QUERIES, k=int(k), mode="exact", subset=subset)
-    if mode == "exact" or n_candidates is None or n_candidates >= len(allowed):  # scored exactly
+    n_eff = auto_n_candidates(len(allowed), int(k)) if n_candidates in (None, "auto") else n_candidates
+    if mode == "exact" or n_eff >= len(allowed):  # scored exactly
         np.testing.assert_array_equal(res.scores, exact.scores)
     else:  # FDE candidates: never better than exact, and the best FDE hit is a real score
         assert np.all(res.scores[:, :1] <= exact.scores[:, :1])

@@ -149,3 +149,18 @@ def test_word_pooling_build_and_add_agree_with_the_encoder(tmp_path, encoder):
     np.testing.assert_array_equal(loaded.search(q, k=3).rows, r.search(q, k=3).rows)
     r8 = Retriever.build(DOCS, encoder=encoder, config=replace(cfg, codec="int8", pool_factor=2), show_progress=False)
     assert r8.n_tokens < pooled.vectors.shape[0]
+
+
+def test_streamed_build_logs_truncation_once(encoder, caplog, monkeypatch):
+    monkeypatch.setattr(builder_mod, "_TEXT_BATCH", 2)  # three encoding steps for six documents
+    long = " ".join(["word"] * 600)  # longer than document_length: truncated
+    docs = [{"_id": f"t{i}", "title": "", "text": long if i % 2 else "short text"} for i in range(6)]
+    with caplog.at_level("INFO", logger="retriever.encoder"):
+        Retriever.build(docs, encoder=encoder, config=CFG, show_progress=False)
+    lines = [r.getMessage() for r in caplog.records if "truncated" in r.getMessage()]
+    assert lines == [f"3 of 6 documents truncated to document_length={encoder.config.document_length} tokens"]
+    with caplog.at_level("INFO", logger="retriever.encoder"):
+        caplog.clear()
+        encoder.encode_documents([long, long])  # outside a build: one line per call, as before
+    assert [r.getMessage() for r in caplog.records if "truncated" in r.getMessage()] == [
+        f"2 of 2 documents truncated to document_length={encoder.config.document_length} tokens"]
