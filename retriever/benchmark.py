@@ -524,13 +524,15 @@ def run_benchmark(
     n_q, k, warm = len(qids), settings.k, settings.warmup
     timed = sorted(set(np.linspace(0, n_q - 1, min(n_q, settings.timing_queries or n_q)).round().astype(int).tolist()))
 
+    log.info("%s/%s: encoding %d queries", data.name, split, n_q)
     encoder.encode_queries(texts[: max(1, warm)])
-    q = encoder.encode_queries(texts)  # the embeddings every method searches with
+    q = encoder.encode_queries(texts, show_progress=show_progress)  # the embeddings every method searches with
     enc = _measure(lambda i: encoder.encode_queries([texts[i]]), lambda ix: encoder.encode_queries([texts[i] for i in ix]),
                    timed, warm)
     singles = [_one(q, i) for i in range(n_q)]
     subset = q if len(timed) == n_q else TokenEmbeddings.from_list([singles[i].vectors for i in timed])
     qhash = _digest({"ids": qids, "texts": texts})
+    log.info("%s/%s: exact MaxSim top-%d (cached after the first run)", data.name, split, max(k, 100))
     exact_ids, exact_scores = exact_topk(r, q, qids, max(k, 100), cache_dir / f"{data.name}-exact-{_digest([info['tokens_key'], qhash])}.npz")
 
     base = {
@@ -551,12 +553,15 @@ def run_benchmark(
                      "search": _public(search), "qps_end_to_end": round(e2e, 2), "build": build,
                      "index_bytes": index_bytes, "peak_rss_mb": _peak_rss_mb(),
                      "load_avg_1m": round(os.getloadavg()[0], 2), **(extra or {})})  # others' load skews timings
+        log.info("%s/%s: %s %s: nDCG@10 %s, p50 %.2f ms", data.name, split, method,
+                 {c: v for c, v in config.items() if c != "index"}, quality.get("ndcg@10"), search["_p50_s"] * 1e3)
         if results is not None:  # row by row: a long sweep that fails keeps what it measured
             with open(results, "a", encoding="utf-8") as fh:
                 fh.write(json.dumps(rows[-1], allow_nan=False) + "\n")
 
     exh = None
     if "exhaustive" in settings.baselines:
+        log.info("%s/%s: timing exhaustive MaxSim", data.name, split)
         exh = _measure(lambda i: r.search(singles[i], k=k, mode="exact"), lambda ix: r.search(subset, k=k, mode="exact"),
                        timed, warm)
         ids = np.where(exact_ids[:, :k] != "", exact_ids[:, :k], None).astype(object)
@@ -568,6 +573,7 @@ def run_benchmark(
     if "single_vector" in settings.baselines:
         import faiss
 
+        log.info("%s/%s: single-vector baseline (mean pooling; the corpus is encoded once and cached)", data.name, split)
         max_len, bs = _st_max_length(encoder), encoder.config.batch_size
         sv_key = [data.name, _corpus_sha(Path(data_dir)), _backbone_sha(encoder), encoder.config.dtype, max_len]
         sv_file = cache_dir / f"{data.name}-single-{_digest(sv_key)}.npy"
@@ -592,6 +598,7 @@ def run_benchmark(
         config = {"pooling": "mean", "normalize": True, "max_length": max_len, "faiss": "IndexFlatIP"}
         add("single_vector", config, quality, sv, sv_enc, {**sv_build, "faiss_s": round(add_s, 3)}, int(dv.nbytes))
     if "bm25" in settings.baselines:
+        log.info("%s/%s: BM25 baseline", data.name, split)
         (tok, model, config), bm_build_s = _timed(lambda: _bm25(corpus_texts))
         bm = _measure(lambda i: _bm25_search(tok, model, [texts[i]], k),
                       lambda ix: _bm25_search(tok, model, [texts[i] for i in ix], k), timed, warm)
@@ -613,6 +620,7 @@ def run_benchmark(
         store_extra = _store_extra(r, info)
         for n_spec in settings.n_candidates:
             n_cand = auto_n_candidates(r.n_docs, k) if n_spec == "auto" else n_spec
+            log.info("%s/%s: timing the FDE pipeline, N=%d (%s)", data.name, split, n_cand, r.config.faiss_factory)
             m = _measure(lambda i: r.search(singles[i], k=k, n_candidates=n_cand),
                          lambda ix: r.search(subset, k=k, n_candidates=n_cand), timed, warm)
             res = r.search(q, k=k, n_candidates=n_cand)

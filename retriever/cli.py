@@ -21,6 +21,8 @@ from .cli_args import (
 
 log = logging.getLogger("retriever.cli")
 
+_SEARCH_STEP = 64  # queries per search call under the CLI's progress bar (batched: both cores busy)
+
 
 def _corpus_file(path: Path) -> Path:
     if path.is_dir():
@@ -79,8 +81,28 @@ def cmd_search(args) -> int:
         if args.queries is None:
             raise SystemExit("error: give --queries FILE or --query TEXT")
         qids, texts = _read_queries(Path(args.queries))
-    res = r.search(texts, k=args.k, n_candidates=args.n_candidates, mode=args.mode,
-                   ef_search=args.ef_search, nprobe=args.nprobe)
+    kw = {"k": args.k, "n_candidates": args.n_candidates, "mode": args.mode, "ef_search": args.ef_search,
+          "nprobe": args.nprobe}
+    if len(texts) == 1:
+        res = r.search(texts, **kw)
+    else:  # a query file: encode, then search in steps, with a progress bar for each stage
+        import numpy as np
+        from tqdm.auto import tqdm
+
+        from .search import SearchResults
+        from .tokens import TokenEmbeddings
+
+        log.info("encoding %d queries", len(texts))
+        q = r.encoder.encode_queries(texts, show_progress=not args.quiet)
+        parts = []
+        with tqdm(total=len(q), desc="searching", unit="query", disable=args.quiet) as bar:
+            for s in range(0, len(q), _SEARCH_STEP):
+                e = min(len(q), s + _SEARCH_STEP)
+                o = q.offsets
+                parts.append(r.search(TokenEmbeddings(q.vectors[o[s] : o[e]], o[s : e + 1] - o[s]), **kw))
+                bar.update(e - s)
+        res = SearchResults(ids=np.concatenate([p.ids for p in parts]), scores=np.concatenate([p.scores for p in parts]),
+                            rows=np.concatenate([p.rows for p in parts]))
     if args.out:
         write_trec_run(args.out, qids, res.ids, res.scores, tag=args.tag)
         log.info("wrote %d queries x top-%d to %s", len(qids), args.k, args.out)

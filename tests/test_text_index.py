@@ -10,6 +10,7 @@ import pytest
 
 from conftest import REPO
 from retriever import builder as builder_mod
+from retriever import cli as cli_mod
 from retriever.cli import main as cli_main
 from retriever.encoder import ColBERTEncoder
 from retriever.eval import read_trec_run
@@ -98,7 +99,7 @@ def test_text_inputs_errors(encoder):
     assert r.id_type == "int" and r.n_docs == 3
 
 
-def test_cli_index_and_search(tmp_path, capsys):
+def test_cli_index_and_search(tmp_path, capsys, monkeypatch):
     corpus = tmp_path / "corpus.jsonl.gz"
     with gzip.open(corpus, "wt", encoding="utf-8") as fh:
         for d in DOCS:
@@ -113,13 +114,15 @@ def test_cli_index_and_search(tmp_path, capsys):
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert summary["n_docs"] == len(DOCS)
     run = tmp_path / "run.trec"
+    monkeypatch.setattr(cli_mod, "_SEARCH_STEP", 1)  # a query file is searched in steps: one per query here
     assert cli_main(["-q", "search", "--index", str(out), "--queries", str(queries), "--k", "3", "--out", str(run)]) == 0
     got = read_trec_run(run)
     assert set(got) == {"q0", "q1"} and all(len(v) == 3 for v in got.values())
     # the run equals the API's answer
     r = Retriever.load(out)
     res = r.search(["aspirin fever", "tea and coffee"], k=3)
-    assert [max(got["q0"], key=got["q0"].get)] == [res.ids[0, 0]]
+    for i, qid in enumerate(["q0", "q1"]):
+        assert got[qid] == pytest.approx({d: float(sc) for d, sc in zip(res.ids[i], res.scores[i])}, abs=1e-4)
     assert cli_main(["verify", str(out)]) == 0
     (out / "doc_ids.txt").write_text("broken\n")
     assert cli_main(["verify", str(out)]) == 1
