@@ -113,6 +113,18 @@ def cmd_search(args) -> int:
     return 0
 
 
+def cmd_serve(args) -> int:
+    try:
+        from .server import serve
+    except ImportError as e:
+        raise SystemExit(f"error: the server needs the 'serve' extra (pip install '.[serve]'): {e}") from None
+    if args.workers < 1:
+        raise SystemExit(f"error: --workers must be >= 1, got {args.workers}")
+    serve(args.index, host=args.host, port=args.port, workers=args.workers, model=args.model, api_key=args.api_key,
+          read_only=args.read_only)
+    return 0
+
+
 def cmd_verify(args) -> int:
     from .format import IndexFormatError
     from .index import Retriever
@@ -158,6 +170,17 @@ def build_parser() -> argparse.ArgumentParser:
     pv = sub.add_parser("verify", help="check an index directory fully (sizes, checksums, loadability)")
     pv.add_argument("index")
     pv.set_defaults(func=cmd_verify)
+
+    pserve = sub.add_parser("serve", help="HTTP search service over an index (FastAPI on uvicorn; docs at /docs)")
+    pserve.add_argument("--index", required=True)
+    pserve.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
+    pserve.add_argument("--port", type=int, default=8000)
+    pserve.add_argument("--workers", type=int, default=1,
+                        help="worker processes; more than 1 makes the service read-only (each holds its own copy)")
+    pserve.add_argument("--read-only", action="store_true", help="refuse mutations (409)")
+    pserve.add_argument("--api-key", default=None, help="require this key (or set RETRIEVER_API_KEY)")
+    pserve.add_argument("--model", default=None, help="text encoder (default: the one the index was built with)")
+    pserve.set_defaults(func=cmd_serve)
 
     try:
         from .benchmark import add_bench_parser
