@@ -142,11 +142,21 @@ def build(args) -> None:
     t0 = time.perf_counter()
     r = Retriever.build(iter_corpus(OUT / "corpus.jsonl.gz"), config=IndexConfig(codec=args.codec), path=path,
                         show_progress=True)
+    import resource
+
+    wall = time.perf_counter() - t0
     row = {"stage": "build", "corpus": "realtext", "n_docs": r.n_docs, "n_tokens": r.n_tokens,
-           "faiss_factory": r.config.faiss_factory, "codec": args.codec, "wall_s": round(time.perf_counter() - t0, 1),
+           "faiss_factory": r.config.faiss_factory, "codec": args.codec, "wall_s": round(wall, 1),
            "timings": {k: round(v, 1) for k, v in r.build_timings.items()},
-           "disk_bytes_per_doc": round(sum(f.stat().st_size for f in path.iterdir()) / r.n_docs)}
+           "build_s_excl_gen": round(wall - r.build_timings["encode_s"], 1),  # excluding the encoder
+           "peak_rss_gb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 1e9, 2),
+           "disk_bytes_per_doc": round(sum(f.stat().st_size for f in path.iterdir()) / r.n_docs),
+           "faiss_bytes_per_doc": round((path / "fde.faiss").stat().st_size / r.n_docs),
+           "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     (OUT / f"build-{args.codec}.json").write_text(json.dumps(row))
+    import scale
+
+    scale.append(scale.RESULTS, row)
     print(json.dumps(row))
 
 

@@ -328,7 +328,7 @@ def report(results: Path, split: str, target: float) -> None:
         lines.append(f"| {b.get('corpus', 'synthetic')} | {b['n_docs']:,} | {b['codec']} | {b['faiss_factory']} | "
                      f"{b['build_s_excl_gen']} | "
                      f"{t.get('codec_s')} | {t.get('fde_s')} | {t.get('faiss_s')} | {t.get('write_s')} | "
-                     f"{b['peak_rss_gb']} | {b['disk_bytes_per_doc']:,} | {b['faiss_bytes_per_doc']:,} |")
+                     f"{b.get('peak_rss_gb', '–')} | {b['disk_bytes_per_doc']:,} | {b['faiss_bytes_per_doc']:,} |")
     # the smallest N reaching the target at each size, and the growth of its p50 with corpus size
     best = {}
     for (corpus, n, codec, fac, n_cand), r in sorted(search.items()):
@@ -374,6 +374,8 @@ def report(results: Path, split: str, target: float) -> None:
     ax[1].plot([a for a, _ in mem], [b / 1024 for _, b in mem], "o-", label="resident (search)")
     disk = sorted({b["n_docs"]: b["disk_bytes_per_doc"] for (c, *_), b in builds.items() if c == "synthetic"}.items())
     ax[1].plot([a for a, _ in disk], [b / 1024 for _, b in disk], "s--", label="disk")
+    fx = sorted({b["n_docs"]: b["faiss_bytes_per_doc"] for (c, *_), b in builds.items() if c == "synthetic"}.items())
+    ax[1].plot([a for a, _ in fx], [b / 1024 for _, b in fx], "d:", label="FAISS (candidate stage)")
     for a, t in zip(ax, ["single-query p50 (ms)", "KB per document", f"Chamfer recall@10 ({split})"]):
         a.set_xscale("log")
         a.set_xlabel("documents")

@@ -174,6 +174,7 @@ class _Builder:
             self.tokens = NpyAppender(workdir / fmt.TOKENS, self.codec.row_width, self.codec.row_dtype)
         else:
             self.tokens = NpyAppender(workdir / _TOKEN_SPOOL, dim, np.float16)
+        self.factory: str | None = None  # the FAISS factory finish() built ("auto" resolved)
         self.lengths: list[np.ndarray] = []
         self.ids: list = []
         self.id_set: set = set()
