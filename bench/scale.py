@@ -186,17 +186,17 @@ def child_search(args) -> list[dict]:
     q_t = subset(q_all, args.timed)
     for n_spec in args.n_candidates:
         n_cand = auto_n_candidates(r.n_docs, 10) if n_spec == "auto" else n_spec
-        res = r.search(q_gt, k=10, n_candidates=n_cand)
+        res = r.search(q_gt, k=10, n_candidates=n_cand, mode="fde")
         recall = float(np.mean([len(set(a) & set(b)) / 10 for a, b in zip(res.rows, gt)]))
         for i in range(min(10, len(q_t))):  # warm-up
-            r.search(subset_one(q_t, i), k=10, n_candidates=n_cand)
+            r.search(subset_one(q_t, i), k=10, n_candidates=n_cand, mode="fde")
         lat = []
         for i in range(len(q_t)):
             t = time.perf_counter()
-            r.search(subset_one(q_t, i), k=10, n_candidates=n_cand)
+            r.search(subset_one(q_t, i), k=10, n_candidates=n_cand, mode="fde")
             lat.append(time.perf_counter() - t)
         t = time.perf_counter()
-        r.search(q_t, k=10, n_candidates=n_cand)
+        r.search(q_t, k=10, n_candidates=n_cand, mode="fde")
         qps = len(q_t) / (time.perf_counter() - t)
         lat = np.array(lat) * 1e3
         rows.append({"n_candidates": n_cand, "n_candidates_auto": n_spec == "auto",

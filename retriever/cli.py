@@ -159,7 +159,8 @@ def build_parser() -> argparse.ArgumentParser:
     ps.add_argument("--k", type=int, default=10)
     ps.add_argument("--n-candidates", type=n_candidates_arg, default="auto",
                     help="FDE candidates reranked per query, or 'auto' (default: 20 sqrt(n_docs), at least 10 k)")
-    ps.add_argument("--mode", choices=["fde", "exact"], default="fde")
+    ps.add_argument("--mode", choices=["auto", "fde", "exact"], default="auto",
+                    help="auto (default): FDE candidates + rerank, or exhaustive where that is cheaper")
     ps.add_argument("--ef-search", type=int, default=None)
     ps.add_argument("--nprobe", type=int, default=None)
     ps.add_argument("--out", help="TREC run file to write (default: print hits)")

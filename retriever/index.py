@@ -35,7 +35,7 @@ from .builder import (
     _text_items,
     stream_texts,
 )
-from .search import SearchResults, auto_n_candidates, search_exact, search_fde
+from .search import SearchResults, auto_n_candidates, exhaustive_is_cheaper, search_exact, search_fde
 from .storage import NpyAppender, atomic_replace_dir, make_temp_dir_beside, recover_interrupted_swap
 from .tokens import TokenEmbeddings, as_token_embeddings
 
@@ -333,7 +333,7 @@ class Retriever:
         k: int = 10,
         *,
         n_candidates: int | str | None = "auto",
-        mode: str = "fde",
+        mode: str = "auto",
         ef_search: int | None = None,
         nprobe: int | None = None,
         subset=None,
@@ -352,7 +352,11 @@ class Retriever:
             ``"auto"``: :func:`retriever.search.auto_n_candidates` of the number of searchable
             documents (live, and in ``subset`` when given) and ``k``: ``20 * sqrt(n)``, at least
             ``10 * k``.
-        mode : "fde" (FAISS candidates + exact rerank) or "exact" (exhaustive MaxSim, the ground truth)
+        mode : "auto" (default), "fde" or "exact"
+            "fde": FAISS candidates + exact rerank; "exact": exhaustive MaxSim, the ground truth;
+            "auto": "fde", unless scoring every document costs less than reranking the candidates
+            (:func:`retriever.search.exhaustive_is_cheaper`: large batches of short queries on small
+            corpora), in which case the answer is the exact one.
         ef_search : HNSW search depth (HNSW indexes only)
         nprobe : IVF lists visited (IVF indexes only)
         subset : optional collection of external ids; only these documents are returned
@@ -363,8 +367,8 @@ class Retriever:
         """
         if not isinstance(k, (int, np.integer)) or isinstance(k, bool) or not 1 <= k <= MAX_K:
             raise ValueError(f"k must be an integer in [1, {MAX_K}], got {k!r}")
-        if mode not in ("fde", "exact"):
-            raise ValueError(f"mode must be 'fde' or 'exact', got {mode!r}")
+        if mode not in ("auto", "fde", "exact"):
+            raise ValueError(f"mode must be 'auto', 'fde' or 'exact', got {mode!r}")
         auto = n_candidates is None or (isinstance(n_candidates, str) and n_candidates == "auto")
         if not auto and (not isinstance(n_candidates, (int, np.integer)) or isinstance(n_candidates, bool)
                          or n_candidates < k):
@@ -374,8 +378,9 @@ class Retriever:
         n_allowed = int(allowed.sum()) if allowed is not None else len(self.doc_ids)
         if auto:
             n_candidates = max(int(k), auto_n_candidates(n_allowed, int(k)))
-        if mode == "exact" or n_candidates >= n_allowed:
-            # exhaustive scoring of every allowed document is exact and no slower here
+        if (mode == "exact" or n_candidates >= n_allowed
+                or (mode == "auto" and exhaustive_is_cheaper(q.lengths, n_candidates, n_allowed))):
+            # exhaustive scoring of every allowed document is exact and (by the kernels' cost model) cheaper
             rows, scores = search_exact(q, self.store, self.doc_offsets, k=int(k), allowed=allowed)
         else:
             qf = self.fde_encoder.encode_queries(q)

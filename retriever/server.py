@@ -145,7 +145,7 @@ class SearchService:
         self.started = time.time()
 
     # -- reads -------------------------------------------------------------------------------
-    def search(self, *, queries=None, embeddings=None, k: int = 10, n_candidates="auto", mode: str = "fde",
+    def search(self, *, queries=None, embeddings=None, k: int = 10, n_candidates="auto", mode: str = "auto",
                subset=None) -> dict:
         lim = self.limits
         if (queries is None) == (embeddings is None):
@@ -360,7 +360,7 @@ def create_app(service: SearchService, *, api_key: str | None = None):
         embeddings: list[list[list[Num]]] | None = Field(None, description="per query, its token vectors")
         k: StrictInt = Field(10, ge=1, le=lim.max_k)
         n_candidates: StrictInt | Literal["auto"] = Field("auto", description="FDE candidates reranked, or 'auto'")
-        mode: Literal["fde", "exact"] = "fde"
+        mode: Literal["auto", "fde", "exact"] = "auto"
         subset: list[Id] | None = Field(None, description="only these document ids may be returned")
 
     class Document(BaseModel):

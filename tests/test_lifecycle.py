@@ -475,9 +475,11 @@ def test_subset_fallback_to_exact_scoring(with_deletions, monkeypatch):
     real = index_mod.search_fde
     monkeypatch.setattr(index_mod, "search_fde", lambda *a, **kw: calls.append(1) or real(*a, **kw))
     ids = [IDS[i] for i in range(0, N, 4)][:20]
-    with_deletions.search(QUERIES, k=5, subset=ids, n_candidates=20)
+    with_deletions.search(QUERIES, k=5, subset=ids, n_candidates=20, mode="fde")
     assert not calls, "a subset no larger than n_candidates is scored exactly, without FAISS"
-    with_deletions.search(QUERIES, k=5, subset=ids, n_candidates=19)
+    with_deletions.search(QUERIES, k=5, subset=ids, n_candidates=19, mode="fde")
+    assert calls == [1]
+    with_deletions.search(QUERIES, k=5, subset=ids, n_candidates=19)  # auto: 12 queries x 19 pairs cost more
     assert calls == [1]
 
 

@@ -222,13 +222,13 @@ _KNOB = st.one_of(st.none(), st.integers(-3, 40),
 
 
 @SETTINGS
-@given(k=_KNOB, n_candidates=_KNOB, mode=st.sampled_from(["fde", "exact", "approx", None]),
+@given(k=_KNOB, n_candidates=_KNOB, mode=st.sampled_from(["auto", "fde", "exact", "approx", None]),
        subset=st.one_of(st.none(), st.lists(st.sampled_from(BASE_IDS + ["zz", 4]), max_size=6)))
 def test_search_knobs(saved_dir, k, n_candidates, mode, subset):
     r = Retriever.load(saved_dir)
     is_int = lambda v: isinstance(v, (int, np.integer)) and not isinstance(v, bool)  # noqa: E731
     live = set(r.doc_ids[r.deleted == 0].tolist())
-    valid = (is_int(k) and 1 <= k <= MAX_K and mode in (None, "fde", "exact")
+    valid = (is_int(k) and 1 <= k <= MAX_K and mode in (None, "auto", "fde", "exact")
              and (n_candidates in (None, "auto") or (is_int(n_candidates) and n_candidates >= k))
              and (subset is None or all(isinstance(i, str) and i in live for i in subset)))
     kw = {"k": k, "n_candidates": n_candidates, "subset": subset}

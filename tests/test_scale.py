@@ -163,3 +163,35 @@ def test_npy_row_reader_equals_numpy(tmp_path):
     (tmp_path / "t.npy").write_bytes((tmp_path / "x.npy").read_bytes()[:-20])  # truncated file
     with NpyRowReader(tmp_path / "t.npy") as r, pytest.raises(ValueError, match="truncated"):
         r[990:1000]
+
+
+def test_exhaustive_is_cheaper_cost_model():
+    from retriever.search import exhaustive_is_cheaper
+
+    one = np.array([20])
+    assert not exhaustive_is_cheaper(one, 999, 1000, margin=1.0)  # one query: rerank N < n_docs is cheaper
+    assert exhaustive_is_cheaper(one, 1000, 1000, margin=1.0)
+    short = np.full(323, 7)  # NFCorpus-like batch: 323 queries of 7 tokens, N=1,205 of 3,633
+    assert exhaustive_is_cheaper(short, 1205, 3633)
+    long = np.full(300, 23)  # SciFact-like: 300 queries of 23 tokens, N=1,440 of 5,183
+    assert not exhaustive_is_cheaper(long, 1440, 5183)
+    assert not exhaustive_is_cheaper(np.array([], dtype=np.int64), 10, 10)
+
+
+def test_batch_search_switches_to_exhaustive_when_cheaper(auto_index, monkeypatch):
+    """A batch of short queries with a large N is scored exhaustively: exact answers, same as mode='exact'."""
+    r, _ = auto_index
+    queries = [q[:2] for q in make_queries(60, seed=9)]
+    calls = []
+    from retriever import index as index_mod
+
+    real = index_mod.search_fde
+    monkeypatch.setattr(index_mod, "search_fde", lambda *a, **kw: calls.append(1) or real(*a, **kw))
+    res = r.search(queries, k=5, n_candidates=1500)
+    assert not calls  # 60 x 1,500 pairs of one chunk cost more than one pass over 2,348 documents
+    ex = r.search(queries, k=5, mode="exact")
+    np.testing.assert_array_equal(res.rows, ex.rows)
+    r.search(queries[:1], k=5, n_candidates=1500)  # one query: the FDE pipeline
+    assert calls == [1]
+    r.search(queries, k=5, n_candidates=1500, mode="fde")  # asked for: the pipeline, whatever it costs
+    assert calls == [1, 1]

@@ -362,7 +362,7 @@ _SEARCH = st.fixed_dictionaries({}, optional={
     "queries": st.one_of(st.lists(_TEXT, max_size=18), _JSON),
     "k": st.one_of(st.integers(-2, 60), _JSON),
     "n_candidates": st.one_of(st.just("auto"), st.integers(-2, 120), _JSON),
-    "mode": st.one_of(st.sampled_from(["fde", "exact"]), _JSON),
+    "mode": st.one_of(st.sampled_from(["auto", "fde", "exact"]), _JSON),
     "subset": st.one_of(st.lists(st.sampled_from(IDS[:20] + ["nope", "d999"]), max_size=5), _JSON),
     "extra": _JSON,
 })
@@ -379,7 +379,7 @@ def _valid_search(b: dict) -> bool:
             and all(isinstance(t, str) and len(t) <= LIMITS.max_text_chars for t in q)
             and _is_int(k) and 1 <= k <= LIMITS.max_k
             and (n == "auto" or (_is_int(n) and k <= n <= LIMITS.max_candidates))
-            and b.get("mode", "fde") in ("fde", "exact")
+            and b.get("mode", "auto") in ("auto", "fde", "exact")
             and (b.get("subset") is None or (isinstance(b["subset"], list) and all(i in IDS for i in b["subset"]))))
 
 
@@ -403,7 +403,7 @@ def test_generated_search_requests(fuzz_server, body):
     if _valid_search(body):
         assert status == 200, (body, res)
         kw = {"k": body.get("k", 10), "n_candidates": body.get("n_candidates", "auto"),
-              "mode": body.get("mode", "fde"), "subset": body.get("subset")}
+              "mode": body.get("mode", "auto"), "subset": body.get("subset")}
         assert _hits(res) == _api(oracle, body["queries"], **kw)
     else:
         assert 400 <= status < 500, (body, status, res)
