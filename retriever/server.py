@@ -169,7 +169,10 @@ class SearchService:
         else:
             q = []
             for i, e in enumerate(embeddings):
-                a = np.asarray(e, dtype=np.float32)
+                try:
+                    a = np.asarray(e, dtype=np.float32)
+                except ValueError:  # ragged: token vectors of different lengths
+                    raise RequestError(422, f"embeddings[{i}]: token vectors of different lengths") from None
                 if a.ndim != 2 or a.shape[0] == 0:
                     raise RequestError(422, f"embeddings[{i}] must be a non-empty list of token vectors")
                 q.append(a)

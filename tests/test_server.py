@@ -213,6 +213,8 @@ BAD = [
     ("POST", "/search", json.dumps({"queries": ["a"], "subset": ["nope"]}).encode(), 404),
     ("POST", "/search", json.dumps({"embeddings": [[[0.1, 0.2]]]}).encode(), 422),  # wrong dim
     ("POST", "/search", json.dumps({"embeddings": [[]]}).encode(), 422),
+    ("POST", "/search", json.dumps({"embeddings": [[[0.1] * 12, [0.2] * 11]]}).encode(), 422),  # ragged
+    ("POST", "/search", b'{"embeddings": [[[NaN, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]]]}', 422),       # not finite
     ("POST", "/search", json.dumps({"queries": ["a"], "embeddings": [[[0.1]]]}).encode(), 422),
     ("POST", "/search", b"x" * (65 << 10), 413),                                     # over max_body_bytes
     ("POST", "/documents", json.dumps({"documents": []}).encode(), 422),
