@@ -195,3 +195,38 @@ def test_batch_search_switches_to_exhaustive_when_cheaper(auto_index, monkeypatc
     assert calls == [1]
     r.search(queries, k=5, n_candidates=1500, mode="fde")  # asked for: the pipeline, whatever it costs
     assert calls == [1, 1]
+
+
+def test_failed_add_to_a_fast_scan_index_is_rolled_back(monkeypatch):
+    """A failure inside FAISS's add on the auto (IVF1,PQ..x4fs) index removes what it added: nothing changes."""
+    from lifecycle_util import state_of
+
+    r = Retriever.build(DOCS, config=CFG, show_progress=False)
+    assert r.config.faiss_factory.endswith("x4fs")
+    qf = r.fde_encoder.encode_queries(TokenEmbeddings.from_list(QUERIES))
+
+    def state():
+        # a fast-scan list packs codes in blocks of 32: removal leaves stale bytes past the list's end that
+        # the serialised form keeps but no search reads, so FAISS is compared by what it answers
+        st = state_of(r)
+        st.pop("faiss")
+        return st, r.faiss_index.search(qf, 200)
+
+    before = state()
+    cls = type(r.faiss_index)
+    real_add = cls.add
+
+    def add_then_fail(self, x):
+        real_add(self, x)
+        raise MemoryError("simulated")
+
+    monkeypatch.setattr(cls, "add", add_then_fail)
+    with pytest.raises(MemoryError):
+        r.add(DOCS[:4], doc_ids=[10**7 + i for i in range(4)])
+    monkeypatch.undo()
+    after = state()
+    assert after[0] == before[0]
+    np.testing.assert_array_equal(after[1][1], before[1][1])
+    np.testing.assert_array_equal(after[1][0], before[1][0])
+    r.add(DOCS[:4], doc_ids=[10**7 + i for i in range(4)])
+    assert r.faiss_index.ntotal == N_AUTO + 4
