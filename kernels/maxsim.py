@@ -55,6 +55,8 @@ _LANES = 32  # query tokens per packed chunk
 _ROW_BLOCK = 256  # document rows converted to float32 at a time (128 KiB at dim 128)
 _PAIRS_PER_TASK = 16  # (query, candidate) pairs per parallel task: amortises scratch allocation
 _DOCS_PER_TASK = 4  # documents per parallel task in the exhaustive kernel
+_GROUPS_PER_TASK = 8  # documents (each with all its (query, candidate) pairs) per task of the grouped pairs kernel
+_GROUP_MAX_ROWS = 4096  # longest document the grouped kernel decodes whole (2 MiB of float32 at dim 128 per thread)
 _TOPK_BLOCK_BYTES = 8 << 20  # score block size of maxsim_exhaustive_topk
 
 
@@ -264,6 +266,45 @@ def _pairs_kernel(qp, q_chunks, q_ntok, tokens, doc_offsets, candidates, max_chu
             for j in range(q_ntok[qi]):
                 s += mx[j]
             out[qi, ci] = s
+
+
+@njit(parallel=True, cache=True)
+def _grouped_pairs_kernel(qp, q_chunks, q_ntok, tokens, doc_offsets, pair_q, pair_c, pair_d, group_starts,
+                          max_chunks, buf_rows, out):
+    """Like :func:`_pairs_kernel`, over pairs sorted by document: a document of at most ``buf_rows``
+    tokens is converted to float32 once for all the queries that have it as a candidate (the max over
+    its rows is the same whether taken in one pass or block by block: results are bit-identical)."""
+    n_groups = group_starts.shape[0] - 1
+    dim = qp.shape[1]
+    n_tasks = (n_groups + _GROUPS_PER_TASK - 1) // _GROUPS_PER_TASK
+    for task in prange(n_tasks):
+        buf = np.empty((max(buf_rows, _ROW_BLOCK), dim), dtype=np.float32)
+        mx = np.empty(max(max_chunks, 1) * _LANES, dtype=np.float32)
+        for g in range(task * _GROUPS_PER_TASK, min(n_groups, (task + 1) * _GROUPS_PER_TASK)):
+            p0, p1 = group_starts[g], group_starts[g + 1]
+            d = pair_d[p0]
+            start, stop = doc_offsets[d], doc_offsets[d + 1]
+            if stop - start > buf.shape[0]:  # longer than the buffer: block by block, per pair, as _pairs_kernel
+                for p in range(p0, p1):
+                    qi = pair_q[p]
+                    _doc_lane_max(qp, q_chunks[qi], q_chunks[qi + 1], tokens, start, stop, buf, mx)
+                    s = np.float32(0.0)
+                    for j in range(q_ntok[qi]):
+                        s += mx[j]
+                    out[qi, pair_c[p]] = s
+                continue
+            rows, r0 = _f32_rows(tokens, start, stop - start, buf)
+            for p in range(p0, p1):
+                qi = pair_q[p]
+                c0, c1 = q_chunks[qi], q_chunks[qi + 1]
+                for j in range((c1 - c0) * _LANES):
+                    mx[j] = -np.inf
+                for c in range(c0, c1):
+                    _tile_max(qp, c, rows, r0, r0 + (stop - start), mx, (c - c0) * _LANES)
+                s = np.float32(0.0)
+                for j in range(q_ntok[qi]):
+                    s += mx[j]
+                out[qi, pair_c[p]] = s
 
 
 @njit(parallel=True, cache=True)
@@ -478,7 +519,23 @@ def _score_pairs(q_vectors, q_offsets, store, offsets, candidates) -> np.ndarray
     if out.size == 0:
         return out
     qp, q_chunks, q_ntok, max_chunks = _pack_per_query(q_vectors, q_offsets)
-    _pairs_kernel(qp, q_chunks, q_ntok, store, offsets, _readonly(candidates), max_chunks, out)
+    if candidates.shape[0] == 1:  # one query: no document is shared
+        _pairs_kernel(qp, q_chunks, q_ntok, store, offsets, _readonly(candidates), max_chunks, out)
+        return out
+    # a batch: group the (query, candidate) pairs by document, so a document shared by several queries'
+    # candidate lists is decoded once (the conversion costs about as much as one 32-lane chunk of scoring)
+    flat = candidates.reshape(-1)
+    valid = np.flatnonzero(flat >= 0)
+    order = valid[np.argsort(flat[valid], kind="stable")]
+    pair_d = flat[order]
+    pair_q, pair_c = np.divmod(order, candidates.shape[1])
+    starts = np.flatnonzero(np.diff(pair_d)) + 1
+    group_starts = np.concatenate([[0], starts, [pair_d.size]]).astype(np.int64)
+    out.reshape(-1)[flat < 0] = -np.inf
+    if pair_d.size:
+        longest = int((offsets[pair_d[group_starts[1:] - 1] + 1] - offsets[pair_d[group_starts[1:] - 1]]).max())
+        _grouped_pairs_kernel(qp, q_chunks, q_ntok, store, offsets, pair_q.astype(np.int64), pair_c.astype(np.int64),
+                              pair_d, group_starts, max_chunks, min(longest, _GROUP_MAX_ROWS), out)
     return out
 
 

@@ -374,3 +374,29 @@ def test_word_pooling_is_refused_for_token_embeddings():
         Retriever.build(DOCS[:5], config=IndexConfig(fde=CFG.fde, word_pooling=True), show_progress=False)
     with pytest.raises(ValueError, match="word_pooling must be a bool"):
         IndexConfig(word_pooling="yes")
+
+
+@pytest.mark.parametrize("max_rows", [4096, 100])  # 100: the 290-token document takes the per-pair fallback
+@pytest.mark.parametrize("kind", ["float16", "int8", "residual"])
+def test_batch_rerank_grouped_by_document_equals_query_by_query(kind, max_rows, monkeypatch):
+    """A batch's pairs are scored document by document (one decode per shared document): bit-identical to
+    scoring each query alone, for documents decoded whole and one too long for the buffer."""
+    import kernels.maxsim as km
+
+    monkeypatch.setattr(km, "_GROUP_MAX_ROWS", max_rows)
+    rng = np.random.default_rng(11)
+    n = 900
+    if kind == "float16":
+        store = _unit(rng.standard_normal((n, 16))).astype(np.float16)
+    else:
+        store = _stores(rng, n=n)[kind][0]
+    offsets = np.array([0, 3, 40, 41, 300, 320, 600, 890, 900], dtype=np.int64)  # doc 6 has 290 tokens (> 256)
+    q = _unit(rng.standard_normal((80, 16)))
+    q_off = np.array([0, 5, 45, 46, 80], dtype=np.int64)  # 5, 40 (two lane chunks), 1 and 34 tokens
+    cand = np.array([[0, 6, 2, -1, 7], [6, 0, 5, 5, 1], [-1, -1, -1, -1, -1], [7, 6, 3, 4, 0]], dtype=np.int64)
+    got = maxsim_scores_batch(q, q_off, store, offsets, cand)
+    for i in range(cand.shape[0]):
+        one = maxsim_scores_batch(q[q_off[i] : q_off[i + 1]], np.array([0, q_off[i + 1] - q_off[i]]), store, offsets,
+                                  cand[i : i + 1])
+        np.testing.assert_array_equal(got[i], one[0])
+    assert np.isneginf(got[cand < 0]).all() and np.isfinite(got[cand >= 0]).all()
