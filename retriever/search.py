@@ -36,27 +36,27 @@ def auto_n_candidates(n_docs: int, k: int) -> int:
 _LANES = 32
 
 
-def exhaustive_is_cheaper(query_lengths: np.ndarray, n_candidates: int, n_docs: int, margin: float = 2.0) -> bool:
+def exhaustive_is_cheaper(query_lengths: np.ndarray, n_candidates: int, n_docs: int, margin: float = 1.25) -> bool:
     """Whether exhaustive MaxSim over ``n_docs`` documents costs less than reranking ``n_candidates`` per query.
 
-    Cost model of the two kernels (``kernels.maxsim``), in "document token x 32-lane chunk" steps: the
-    rerank decodes each candidate's tokens once per query and runs ``ceil(len_q / 32)`` chunks for each
-    query separately; the exhaustive kernel decodes each document once for the whole batch and runs
-    ``ceil(sum(len_q) / 32)`` chunks (queries packed lane after lane). Decoding a token costs about one
-    chunk (int8: ~17 ns against ~20 ns for 32 lanes x 128 dims). For one query this is the plain
-    ``n_candidates >= n_docs`` rule; for a batch of short queries the exhaustive pass can be several times
-    cheaper and is exact. ``margin``: exhaustive is chosen only when estimated ``margin`` times cheaper
-    (the FAISS stage is left out, and the exhaustive kernel's top-k merging is not modelled).
-    Measured (BEIR test batches, before this switch existed): NFCorpus, 323 queries of 7 tokens on average,
-    N=1,205 of 3,633 documents: the exhaustive batch ran at 2.5x the pipeline's QPS (the model: 3.0x
-    cheaper); SciFact, 300 queries of 23 tokens, N=1,440 of 5,183: the pipeline ran at 1.4x (the model:
-    exhaustive 0.83x as cheap).
+    Cost model of the two kernels (``kernels.maxsim``), in "document token x 32-lane chunk" steps, with
+    converting a token to float32 counted as one step (int8: ~17 ns against ~20 ns for 32 lanes x 128
+    dims): the rerank runs ``ceil(len_q / 32)`` chunks per (query, candidate) pair and converts each
+    distinct candidate document once for the batch (at most ``n_docs``, at most ``N * n_queries``); the
+    exhaustive kernel converts every document once and runs ``ceil(sum(len_q) / 32)`` chunks on it
+    (queries packed lane after lane). For one query this is the plain ``n_candidates >= n_docs`` rule;
+    for a batch of short queries on a small corpus the exhaustive pass is cheaper, and exact. ``margin``:
+    exhaustive is chosen only when estimated that many times cheaper (the FAISS stage is left out).
+    Measured (BEIR test batches, int8, batch rerank grouped by document): NFCorpus, 323 queries of 7
+    tokens on average, N=1,205 of 3,633 documents: pipeline 1.98 s, exhaustive 1.23 s (the model: 1.5x
+    cheaper); SciFact, 300 queries of 23 tokens, N=1,440 of 5,183: pipeline 2.5 s, exhaustive 5.1 s (the
+    model: 0.39x as cheap).
     """
     lengths = np.asarray(query_lengths, dtype=np.int64)
     if lengths.size == 0:
         return False
     chunks = (lengths + _LANES - 1) // _LANES
-    pairs = float(n_candidates) * float((chunks + 1).sum())
+    pairs = float(n_candidates) * float(chunks.sum()) + float(min(n_docs, n_candidates * lengths.size))
     whole = float(n_docs) * float((int(lengths.sum()) + _LANES - 1) // _LANES + 1)
     return margin * whole <= pairs
 
