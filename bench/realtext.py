@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import gzip
-import hashlib
 import json
 import logging
 import random
@@ -38,6 +37,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from datasets import ROOT  # noqa: E402
+
+from retriever.storage import file_sha256  # noqa: E402
 
 log = logging.getLogger("bench.realtext")
 
@@ -59,14 +60,6 @@ def _b64(s: str) -> int:
     return v
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def fetch(debs: Path) -> Path:
     """Download (once) and unpack the pinned packages; returns the unpacked tree."""
     debs.mkdir(parents=True, exist_ok=True)
@@ -75,7 +68,7 @@ def fetch(debs: Path) -> Path:
         path = debs / fname
         if not path.is_file():
             subprocess.run(["apt-get", "download", spec], cwd=debs, check=True)
-        got = _sha256(path)
+        got = file_sha256(path)
         if got != sha:
             raise SystemExit(f"error: {path} has sha256 {got}, expected {sha}")
         subprocess.run(["dpkg-deb", "-x", str(path), str(tree)], check=True)

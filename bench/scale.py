@@ -46,6 +46,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from bench_build_memory import rss_bytes as rss  # noqa: E402
 from datasets import ROOT, collection_dir  # noqa: E402
 
 from retriever.cli_args import n_candidates_arg  # noqa: E402
@@ -56,14 +57,6 @@ log = logging.getLogger("bench.scale")
 OUT = ROOT / "index_data" / "scale"
 RESULTS = ROOT / "bench" / "results" / "scale.jsonl"
 SPLITS = {"report": [("scifact", "test"), ("nfcorpus", "test")], "tune": [("scifact", "train"), ("nfcorpus", "dev")]}
-
-
-def rss() -> int:
-    with open("/proc/self/status") as fh:
-        for line in fh:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * 1024
-    return 0
 
 
 def peak_rss() -> int:
@@ -100,14 +93,6 @@ def queries(split: str):
         os.replace(tmp, path)
     with np.load(path) as z:
         return TokenEmbeddings(z["vectors"], z["offsets"])
-
-
-def subset(q, n: int):
-    from retriever.tokens import TokenEmbeddings
-
-    n = min(n, len(q))
-    return TokenEmbeddings(q.vectors[: int(q.offsets[n])], q.offsets[: n + 1])
-
 
 # -- child: build ------------------------------------------------------------------------------
 
@@ -165,7 +150,7 @@ def child_search(args) -> list[dict]:
     rss0 = rss()
     r = Retriever.load(path)
     rss_loaded = rss()
-    q_gt = subset(q_all, args.gt_queries)
+    q_gt = q_all.select(range(min(args.gt_queries, len(q_all))))
     split = "heldout" if args.queries_file else args.split
     store_sha = json.loads((path / "manifest.json").read_text())["files"]["tokens.npy"]["sha256"][:12]
     gt_file = path.parent / f"{path.name}.gt-{split}-{len(q_gt)}-{store_sha}.npy"
@@ -178,22 +163,23 @@ def child_search(args) -> list[dict]:
         np.save(gt_file, gt)
     # exhaustive single-query latency (a few queries: the reference the pipeline is compared to)
     ex = []
-    for i in range(min(args.timed_exact, len(q_gt))):
+    for one in [q_gt.select([i]) for i in range(min(args.timed_exact, len(q_gt)))]:
         t = time.perf_counter()
-        r.search(subset_one(q_gt, i), k=10, mode="exact")
+        r.search(one, k=10, mode="exact")
         ex.append(time.perf_counter() - t)
     rows = []
-    q_t = subset(q_all, args.timed)
+    q_t = q_all.select(range(min(args.timed, len(q_all))))
+    singles = [q_t.select([i]) for i in range(len(q_t))]  # one query per call, split before any timing
     for n_spec in args.n_candidates:
         n_cand = auto_n_candidates(r.n_docs, 10) if n_spec == "auto" else n_spec
         res = r.search(q_gt, k=10, n_candidates=n_cand, mode="fde")
         recall = float(np.mean([len(set(a) & set(b)) / 10 for a, b in zip(res.rows, gt)]))
-        for i in range(min(10, len(q_t))):  # warm-up
-            r.search(subset_one(q_t, i), k=10, n_candidates=n_cand, mode="fde")
+        for one in singles[:10]:  # warm-up
+            r.search(one, k=10, n_candidates=n_cand, mode="fde")
         lat = []
-        for i in range(len(q_t)):
+        for one in singles:
             t = time.perf_counter()
-            r.search(subset_one(q_t, i), k=10, n_candidates=n_cand, mode="fde")
+            r.search(one, k=10, n_candidates=n_cand, mode="fde")
             lat.append(time.perf_counter() - t)
         t = time.perf_counter()
         r.search(q_t, k=10, n_candidates=n_cand, mode="fde")
@@ -213,13 +199,6 @@ def child_search(args) -> list[dict]:
               "resident_bytes_per_doc": round((rss_after - rss0) / r.n_docs),
               "faiss_bytes_per_doc": round(r.faiss_index.sa_code_size() if hasattr(r.faiss_index, "sa_code_size") else 0)}
     return [dict(common, **row) for row in rows]
-
-
-def subset_one(q, i: int):
-    from retriever.tokens import TokenEmbeddings
-
-    a, b = int(q.offsets[i]), int(q.offsets[i + 1])
-    return TokenEmbeddings(q.vectors[a:b], np.array([0, b - a], np.int64))
 
 
 # -- driver ------------------------------------------------------------------------------------

@@ -360,11 +360,6 @@ def _pad(rows: np.ndarray, scores: np.ndarray, k: int) -> tuple[np.ndarray, np.n
 # -- timing ----------------------------------------------------------------------------------
 
 
-def _one(q: TokenEmbeddings, i: int) -> TokenEmbeddings:
-    a, b = int(q.offsets[i]), int(q.offsets[i + 1])
-    return TokenEmbeddings(q.vectors[a:b], np.array([0, b - a], dtype=np.int64))
-
-
 def _timed(fn):
     t0 = time.perf_counter()
     out = fn()
@@ -529,7 +524,7 @@ def run_benchmark(
     q = encoder.encode_queries(texts, show_progress=show_progress)  # the embeddings every method searches with
     enc = _measure(lambda i: encoder.encode_queries([texts[i]]), lambda ix: encoder.encode_queries([texts[i] for i in ix]),
                    timed, warm)
-    singles = [_one(q, i) for i in range(n_q)]
+    singles = [q.select([i]) for i in range(n_q)]
     subset = q if len(timed) == n_q else TokenEmbeddings.from_list([singles[i].vectors for i in timed])
     qhash = _digest({"ids": qids, "texts": texts})
     log.info("%s/%s: exact MaxSim top-%d (cached after the first run)", data.name, split, max(k, 100))

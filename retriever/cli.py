@@ -90,17 +90,15 @@ def cmd_search(args) -> int:
         from tqdm.auto import tqdm
 
         from .search import SearchResults
-        from .tokens import TokenEmbeddings
 
         log.info("encoding %d queries", len(texts))
         q = r.encoder.encode_queries(texts, show_progress=not args.quiet)
         parts = []
         with tqdm(total=len(q), desc="searching", unit="query", disable=args.quiet) as bar:
             for s in range(0, len(q), _SEARCH_STEP):
-                e = min(len(q), s + _SEARCH_STEP)
-                o = q.offsets
-                parts.append(r.search(TokenEmbeddings(q.vectors[o[s] : o[e]], o[s : e + 1] - o[s]), **kw))
-                bar.update(e - s)
+                step = q.select(range(s, min(len(q), s + _SEARCH_STEP)))
+                parts.append(r.search(step, **kw))
+                bar.update(len(step))
         res = SearchResults(ids=np.concatenate([p.ids for p in parts]), scores=np.concatenate([p.scores for p in parts]),
                             rows=np.concatenate([p.rows for p in parts]))
     if args.out:

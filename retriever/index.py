@@ -270,14 +270,12 @@ class Retriever:
                     encoder = ColBERTEncoder.from_pretrained("default")
                 builder = _Builder(workdir, config, encoder.dim, show_progress)
                 stream_texts(builder, _text_items(items, doc_ids), encoder, show_progress, config.word_pooling)
-                encoder_info = encoder.identity()
+            elif config.word_pooling:
+                raise ValueError("IndexConfig.word_pooling needs text documents (the encoder's tokenizer tells "
+                                 "the words apart); these are token embeddings")
             elif streamed:
-                if config.word_pooling:
-                    raise ValueError("IndexConfig.word_pooling needs text documents (the encoder's tokenizer tells "
-                                     "the words apart); these are token embeddings")
                 builder = None
-                bar = tqdm(desc="adding token embeddings", unit="doc", disable=not show_progress)
-                with bar:
+                with tqdm(desc="adding token embeddings", unit="doc", disable=not show_progress) as bar:
                     for pos, batch in enumerate(items):
                         if not _is_batch_item(batch):
                             raise TypeError(f"documents batch {pos} is a {type(batch).__name__}; every batch must be "
@@ -287,16 +285,12 @@ class Retriever:
                             builder = _Builder(workdir, config, emb.dim, show_progress)
                         builder.add(emb, list(ids))
                         bar.update(len(emb))
-                encoder_info = encoder.identity() if encoder is not None else None
             else:
-                if config.word_pooling:
-                    raise ValueError("IndexConfig.word_pooling needs text documents (the encoder's tokenizer tells "
-                                     "the words apart); these are token embeddings")
                 emb = as_token_embeddings(list(items) if not isinstance(items, TokenEmbeddings) else items)
                 ids = list(range(len(emb))) if doc_ids is None else list(doc_ids)
                 builder = _Builder(workdir, config, emb.dim, show_progress)
                 builder.add(emb, ids)
-                encoder_info = encoder.identity() if encoder is not None else None
+            encoder_info = encoder.identity() if encoder is not None else None
             offsets, ids_arr, index = builder.finish()
             if builder.factory != config.faiss_factory:
                 log.info("faiss_factory=%r chose %r for %d documents", config.faiss_factory, builder.factory, len(ids_arr))

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from kernels.maxsim import maxsim_exhaustive_topk, maxsim_scores_batch
+from kernels.maxsim import _LANES, maxsim_exhaustive_topk, maxsim_scores_batch
 from kernels.topk import topk_candidates
 
 from .ann import faiss_search
@@ -30,10 +30,6 @@ AUTO_N_SCALE = 20.0
 def auto_n_candidates(n_docs: int, k: int) -> int:
     """The number of FDE candidates ``n_candidates="auto"`` reranks for ``n_docs`` searchable documents."""
     return int(min(max(n_docs, 1), max(10 * int(k), round(AUTO_N_SCALE * float(n_docs) ** 0.5))))
-
-
-#: Query tokens one MaxSim kernel pass scores together (``kernels.maxsim._LANES``).
-_LANES = 32
 
 
 def exhaustive_is_cheaper(query_lengths: np.ndarray, n_candidates: int, n_docs: int, margin: float = 1.25) -> bool:

@@ -22,6 +22,7 @@ read-only: the mutating endpoints answer 409.
 """
 
 
+import contextlib
 import hmac
 import logging
 import os
@@ -93,24 +94,21 @@ class RWLock:
             self._writer = False
             self._cond.notify_all()
 
+    @contextlib.contextmanager
+    def reading(self):
+        self.acquire_read()
+        try:
+            yield
+        finally:
+            self.release_read()
 
-class _Read:
-    def __init__(self, lock: RWLock):
-        self.lock = lock
-
-    def __enter__(self):
-        self.lock.acquire_read()
-
-    def __exit__(self, *exc):
-        self.lock.release_read()
-
-
-class _Write(_Read):
-    def __enter__(self):
-        self.lock.acquire_write()
-
-    def __exit__(self, *exc):
-        self.lock.release_write()
+    @contextlib.contextmanager
+    def writing(self):
+        self.acquire_write()
+        try:
+            yield
+        finally:
+            self.release_write()
 
 
 class RequestError(Exception):
@@ -119,6 +117,17 @@ class RequestError(Exception):
     def __init__(self, status: int, message: str):
         super().__init__(message)
         self.status = status
+
+
+@contextlib.contextmanager
+def _library_errors():
+    """The library's refusals as request errors: unknown ids 404, bad values or types 422."""
+    try:
+        yield
+    except KeyError as e:
+        raise RequestError(404, str(e.args[0]) if e.args else str(e)) from None
+    except (ValueError, TypeError) as e:
+        raise RequestError(422, str(e)) from None
 
 
 class SearchService:
@@ -145,6 +154,10 @@ class SearchService:
         self.started = time.time()
 
     # -- reads -------------------------------------------------------------------------------
+    def n_live(self) -> int:
+        """Documents searchable now (rows not deleted)."""
+        return int((self.retriever.deleted == 0).sum())
+
     def search(self, *, queries=None, embeddings=None, k: int = 10, n_candidates="auto", mode: str = "auto",
                subset=None) -> dict:
         lim = self.limits
@@ -177,15 +190,10 @@ class SearchService:
                     raise RequestError(422, f"embeddings[{i}] must be a non-empty list of token vectors")
                 q.append(a)
         t0 = time.perf_counter()
-        with _Read(self._lock):
+        with self._lock.reading():
             t1 = time.perf_counter()
-            r = self.retriever
-            try:
-                res = r.search(q, k=k, n_candidates=n_candidates, mode=mode, subset=subset)
-            except KeyError as e:
-                raise RequestError(404, str(e.args[0]) if e.args else str(e)) from None
-            except (ValueError, TypeError) as e:
-                raise RequestError(422, str(e)) from None
+            with _library_errors():
+                res = self.retriever.search(q, k=k, n_candidates=n_candidates, mode=mode, subset=subset)
         t2 = time.perf_counter()
         hits = []
         for ids, scores, rows in zip(res.ids.tolist(), res.scores.tolist(), res.rows.tolist()):
@@ -197,14 +205,14 @@ class SearchService:
         return {"results": hits, "timings_ms": {"wait": round((t1 - t0) * 1e3, 3), "search": round((t2 - t1) * 1e3, 3)}}
 
     def stats(self) -> dict:
-        with _Read(self._lock):
+        with self._lock.reading():
             r = self.retriever
             with self._lat_lock:
                 lat = np.array(self._lat) * 1e3
                 counts = dict(self.counts)
             files = [f for f in self.path.iterdir() if f.is_file()] if self.path.is_dir() else []
             return {
-                "index": str(self.path), "n_docs": int((r.deleted == 0).sum()), "n_rows": r.n_docs,
+                "index": str(self.path), "n_docs": self.n_live(), "n_rows": r.n_docs,
                 "n_deleted": int(r.deleted.sum()), "n_tokens": r.n_tokens, "dim": r.dim,
                 "config": r.config.to_dict(), "codec": r.codec.describe(),
                 "index_bytes_on_disk": int(sum(f.stat().st_size for f in files)),
@@ -231,16 +239,12 @@ class SearchService:
             if len(text) > self.limits.max_text_chars:
                 raise RequestError(413, f"documents[{i}].text has {len(text)} characters; the limit is "
                                         f"{self.limits.max_text_chars}")
-        with _Write(self._lock):
+        with self._lock.writing():
             r = self.retriever
-            try:
+            with _library_errors():
                 (r.upsert if upsert else r.add)([t for _, t in documents], [i for i, _ in documents])
-            except KeyError as e:
-                raise RequestError(404, str(e.args[0]) if e.args else str(e)) from None
-            except (ValueError, TypeError) as e:
-                raise RequestError(422, str(e)) from None
             self.counts["documents_added"] += len(documents)
-            return {"added": len(documents), "n_docs": int((r.deleted == 0).sum())}
+            return {"added": len(documents), "n_docs": self.n_live()}
 
     def delete(self, ids: list) -> dict:
         self._writable()
@@ -248,27 +252,22 @@ class SearchService:
             raise RequestError(422, "'ids' is empty")
         if len(ids) > self.limits.max_subset:
             raise RequestError(413, f"{len(ids)} ids in one request; the limit is {self.limits.max_subset}")
-        with _Write(self._lock):
-            r = self.retriever
-            try:
-                r.delete(ids)
-            except KeyError as e:
-                raise RequestError(404, str(e.args[0]) if e.args else str(e)) from None
-            except (ValueError, TypeError) as e:
-                raise RequestError(422, str(e)) from None
+        with self._lock.writing():
+            with _library_errors():
+                self.retriever.delete(ids)
             self.counts["documents_deleted"] += len(ids)
-            return {"deleted": len(ids), "n_docs": int((r.deleted == 0).sum())}
+            return {"deleted": len(ids), "n_docs": self.n_live()}
 
     def compact(self) -> dict:
         self._writable()
-        with _Write(self._lock):
+        with self._lock.writing():
             removed = self.retriever.compact()
             self.counts["compactions"] += 1
             return {"removed_rows": int(removed), "n_docs": self.retriever.n_docs}
 
     def save(self) -> dict:
         self._writable()
-        with _Write(self._lock):
+        with self._lock.writing():
             t = time.perf_counter()
             self.retriever.save(self.path)
             self.counts["saves"] += 1
@@ -413,7 +412,7 @@ def create_app(service: SearchService, *, api_key: str | None = None):
 
     @app.get("/health")
     def health() -> dict:
-        return {"status": "ok", "n_docs": int((service.retriever.deleted == 0).sum())}
+        return {"status": "ok", "n_docs": service.n_live()}
 
     @app.get("/stats", dependencies=[Depends(check_key)])
     def stats() -> dict:
