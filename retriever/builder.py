@@ -1,9 +1,8 @@
 """Building blocks shared by ``Retriever.build`` and the lifecycle (``add`` / ``upsert``).
 
-Validation of documents and ids, pooling and encoding of token vectors into the store's rows
-(:func:`encode_for_store`), the streaming :class:`_Builder` that writes a new index's token
-store, :func:`fill_faiss` that computes FDEs from a token store block by block straight into FAISS
-(build and compact), and the text-item readers. Both ``retriever.index`` and
+Validation of documents and ids, pooling of token vectors, the streaming :class:`_Builder` that
+writes a new index's token store, :func:`fill_faiss` that computes FDEs from a token store block by
+block straight into FAISS (build, add and compact), and the text-item readers. Both ``retriever.index`` and
 ``retriever.lifecycle`` import from here; this module imports neither.
 """
 
@@ -134,23 +133,6 @@ def _pooled(emb: TokenEmbeddings, pool_factor: int) -> TokenEmbeddings:
 
     pooled, offsets = pool_tokens(vectors, np.ascontiguousarray(emb.offsets, dtype=np.int64), int(pool_factor))
     return TokenEmbeddings(pooled, offsets)
-
-
-def encode_for_store(codec: TokenCodec, fde_encoder: FDEEncoder, emb: TokenEmbeddings,
-                     timings: dict | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """Store rows of (pooled) documents and their FDEs, computed from the stored (decoded) vectors.
-
-    FDEs come from what the index stores, so they stay a function of the token store (verify and
-    compact recompute them from it). ``timings`` (optional) accumulates ``codec_s`` and ``fde_s``.
-    """
-    t0 = time.perf_counter()
-    rows = codec.encode(emb.vectors)
-    t1 = time.perf_counter()
-    fde = fde_encoder.encode_documents(TokenEmbeddings(codec.decode(rows), emb.offsets))
-    if timings is not None:
-        timings["codec_s"] = timings.get("codec_s", 0.0) + t1 - t0
-        timings["fde_s"] = timings.get("fde_s", 0.0) + time.perf_counter() - t1
-    return rows, fde
 
 
 class _Builder:

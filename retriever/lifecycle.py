@@ -49,11 +49,10 @@ from .builder import (
     _py,
     _text_items,
     _validate_batch,
-    encode_for_store,
     fill_faiss,
     stream_texts,
 )
-from .storage import NpyAppender, iter_npy_rows
+from .storage import NpyAppender
 from .tokens import TokenEmbeddings, as_token_embeddings
 
 if TYPE_CHECKING:  # index imports this module (inside its methods); this one never imports index
@@ -176,8 +175,6 @@ class _Stager:
         self.taken: set = set()
         self.lengths: list[np.ndarray] = []
         self.sink: _TokenSink | None = None
-        self.spool_dir: Path | None = None
-        self.fdes: NpyAppender | None = None
         self.timings = {"encode_s": 0.0, "pool_s": 0.0, "codec_s": 0.0, "fde_s": 0.0, "faiss_s": 0.0, "write_s": 0.0}
 
     def add(self, emb: TokenEmbeddings, ids: list) -> None:
@@ -192,15 +189,14 @@ class _Stager:
         t0 = time.perf_counter()
         emb = _pooled(emb, r.config.pool_factor)
         self.timings["pool_s"] += time.perf_counter() - t0
-        rows, fde = encode_for_store(r.codec, r.fde_encoder, emb, self.timings)  # a trained codec is kept as it is
         t1 = time.perf_counter()
+        rows = r.codec.encode(emb.vectors)  # a trained codec is kept as it is
+        t2 = time.perf_counter()
+        self.timings["codec_s"] += t2 - t1
         if self.sink is None:
             self.sink = _TokenSink(r)
-            self.spool_dir = Path(tempfile.mkdtemp(prefix="retriever-add-"))
-            self.fdes = NpyAppender(self.spool_dir / "fde_spool.npy", fde.shape[1], np.float32, durable=False)
         self.sink.append(rows)
-        self.fdes.append(fde)
-        self.timings["write_s"] += time.perf_counter() - t1
+        self.timings["write_s"] += time.perf_counter() - t2
         self.taken.update(_py(i) for i in ids)
         self.ids.extend(ids)
         self.lengths.append(emb.lengths)
@@ -224,18 +220,16 @@ class _Stager:
             row_of = r._live_row_map()
             replaced = [row_of[_py(i)] for i in self.ids if _py(i) in row_of]
             deleted[replaced] = 1
-        self.fdes.close()
         tokens = self.sink.finish()
-        t0 = time.perf_counter()
         index = r.faiss_index
         ntotal = index.ntotal
-        try:
-            for block in iter_npy_rows(self.fdes.path, _FAISS_ADD_ROWS):
-                index.add(block)
+        try:  # FDEs of the new rows, computed from the grown store as a build computes them
+            fill_faiss(index, r.config.faiss_factory, r.codec, r.fde_encoder, tokens, offsets,
+                       np.arange(n_before, n_before + len(self.ids)), seed=r.config.fde.seed, timings=self.timings,
+                       train=False)
         except BaseException as e:
             _undo_faiss_add(index, ntotal, e)
             raise
-        self.timings["faiss_s"] += time.perf_counter() - t0
         # swap in (plain attribute assignments: nothing below can fail)
         r.tokens = tokens
         r.doc_offsets = offsets
@@ -247,15 +241,10 @@ class _Stager:
             if r._row_of is not None:
                 for j, i in enumerate(self.ids):
                     r._row_of[_py(i)] = n_before + j
-        shutil.rmtree(self.spool_dir, ignore_errors=True)
         log.info("added %d documents (%d replaced) to %r", len(self.ids), len(replaced), r)
         return len(self.ids)
 
     def abort(self) -> None:
-        if self.fdes is not None and not self.fdes._fh.closed:
-            self.fdes._fh.close()
-        if self.spool_dir is not None:
-            shutil.rmtree(self.spool_dir, ignore_errors=True)
         if self.sink is not None:
             self.sink.rollback()
 
