@@ -24,7 +24,7 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-METHOD_ORDER = {"exhaustive": 0, "single_vector": 1, "bm25": 2, "fde": 3}
+METHOD_ORDER = {"exhaustive": 0, "single_vector": 1, "bm25": 2, "fde": 3, "hybrid": 4}
 
 
 def read_rows(path: Path) -> list[dict]:
@@ -67,7 +67,7 @@ def _default_fde() -> str:
 
 
 def _sort_key(r: dict):
-    fde = fde_label(r["config"]) if r["method"] == "fde" else ""
+    fde = fde_label(r["config"]) if r["method"] in ("fde", "hybrid") else ""
     n = r["config"].get("n_candidates", 0)
     return (r["dataset"], r["split"], METHOD_ORDER.get(r["method"], 9), fde, n)
 
@@ -79,6 +79,11 @@ def label(r: dict) -> str:
         c = r["config"]
         extra = "" if c["index"]["faiss_factory"] == "Flat" else f" {c['index']['faiss_factory']}"
         return f"FDE {fde_label(c)}{extra} N={c['n_candidates']}"
+    if m == "hybrid":
+        c = r["config"]
+        f = c["hybrid"]["fusion"]
+        w = "/".join(f"{x:g}" for x in f["weights"])
+        return f"hybrid {'+'.join(['maxsim'] + c['hybrid']['signals'])} {f['method']} {w} N={c['n_candidates']}"
     return {"exhaustive": "exhaustive MaxSim", "single_vector": "single-vector (mean pool)",
             "bm25": "BM25 (bm25s)"}.get(m, m)
 

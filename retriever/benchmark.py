@@ -210,11 +210,14 @@ def open_index(
         return r, {"name": name, "path": str(path), "cached": True, "index_bytes": _dir_bytes(path), **record}
     cache_dir.mkdir(parents=True, exist_ok=True)
     base = None
+    wants_dense = config.hybrid == "auto" or "dense" in config.hybrid.signals
     for other in sorted(cache_dir.glob(f"{dataset}-*{_SIDECAR}")):
         rec = json.loads(other.read_text())
         base_path = cache_dir / other.name[: -len(_SIDECAR)]
-        exact_store = IndexConfig.from_dict(rec.get("index_config", {})).exact_store
-        if (rec.get("tokens_key") == tkey and rec["build"].get("tokens_from") is None and exact_store
+        base_cfg = IndexConfig.from_dict(rec.get("index_config", {}))
+        has_dense = base_cfg.hybrid != "auto" and "dense" in base_cfg.hybrid.signals
+        if (rec.get("tokens_key") == tkey and rec["build"].get("tokens_from") is None and base_cfg.exact_store
+                and (has_dense or not wants_dense)  # pooled vectors come from the encoder's pass
                 and base_path.is_dir() and not config.word_pooling):  # word pooling needs the texts
             base = (Retriever.load(base_path, encoder=encoder), rec, base_path.name)
             break
@@ -226,8 +229,10 @@ def open_index(
     else:
         b, rec, tokens_from = base
         log.info("building %s from the token store of %s (no re-encoding)", name, tokens_from)
+        texts = [doc_text({"_id": i, **corpus[i]}) for i in b.doc_ids]
+        pooled = b.dense_index.reconstruct_n(0, b.dense_index.ntotal) if b.dense_index is not None else None
         r = Retriever.build(TokenEmbeddings(b.tokens, b.doc_offsets), list(b.doc_ids), config=config,
-                            encoder=encoder, path=path, show_progress=show_progress)
+                            encoder=encoder, path=path, show_progress=show_progress, texts=texts, pooled=pooled)
         timings = dict(r.build_timings, encode_s=rec["build"]["encode_s"])  # the encoding it reuses
     wall = time.perf_counter() - t0
     parts = sum(timings.get(k, 0.0) for k in ("encode_s", "pool_s", "codec_s", "fde_s", "faiss_s", "write_s"))
@@ -628,6 +633,18 @@ def run_benchmark(
             if n_spec == "auto":
                 config["n_candidates_auto"] = True
             add("fde", config, quality, m, enc, info["build"], info["index_bytes"], extra)
+            if r.config.hybrid.enabled:
+                # fused with the stored signals; timed from the query text (the signals need it), so
+                # "search" includes the query encoding here and "encode" is left out
+                log.info("%s/%s: timing the hybrid pipeline, N=%d (%s)", data.name, split, n_cand,
+                         "+".join(r.config.hybrid.signals))
+                hm = _measure(lambda i: r.search(texts[i], k=k, n_candidates=n_cand, mode="fde"),
+                              lambda ix: r.search([texts[i] for i in ix], k=k, n_candidates=n_cand, mode="fde"),
+                              timed, warm)
+                res = r.search(texts, k=k, n_candidates=n_cand, mode="fde")
+                quality = _quality(qids, res.ids, res.scores, data.qrels, exact_ids, k, False)
+                config = {**config, "hybrid": r.config.hybrid.to_dict(), "search_includes_encoding": True}
+                add("hybrid", config, quality, hm, None, info["build"], info["index_bytes"], extra)
     return rows
 
 

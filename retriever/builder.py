@@ -21,6 +21,8 @@ from . import format as fmt
 from .ann import add_rows, make_faiss_index, resolve_factory, train_index
 from .codecs import TokenCodec
 from .fde import FDEEncoder
+from .hybrid import make_dense_index
+from .lexical import LexicalAppender, LexicalIndex
 from .memory import release_freed_memory
 from .storage import NpyAppender, NpyRowReader
 from .tokens import TokenEmbeddings
@@ -144,7 +146,8 @@ class _Builder:
     spool into the store block by block.
     """
 
-    def __init__(self, workdir: Path, config: IndexConfig, dim: int, show_progress: bool = False):
+    def __init__(self, workdir: Path, config: IndexConfig, dim: int, show_progress: bool = False,
+                 pooled_dim: int | None = None):
         self.workdir = workdir
         self.config = config
         self.dim = dim
@@ -162,9 +165,27 @@ class _Builder:
         self.id_set: set = set()
         self.id_type: str | None = None
         self.timings = {"encode_s": 0.0, "pool_s": 0.0, "fde_s": 0.0, "codec_s": 0.0, "faiss_s": 0.0, "write_s": 0.0}
+        self.hybrid = config.hybrid  # resolved (a HybridConfig) by the caller
+        self.dense_index = self.lexical = self._lexical_app = None
+        if "dense" in self.hybrid.signals:
+            if pooled_dim is None:
+                raise ValueError("the dense hybrid signal needs an encoder that returns pooled vectors")
+            self.dense_index = make_dense_index(pooled_dim)
+        if "bm25" in self.hybrid.signals:
+            self._lexical_app = LexicalAppender(LexicalIndex.empty(self.hybrid.bm25))
+            self.timings["bm25_s"] = 0.0
 
-    def add(self, emb: TokenEmbeddings, ids: list) -> None:
+    def add(self, emb: TokenEmbeddings, ids: list, pooled: np.ndarray | None = None,
+            texts: list[str] | None = None) -> None:
         self.id_type, _ = _validate_batch(emb, ids, self.dim, self.id_type, self.id_set, len(self.ids))
+        pooled = check_signals(self.hybrid, len(ids), pooled, texts,
+                               self.dense_index.d if self.dense_index is not None else None)
+        if self._lexical_app is not None:
+            t0 = time.perf_counter()
+            self._lexical_app.add(texts)
+            self.timings["bm25_s"] += time.perf_counter() - t0
+        if pooled is not None:
+            self.dense_index.add(pooled)
         self.id_set.update(_py(i) for i in ids)
         t0 = time.perf_counter()
         emb = _pooled(emb, self.config.pool_factor)
@@ -241,7 +262,38 @@ class _Builder:
                        seed=self.config.fde.seed, timings=self.timings, show_progress=self.show_progress)
         release_freed_memory()
         self.factory = factory
+        if self._lexical_app is not None:
+            t0 = time.perf_counter()
+            self.lexical = self._lexical_app.finish()
+            self._lexical_app = None
+            self.timings["bm25_s"] += time.perf_counter() - t0
         return offsets, _ids_array(self.ids, self.id_type), index
+
+
+def check_signals(hybrid, n: int, pooled, texts, pooled_dim: int | None):
+    """Check that a batch of ``n`` documents carries what the index's hybrid signals need.
+
+    Returns the pooled vectors as contiguous float32 (or None); ``ValueError`` naming what is missing
+    or malformed (token embeddings alone cannot feed a hybrid index: the signals come from text).
+    """
+    if "dense" in hybrid.signals:
+        if pooled is None:
+            raise ValueError("this index stores the 'dense' hybrid signal (pooled vectors computed from text): "
+                             "give texts, not token embeddings")
+        pooled = np.ascontiguousarray(pooled, dtype=np.float32)
+        if pooled.shape != (n, pooled_dim):
+            raise ValueError(f"pooled vectors have shape {pooled.shape}, expected {(n, pooled_dim)}")
+        if not np.isfinite(pooled).all():
+            raise ValueError("pooled vectors hold NaN or infinite values")
+    else:
+        pooled = None
+    if "bm25" in hybrid.signals:
+        if texts is None:
+            raise ValueError("this index stores the 'bm25' hybrid signal (computed from text): give texts, "
+                             "not token embeddings")
+        if len(texts) != n:
+            raise ValueError(f"{len(texts)} texts for {n} documents")
+    return pooled
 
 
 def _doc_fdes(codec: TokenCodec, fde_encoder: FDEEncoder, store: np.ndarray, offsets: np.ndarray,
@@ -365,10 +417,16 @@ def stream_texts(builder, pairs: Iterator, encoder, show_progress: bool, word_po
             if not chunk:
                 break
             ids = [i for i, _ in chunk]
+            texts = [t for _, t in chunk]
+            signals = builder.hybrid.signals
             t0 = time.perf_counter()
-            emb = encoder.encode_documents([t for _, t in chunk], word_pooling=word_pooling)
+            pooled = None
+            if "dense" in signals:
+                emb, pooled = encoder.encode_documents(texts, word_pooling=word_pooling, return_pooled=True)
+            else:
+                emb = encoder.encode_documents(texts, word_pooling=word_pooling)
             builder.timings["encode_s"] += time.perf_counter() - t0
-            builder.add(emb, ids)
+            builder.add(emb, ids, pooled, texts if "bm25" in signals else None)
             del emb  # not alive during the next step's encoding
             release_freed_memory()
             bar.update(len(chunk))

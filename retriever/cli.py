@@ -82,21 +82,19 @@ def cmd_search(args) -> int:
             raise SystemExit("error: give --queries FILE or --query TEXT")
         qids, texts = _read_queries(Path(args.queries))
     kw = {"k": args.k, "n_candidates": args.n_candidates, "mode": args.mode, "ef_search": args.ef_search,
-          "nprobe": args.nprobe}
+          "nprobe": args.nprobe, "hybrid": {"auto": None, "on": True, "off": False}[args.hybrid]}
     if len(texts) == 1:
         res = r.search(texts, **kw)
-    else:  # a query file: encode, then search in steps, with a progress bar for each stage
+    else:  # a query file: encode and search in steps, with a progress bar
         import numpy as np
         from tqdm.auto import tqdm
 
         from .search import SearchResults
 
-        log.info("encoding %d queries", len(texts))
-        q = r.encoder.encode_queries(texts, show_progress=not args.quiet)
         parts = []
-        with tqdm(total=len(q), desc="searching", unit="query", disable=args.quiet) as bar:
-            for s in range(0, len(q), _SEARCH_STEP):
-                step = q.select(range(s, min(len(q), s + _SEARCH_STEP)))
+        with tqdm(total=len(texts), desc="encoding and searching", unit="query", disable=args.quiet) as bar:
+            for s in range(0, len(texts), _SEARCH_STEP):
+                step = texts[s : s + _SEARCH_STEP]
                 parts.append(r.search(step, **kw))
                 bar.update(len(step))
         res = SearchResults(ids=np.concatenate([p.ids for p in parts]), scores=np.concatenate([p.scores for p in parts]),
@@ -161,6 +159,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="auto (default): FDE candidates + rerank, or exhaustive where that is cheaper")
     ps.add_argument("--ef-search", type=int, default=None)
     ps.add_argument("--nprobe", type=int, default=None)
+    ps.add_argument("--hybrid", choices=["auto", "on", "off"], default="auto",
+                    help="fuse MaxSim with the index's stored dense / BM25 signals (auto: when it stores any; "
+                         "off: MaxSim alone)")
     ps.add_argument("--out", help="TREC run file to write (default: print hits)")
     ps.add_argument("--tag", default="retriever", help="run tag in the TREC file")
     add_encoder_args(ps, None)

@@ -35,6 +35,9 @@ def add_index_config_args(p) -> None:
                    help="token pooling at index time: keep ~1/N of each document's vectors (default 1 = off)")
     p.add_argument("--word-pooling", dest="word_pooling", action="store_true",
                    help="one vector per whole word (mean of its sub-word tokens) before --pool-factor")
+    p.add_argument("--hybrid", dest="hybrid", default="auto", type=_hybrid_arg,
+                   help="signals stored for hybrid scoring: auto (default: dense and bm25 for text), none, dense, "
+                        "bm25 or dense,bm25")
 
 
 def index_config_from_args(args):
@@ -53,8 +56,29 @@ def index_config_from_args(args):
     codec = CodecConfig.parse(args.codec)
     if args.n_centroids is not None:
         codec = replace(codec, n_centroids=args.n_centroids)
+    hybrid = args.hybrid
+    if hybrid != "auto":
+        from .hybrid import HybridConfig
+
+        hybrid = HybridConfig(signals=hybrid)
     return IndexConfig(fde=FDEConfig(**fde_kwargs), faiss_factory=args.faiss_factory, codec=codec,
-                       pool_factor=args.pool_factor, word_pooling=args.word_pooling)
+                       pool_factor=args.pool_factor, word_pooling=args.word_pooling, hybrid=hybrid)
+
+
+def _hybrid_arg(text: str):
+    """argparse type of ``--hybrid``: ``auto``, ``none`` or comma-separated signal names."""
+    from .hybrid import SIGNALS
+
+    if text in ("auto",):
+        return text
+    if text == "none":
+        return ()
+    names = tuple(x.strip() for x in text.split(",") if x.strip())
+    bad = [x for x in names if x not in SIGNALS]
+    if bad or not names:
+        raise argparse.ArgumentTypeError(f"expected auto, none or a comma-separated subset of {','.join(SIGNALS)}, "
+                                         f"got {text!r}")
+    return names
 
 
 def add_encoder_args(p, default_model):

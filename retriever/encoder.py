@@ -76,7 +76,9 @@ _ACTIVATIONS = {
     "torch.nn.modules.activation.Sigmoid": "sigmoid",
 }
 # Settings that change speed or rounding only; two encoders that differ in them are compatible.
-_RUNTIME_FIELDS = ("model", "dtype", "batch_size", "batch_tokens")
+# not compared by check_identity: speed knobs, the model's name (its weights hash stands for it), and
+# long_queries (query-side only; indexes written before it existed do not record it)
+_RUNTIME_FIELDS = ("model", "dtype", "batch_size", "batch_tokens", "long_queries")
 # Padded batch widths are rounded up to a multiple of this (never past the length limit), so a
 # corpus meets at most limit / step distinct input shapes: oneDNN and the allocator keep per-shape
 # kernels and buffers, and one shape per batch made build memory grow with the corpus.
@@ -106,7 +108,14 @@ class EncoderConfig:
     model : str
         ``"default"`` (bundled all-MiniLM-L6-v2), a local model folder or a Hugging Face Hub id.
     query_length : int
-        Query length in tokens, special tokens and marker included (ColBERT ``query_maxlen``).
+        Query length in tokens, special tokens and marker included (ColBERT ``query_maxlen``): the
+        length ``do_query_expansion`` pads to, and with ``long_queries="truncate"`` the most a
+        query keeps.
+    long_queries : {"extend", "truncate"}
+        What happens to a query longer than ``query_length``. ``"extend"`` (default): it keeps its
+        tokens up to ``document_length`` (the length the model reads documents at; no expansion
+        tokens are added to it), so a long query is never cut to its first words. ``"truncate"``:
+        ColBERT's behaviour, cut at ``query_length``. Query-side only: indexes do not depend on it.
     document_length : int
         Maximum document length in tokens, special tokens and marker included (``doc_maxlen``).
     query_prefix, document_prefix : str or None
@@ -143,6 +152,7 @@ class EncoderConfig:
 
     model: str = DEFAULT_MODEL
     query_length: int = 64
+    long_queries: str = "extend"
     document_length: int = 512
     query_prefix: str | None = None
     document_prefix: str | None = None
@@ -184,6 +194,8 @@ class EncoderConfig:
             raise ValueError(f"head must be 'auto', 'identity' or a path to a .npy matrix, got {self.head!r}")
         if self.dtype not in _DTYPES:
             raise ValueError(f"dtype must be one of {_DTYPES}, got {self.dtype!r}")
+        if self.long_queries not in ("extend", "truncate"):
+            raise ValueError(f"long_queries must be 'extend' or 'truncate', got {self.long_queries!r}")
 
     def to_dict(self) -> dict[str, Any]:
         """The constructor kwargs as plain JSON types (tuples become lists)."""
@@ -709,7 +721,7 @@ class ColBERTEncoder:
         raw = enc["input_ids"] if texts else []
         marker = self._q_marker if is_query else self._d_marker
         head = self._prefix_ids + ([] if marker is None else [marker])
-        budget = (cfg.query_length if is_query else cfg.document_length) - len(head) - len(self._suffix_ids)
+        budget = (self._query_cap if is_query else cfg.document_length) - len(head) - len(self._suffix_ids)
         n_trunc = sum(len(r) > budget for r in raw)
         seqs = [head + r[:budget] + self._suffix_ids for r in raw]
         words = None
@@ -722,7 +734,7 @@ class ColBERTEncoder:
 
     # -- encoding ---------------------------------------------------------------------------
     def encode_queries(self, texts: Sequence[str], *, batch_size: int | None = None,
-                       show_progress: bool = False) -> TokenEmbeddings:
+                       show_progress: bool = False, return_pooled: bool = False):
         """Encode queries.
 
         Parameters
@@ -732,17 +744,20 @@ class ColBERTEncoder:
             Overrides ``config.batch_size``.
         show_progress : bool
             Show a tqdm progress bar.
+        return_pooled : bool
+            Also return each text's single vector (see :meth:`encode_documents`).
 
         Returns
         -------
         TokenEmbeddings
             ``n`` items; vectors ``(n_tokens, dim)`` float32 with unit rows. With
             ``do_query_expansion`` every query has exactly ``query_length`` vectors.
+            With ``return_pooled``: ``(TokenEmbeddings, pooled)``.
         """
-        return self._encode(texts, True, batch_size, show_progress)
+        return self._encode(texts, True, batch_size, show_progress, return_pooled=return_pooled)
 
     def encode_documents(self, texts: Sequence[str], *, batch_size: int | None = None,
-                         show_progress: bool = False, word_pooling: bool = False) -> TokenEmbeddings:
+                         show_progress: bool = False, word_pooling: bool = False, return_pooled: bool = False):
         """Encode documents (skip-list tokens and padding dropped, at least one vector each).
 
         Parameters
@@ -757,22 +772,42 @@ class ColBERTEncoder:
             with the tokenizer's same word index) are averaged and L2-renormalised, as in
             ColBERTer's bag of whole-words (Hofstaetter et al. 2022, without its learned word
             weighting). Special and marker tokens stay single.
+        return_pooled : bool
+            Also return each text's single vector from the same forward pass: the attention-masked
+            mean of the backbone's last hidden states (before the head, every input token
+            counted), L2-normalised — a sentence-transformers backbone's own embedding. Hybrid
+            indexes store it (``retriever.hybrid``).
 
         Returns
         -------
         TokenEmbeddings
             ``n`` items; vectors ``(n_tokens, dim)`` float32 with unit rows.
+            With ``return_pooled``: ``(TokenEmbeddings, pooled)``, pooled float32
+            ``(n, pooled_dim)`` with unit rows.
         """
-        return self._encode(texts, False, batch_size, show_progress, word_pooling)
+        return self._encode(texts, False, batch_size, show_progress, word_pooling, return_pooled)
+
+    @property
+    def _query_cap(self) -> int:
+        """The most tokens a query keeps (see ``EncoderConfig.long_queries``)."""
+        c = self.config
+        return c.query_length if c.long_queries == "truncate" else max(c.query_length, c.document_length)
 
     def _keep_mask(self, seq: list[int], is_query: bool) -> np.ndarray:
         if is_query:
-            n = self.config.query_length if self.config.do_query_expansion else len(seq)
+            n = max(self.config.query_length, len(seq)) if self.config.do_query_expansion else len(seq)
             return np.ones(n, dtype=bool)
         keep = ~np.isin(np.asarray(seq, dtype=np.int64), self._skip_ids)
         if not keep.any():
             keep[0] = True  # never a zero-token document
         return keep
+
+    @property
+    def _query_limit_name(self) -> str:
+        return "query_length" if self.config.long_queries == "truncate" else "document_length (long_queries='extend')"
+
+    def _limit_value(self, name: str) -> int:
+        return self._query_cap if name.startswith("document_length (") else getattr(self.config, name)
 
     @contextlib.contextmanager
     def truncation_summary(self):
@@ -791,10 +826,15 @@ class ColBERTEncoder:
                 for what, (n, total, limit) in tally.items():
                     if n:
                         logger.info("%d of %d %s truncated to %s=%d tokens", n, total, what, limit,
-                                    getattr(self.config, limit))
+                                    self._limit_value(limit))
+
+    @property
+    def pooled_dim(self) -> int:
+        """Width of the pooled single vectors (the backbone's hidden size)."""
+        return int(self.backbone.config.hidden_size)
 
     def _encode(self, texts, is_query: bool, batch_size: int | None, show_progress: bool,
-                word_pooling: bool = False) -> TokenEmbeddings:
+                word_pooling: bool = False, return_pooled: bool = False):
         import torch
         import torch.nn.functional as F
         from tqdm.auto import tqdm
@@ -804,18 +844,19 @@ class ColBERTEncoder:
         if isinstance(bs, bool) or not isinstance(bs, int) or bs < 1:
             raise ValueError(f"batch_size must be a positive int, got {bs!r}")
         seqs, n_trunc, words = self._tokenize_words(texts, is_query, with_words=word_pooling)
-        what, limit = ("queries", "query_length") if is_query else ("documents", "document_length")
+        what, limit = ("queries", self._query_limit_name) if is_query else ("documents", "document_length")
         if self._trunc_tally is not None:
             t = self._trunc_tally.setdefault(what, [0, 0, limit])
             t[0] += n_trunc
             t[1] += len(texts)
         elif n_trunc:
             logger.info("%d of %d %s truncated to %s=%d tokens", n_trunc, len(texts), what, limit,
-                        getattr(self.config, limit))
+                        self._limit_value(limit))
         keeps = [self._keep_mask(s, is_query) for s in seqs]
         offsets = np.zeros(len(seqs) + 1, dtype=np.int64)
         np.cumsum([int(k.sum()) for k in keeps], out=offsets[1:])
         out = np.empty((int(offsets[-1]), self.dim), dtype=np.float32)
+        pooled = np.empty((len(seqs), self.pooled_dim), dtype=np.float32) if return_pooled else None
         autocast = (torch.autocast(device_type=torch.device(self.device).type, dtype=torch.bfloat16)
                     if self.config.dtype == "bfloat16" else contextlib.nullcontext())
         bar = tqdm(total=len(seqs), unit="query" if is_query else "doc", disable=not show_progress,
@@ -823,8 +864,12 @@ class ColBERTEncoder:
         with torch.inference_mode(), bar:
             for n_batches, (rows, ids, att, keep) in enumerate(self._padded_batches(seqs, keeps, is_query, bs), 1):
                 with autocast:
-                    h = self.backbone(input_ids=torch.from_numpy(ids).to(self.device),
-                                      attention_mask=torch.from_numpy(att).to(self.device)).last_hidden_state
+                    mask = torch.from_numpy(att).to(self.device)
+                    h = self.backbone(input_ids=torch.from_numpy(ids).to(self.device), attention_mask=mask).last_hidden_state
+                    if pooled is not None:
+                        m = mask.unsqueeze(-1).float()
+                        mean = (h.float() * m).sum(1) / m.sum(1).clamp(min=1e-9)
+                        pooled[rows] = F.normalize(mean, p=2, dim=-1).cpu().numpy()
                     for layer in self._head:
                         h = layer(h)
                 v = F.normalize(h.float()[torch.from_numpy(keep).to(self.device)], p=2, dim=-1)
@@ -836,8 +881,10 @@ class ColBERTEncoder:
                 bar.update(len(rows))
         release_freed_memory()
         if word_pooling and len(seqs):
-            return _pool_words(out, offsets, [np.asarray(w, dtype=np.int64)[k] for w, k in zip(words, keeps)])
-        return TokenEmbeddings(out, offsets)
+            emb = _pool_words(out, offsets, [np.asarray(w, dtype=np.int64)[k] for w, k in zip(words, keeps)])
+        else:
+            emb = TokenEmbeddings(out, offsets)
+        return (emb, pooled) if return_pooled else emb
 
     def _padded_batches(self, seqs: list[list[int]], keeps: list[np.ndarray], is_query: bool,
                         batch_size: int) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]]:
@@ -845,8 +892,8 @@ class ColBERTEncoder:
         attention_mask, keep)`` with ``rows`` the indices into ``seqs`` and ``keep`` marking the
         positions whose vectors are returned. At most ``batch_size`` texts and ``batch_tokens``
         padded tokens each (see :func:`_batches`)."""
-        expand = is_query and self.config.do_query_expansion
-        max_len = self.config.query_length if is_query else self.config.document_length
+        expand = self.config.query_length if is_query and self.config.do_query_expansion else 0
+        max_len = self._query_cap if is_query else self.config.document_length
         order = np.argsort([-len(s) for s in seqs], kind="stable")
         for rows in _batches(order, [len(s) for s in seqs], batch_size, self.config.batch_tokens, max_len, expand):
             width = _padded_width(len(seqs[rows[0]]), max_len, expand)
@@ -856,10 +903,10 @@ class ColBERTEncoder:
             for j, r in enumerate(rows):
                 s = seqs[r]
                 ids[j, : len(s)] = s
-                att[j, : len(s)] = 1
+                # real tokens, plus (attend_to_expansion_tokens) this query's own expansion tokens:
+                # a query padded wider for a longer one in its batch encodes as it would alone
+                att[j, : max(expand, len(s)) if expand and self.config.attend_to_expansion_tokens else len(s)] = 1
                 keep[j, : len(keeps[r])] = keeps[r]
-            if expand and self.config.attend_to_expansion_tokens:
-                att[:] = 1
             yield rows, ids, att, keep
 
 
@@ -882,17 +929,18 @@ def _pool_words(vectors: np.ndarray, offsets: np.ndarray, words: list[np.ndarray
     return TokenEmbeddings(pooled, new_offsets)
 
 
-def _padded_width(longest: int, max_len: int, expand: bool) -> int:
+def _padded_width(longest: int, max_len: int, expand: int) -> int:
     """Width of a batch whose longest sequence (at most ``max_len``) has ``longest`` tokens:
     rounded up to a multiple of ``_WIDTH_STEP`` but never past ``max_len``; with query
-    expansion always ``max_len``."""
+    expansion to ``expand`` tokens (0: none) at least ``expand`` and exactly the longest query
+    past it (the expansion tokens are kept as vectors, so padding must not add more)."""
     if expand:
-        return max_len
+        return max(expand, longest)
     return min(-(-longest // _WIDTH_STEP) * _WIDTH_STEP, max_len)
 
 
 def _batches(order: np.ndarray, lengths: list[int], batch_size: int, batch_tokens: int, max_len: int,
-             expand: bool) -> Iterator[np.ndarray]:
+             expand: int) -> Iterator[np.ndarray]:
     """Split ``order`` (longest first) into batches of at most ``batch_size`` rows and
     ``batch_tokens`` padded tokens (one row if a single row is wider than that)."""
     start = 0

@@ -11,6 +11,12 @@ An index is a directory of plain files::
     doc_ids.txt       one external document id per line; line i = document row i
     fde.faiss         FAISS inner-product index over the documents' FDE vectors (row i = document i)
     deleted.npy       (n_docs,) uint8, 1 = deleted (only when documents were deleted)
+    dense.faiss       hybrid indexes with the "dense" signal: FAISS SQfp16 inner-product index of
+                      the documents' pooled single vectors (row i = document i)
+    bm25_*.npy, bm25_vocab.txt
+                      hybrid indexes with the "bm25" signal: the inverted index of
+                      retriever/lexical.py (term-major CSR postings, document lengths; one term
+                      per line of the vocabulary, line t = term id t)
 
 No pickle anywhere. ``manifest.json`` is written last, so a directory without it is incomplete.
 The manifest carries the sha256 of its own content (``manifest_sha256``, computed over the
@@ -40,9 +46,15 @@ DELETED = "deleted.npy"
 # trained token codec parameters (residual codes only; see retriever/codecs.py)
 CODEC_FILES = {"centroids": "codec_centroids.npy", "cutoffs": "codec_cutoffs.npy", "weights": "codec_weights.npy"}
 
+DENSE = "dense.faiss"
+BM25_VOCAB = "bm25_vocab.txt"
+BM25_FILES = {"term_offsets": "bm25_term_offsets.npy", "post_rows": "bm25_post_rows.npy",
+              "post_tf": "bm25_post_tf.npy", "doc_len": "bm25_doc_len.npy"}
+
 # Files whose checksum load() always checks (small); tokens.npy and fde.faiss are checked
 # by size and header at load and by checksum in verify().
-SMALL_FILES = (DOC_OFFSETS, DOC_IDS, DELETED, *CODEC_FILES.values())
+SMALL_FILES = (DOC_OFFSETS, DOC_IDS, DELETED, *CODEC_FILES.values(), BM25_VOCAB, BM25_FILES["term_offsets"],
+               BM25_FILES["doc_len"])
 
 
 class IndexFormatError(ValueError):
@@ -61,7 +73,7 @@ def describe_files(directory: Path, names: list[str], checksum: bool = True) -> 
 
 
 REQUIRED_FILES = (TOKENS, DOC_OFFSETS, DOC_IDS, FAISS)
-KNOWN_FILES = REQUIRED_FILES + (DELETED, *CODEC_FILES.values())
+KNOWN_FILES = REQUIRED_FILES + (DELETED, *CODEC_FILES.values(), DENSE, BM25_VOCAB, *BM25_FILES.values())
 CHECKSUM_FIELD = "manifest_sha256"
 _COUNT_FIELDS = ("n_docs", "n_tokens", "dim", "fde_dim")
 

@@ -24,6 +24,8 @@ from tqdm.auto import tqdm
 from . import format as fmt
 from .codecs import CodecConfig, TokenCodec
 from .fde import FDEConfig, FDEEncoder
+from .hybrid import NONE as NO_HYBRID, FusionConfig, HybridConfig, search_hybrid
+from .lexical import LexicalIndex
 from .builder import (
     _MAX_INT_ID,
     _Builder,
@@ -35,6 +37,7 @@ from .builder import (
     _text_items,
     stream_texts,
 )
+from .ann import faiss_search
 from .search import SearchResults, auto_n_candidates, exhaustive_is_cheaper, search_exact, search_fde
 from .storage import NpyAppender, atomic_replace_dir, make_temp_dir_beside, recover_interrupted_swap
 from .tokens import TokenEmbeddings, as_token_embeddings
@@ -77,6 +80,12 @@ class IndexConfig:
         renormalised; ColBERTer's bag of whole-words) before ``pool_factor`` applies. Token
         embeddings given to ``build`` are refused with it; those given to ``add`` are stored as
         they are (taken as already pooled).
+    hybrid : HybridConfig or "auto"
+        Signals stored beside the token vectors for hybrid scoring (``retriever.hybrid``): the
+        backbone's pooled single vector (``"dense"``) and BM25 (``"bm25"``), both computed from the
+        text, and how searches fuse them with MaxSim. ``"auto"`` (default): both for text builds,
+        none for builds from token embeddings; the built index's config holds the choice.
+        ``HybridConfig(signals=())`` builds a plain late-interaction index from text.
     """
 
     fde: FDEConfig = field(default_factory=FDEConfig)
@@ -84,6 +93,7 @@ class IndexConfig:
     codec: CodecConfig = field(default_factory=CodecConfig)
     pool_factor: int = 1
     word_pooling: bool = False
+    hybrid: HybridConfig | str = "auto"
 
     def __post_init__(self) -> None:
         if not isinstance(self.fde, FDEConfig):
@@ -99,6 +109,22 @@ class IndexConfig:
             raise ValueError(f"IndexConfig.pool_factor must be an integer in [1, 64], got {pf!r}")
         if not isinstance(self.word_pooling, (bool, np.bool_)):
             raise ValueError(f"IndexConfig.word_pooling must be a bool, got {self.word_pooling!r}")
+        if not (isinstance(self.hybrid, HybridConfig) or self.hybrid == "auto"):
+            raise ValueError(f"IndexConfig.hybrid must be a HybridConfig or 'auto', got {self.hybrid!r}")
+
+    def resolved(self, texts: bool, pooled: bool) -> "IndexConfig":
+        """This config with ``hybrid="auto"`` decided for a build that has the documents' texts
+        (for BM25) and / or their pooled vectors (for the dense signal): each signal it can compute."""
+        if self.hybrid == "auto":
+            signals = tuple(s for s, ok in (("dense", pooled), ("bm25", texts)) if ok)
+            return dataclasses.replace(self, hybrid=HybridConfig(signals=signals))
+        if "dense" in self.hybrid.signals and not pooled:
+            raise ValueError("IndexConfig.hybrid has the 'dense' signal, which needs the documents' pooled vectors: "
+                             "build from text, or pass pooled= with token embeddings")
+        if "bm25" in self.hybrid.signals and not texts:
+            raise ValueError("IndexConfig.hybrid has the 'bm25' signal, which needs the documents' texts: "
+                             "build from text, or pass texts= with token embeddings")
+        return self
 
     @property
     def exact_store(self) -> bool:
@@ -108,12 +134,13 @@ class IndexConfig:
 
     def to_dict(self) -> dict:
         return {"fde": self.fde.to_dict(), "faiss_factory": self.faiss_factory, "codec": self.codec.to_dict(),
-                "pool_factor": int(self.pool_factor), "word_pooling": bool(self.word_pooling)}
+                "pool_factor": int(self.pool_factor), "word_pooling": bool(self.word_pooling),
+                "hybrid": self.hybrid if isinstance(self.hybrid, str) else self.hybrid.to_dict()}
 
     @classmethod
     def from_dict(cls, d: dict) -> "IndexConfig":
-        """Inverse of :meth:`to_dict`; ``codec`` and the pooling fields default as before they existed."""
-        unknown = set(d) - {"fde", "faiss_factory", "codec", "pool_factor", "word_pooling"}
+        """Inverse of :meth:`to_dict`; ``codec``, the pooling fields and ``hybrid`` default as before they existed."""
+        unknown = set(d) - {"fde", "faiss_factory", "codec", "pool_factor", "word_pooling", "hybrid"}
         if unknown:
             raise ValueError(f"unknown IndexConfig keys: {sorted(unknown)}")
         kw = dict(d)
@@ -123,6 +150,10 @@ class IndexConfig:
             kw["codec"] = CodecConfig.from_dict(kw["codec"])
         elif "codec" not in kw:
             kw["codec"] = CodecConfig(kind="float16")  # written before codecs existed: a float16 store
+        if isinstance(kw.get("hybrid"), dict):
+            kw["hybrid"] = HybridConfig.from_dict(kw["hybrid"])
+        elif "hybrid" not in kw:
+            kw["hybrid"] = NO_HYBRID  # written before hybrid scoring existed
         return cls(**kw)
 
 
@@ -160,7 +191,11 @@ class Retriever:
         deleted: np.ndarray | None = None,
         workdir: Path | None = None,
         build_timings: dict | None = None,
+        dense_index=None,
+        lexical: LexicalIndex | None = None,
     ) -> None:
+        if config.hybrid == "auto":
+            config = config.resolved(texts=False, pooled=False)
         self.tokens = tokens
         self.doc_offsets = doc_offsets
         self.doc_ids = doc_ids
@@ -175,6 +210,8 @@ class Retriever:
         self._encoder_lock = threading.Lock()
         self.deleted = deleted if deleted is not None else np.zeros(len(doc_offsets) - 1, dtype=np.uint8)
         self.build_timings = build_timings or {}
+        self.dense_index = dense_index  # hybrid "dense" signal: FAISS SQfp16 index of pooled vectors
+        self.lexical = lexical  # hybrid "bm25" signal
         self._row_of: dict | None = None  # external id -> live row, built on first use
         self._ids_lock = threading.Lock()  # guards _row_of
         self._write_lock = threading.RLock()  # serialises add/upsert/delete/compact/save
@@ -228,6 +265,8 @@ class Retriever:
         encoder=None,
         path: str | Path | None = None,
         show_progress: bool = True,
+        texts=None,
+        pooled=None,
     ) -> "Retriever":
         """Build an index from token embeddings or from texts.
 
@@ -244,6 +283,10 @@ class Retriever:
         encoder : ColBERTEncoder, optional
         path : optional directory to build into (written atomically, like :meth:`save`);
             without it the index lives in a temporary directory until saved.
+        texts, pooled : optional, with token embeddings (not streamed batches) only
+            The documents' texts (one str each: the BM25 hybrid signal) and pooled single vectors
+            (float32 ``(n, d)``: the dense signal), when the token embeddings were computed
+            elsewhere. Text builds compute both themselves.
         """
         config = config or IndexConfig()
         if isinstance(documents, (str, bytes)):
@@ -260,6 +303,17 @@ class Retriever:
             if streamed and doc_ids is not None:
                 raise ValueError("doc_ids must be None when documents are (TokenEmbeddings, ids) batches: "
                                  "each batch carries its ids")
+        if (texts is not None or pooled is not None) and (is_text or streamed):
+            raise ValueError("texts= and pooled= go with token embeddings (a list or TokenEmbeddings); "
+                             "text builds compute them, streamed batches cannot carry them")
+        if texts is not None:
+            if isinstance(texts, (str, bytes)):
+                raise TypeError("texts must be a collection of strings, one per document, not a single string")
+            texts = list(texts)
+        if is_text:  # the bundled encoder pools; an encoder of another kind may not
+            config = config.resolved(texts=True, pooled=encoder is None or hasattr(encoder, "pooled_dim"))
+        else:
+            config = config.resolved(texts=texts is not None, pooled=pooled is not None)
         target = Path(path) if path is not None else None
         workdir = make_temp_dir_beside(target) if target is not None else Path(tempfile.mkdtemp(prefix="retriever-"))
         try:
@@ -268,7 +322,8 @@ class Retriever:
                     from .encoder import ColBERTEncoder
 
                     encoder = ColBERTEncoder.from_pretrained("default")
-                builder = _Builder(workdir, config, encoder.dim, show_progress)
+                pooled_dim = getattr(encoder, "pooled_dim", None) if "dense" in config.hybrid.signals else None
+                builder = _Builder(workdir, config, encoder.dim, show_progress, pooled_dim=pooled_dim)
                 stream_texts(builder, _text_items(items, doc_ids), encoder, show_progress, config.word_pooling)
             elif config.word_pooling:
                 raise ValueError("IndexConfig.word_pooling needs text documents (the encoder's tokenizer tells "
@@ -288,8 +343,17 @@ class Retriever:
             else:
                 emb = as_token_embeddings(list(items) if not isinstance(items, TokenEmbeddings) else items)
                 ids = list(range(len(emb))) if doc_ids is None else list(doc_ids)
-                builder = _Builder(workdir, config, emb.dim, show_progress)
-                builder.add(emb, ids)
+                pooled_dim = None
+                if pooled is not None:
+                    pooled = np.asarray(pooled)
+                    if pooled.ndim != 2:
+                        raise ValueError(f"pooled must be a 2-D (n_docs, d) array, got shape {pooled.shape}")
+                    pooled_dim = int(pooled.shape[1])
+                    if encoder is not None and getattr(encoder, "pooled_dim", pooled_dim) != pooled_dim:
+                        raise ValueError(f"pooled vectors have dim {pooled_dim}, the encoder pools {encoder.pooled_dim}")
+                builder = _Builder(workdir, config, emb.dim, show_progress, pooled_dim=pooled_dim)
+                builder.add(emb, ids, pooled if "dense" in config.hybrid.signals else None,
+                            texts if "bm25" in config.hybrid.signals else None)
             encoder_info = encoder.identity() if encoder is not None else None
             offsets, ids_arr, index = builder.finish()
             if builder.factory != config.faiss_factory:
@@ -309,6 +373,8 @@ class Retriever:
                 encoder=encoder,
                 workdir=None if target is not None else workdir,
                 build_timings=builder.timings,
+                dense_index=builder.dense_index,
+                lexical=builder.lexical,
             )
             if target is not None:
                 r._write_into(workdir, tokens_in_place=True)
@@ -331,6 +397,7 @@ class Retriever:
         ef_search: int | None = None,
         nprobe: int | None = None,
         subset=None,
+        hybrid: bool | FusionConfig | None = None,
     ) -> SearchResults:
         """Top-``k`` documents for each query by MaxSim (late interaction) similarity.
 
@@ -354,6 +421,12 @@ class Retriever:
         ef_search : HNSW search depth (HNSW indexes only)
         nprobe : IVF lists visited (IVF indexes only)
         subset : optional collection of external ids; only these documents are returned
+        hybrid : None (default), True, False or a FusionConfig
+            Fuse MaxSim with the index's stored hybrid signals (dense single vector, BM25; see
+            ``retriever.hybrid``): ``None`` does when the index stores any and the queries are
+            texts; ``True`` requires it; ``False`` ranks by MaxSim alone; a ``FusionConfig``
+            fuses with those settings instead of the index's. A hybrid search's ``scores`` are
+            the fused scores.
 
         Returns
         -------
@@ -367,13 +440,32 @@ class Retriever:
         if not auto and (not isinstance(n_candidates, (int, np.integer)) or isinstance(n_candidates, bool)
                          or n_candidates < k):
             raise ValueError(f"n_candidates must be 'auto' or an integer >= k ({k}), got {n_candidates!r}")
-        q = self._query_embeddings(queries)
+        texts = _query_texts(queries)
+        fusion = self._fusion(hybrid, texts is not None)
+        q_pooled = None
+        if fusion is not None and "dense" in self.config.hybrid.signals:
+            q, q_pooled = self.encoder.encode_queries(texts, return_pooled=True)
+            q = self._query_embeddings(q)
+        else:
+            q = self._query_embeddings(queries)
         allowed = self._allowed_mask(subset)
         n_allowed = int(allowed.sum()) if allowed is not None else len(self.doc_ids)
         if auto:
             n_candidates = max(int(k), auto_n_candidates(n_allowed, int(k)))
-        if (mode == "exact" or n_candidates >= n_allowed
-                or (mode == "auto" and exhaustive_is_cheaper(q.lengths, n_candidates, n_allowed))):
+        exhaustive = (mode == "exact" or n_candidates >= n_allowed
+                      or (mode == "auto" and exhaustive_is_cheaper(q.lengths, n_candidates, n_allowed)))
+        if fusion is not None:
+            if exhaustive:
+                base, _ = search_exact(q, self.store, self.doc_offsets, k=max(int(k), fusion.depth), allowed=allowed)
+            else:
+                base = faiss_search(self.faiss_index, self.fde_encoder.encode_queries(q), int(n_candidates),
+                                    ef_search=ef_search, nprobe=nprobe, allowed=allowed)
+            rows, scores = search_hybrid(
+                q, base, self.store, self.doc_offsets, k=int(k), fusion=fusion,
+                dense_index=self.dense_index if q_pooled is not None else None, q_pooled=q_pooled,
+                lexical=self.lexical, q_texts=texts if self.lexical is not None else None, allowed=allowed,
+            )
+        elif exhaustive:
             # exhaustive scoring of every allowed document is exact and (by the kernels' cost model) cheaper
             rows, scores = search_exact(q, self.store, self.doc_offsets, k=int(k), allowed=allowed)
         else:
@@ -383,6 +475,22 @@ class Retriever:
                 ef_search=ef_search, nprobe=nprobe, allowed=allowed,
             )
         return SearchResults(ids=self._ids_of(rows), scores=scores, rows=rows)
+
+    def _fusion(self, hybrid, texts: bool) -> FusionConfig | None:
+        """The fusion a search uses (None: MaxSim alone); see :meth:`search`'s ``hybrid``."""
+        if hybrid is None:
+            return self.config.hybrid.fusion if self.config.hybrid.enabled and texts else None
+        if hybrid is False:
+            return None
+        if hybrid is not True and not isinstance(hybrid, FusionConfig):
+            raise TypeError(f"hybrid must be None, True, False or a FusionConfig, got {hybrid!r}")
+        if not self.config.hybrid.enabled:
+            raise ValueError("hybrid search needs an index that stores hybrid signals (built from text with "
+                             "IndexConfig.hybrid 'auto' or a HybridConfig with signals); this one stores none")
+        if not texts:
+            raise ValueError("hybrid search needs query texts (BM25 and the pooled vector come from the text); "
+                             "these queries are token embeddings")
+        return self.config.hybrid.fusion if hybrid is True else hybrid
 
     def _allowed_mask(self, subset) -> np.ndarray | None:
         """uint8 (n_rows,) mask of documents that may be returned, or None when all may."""
@@ -425,10 +533,8 @@ class Retriever:
         return out
 
     def _query_embeddings(self, queries) -> TokenEmbeddings:
-        if isinstance(queries, str) or (
-            isinstance(queries, (list, tuple)) and queries and all(isinstance(x, str) for x in queries)
-        ):
-            texts = [queries] if isinstance(queries, str) else list(queries)
+        texts = _query_texts(queries)
+        if texts is not None:
             q = self.encoder.encode_queries(texts)
         else:
             if isinstance(queries, (list, tuple)) and not queries:
@@ -460,6 +566,9 @@ class Retriever:
     def _check_encoder(self, encoder) -> None:
         if encoder.dim != self.dim:
             raise ValueError(f"encoder produces dim {encoder.dim}, the index has dim {self.dim}")
+        if self.dense_index is not None and getattr(encoder, "pooled_dim", None) != self.dense_index.d:
+            raise ValueError(f"encoder pools {getattr(encoder, 'pooled_dim', None)}-d single vectors, the index's "
+                             f"dense signal has {self.dense_index.d}")
         if self.encoder_info is not None:
             encoder.check_identity(self.encoder_info)
 
@@ -572,6 +681,20 @@ class Retriever:
         for key, arr in self.codec.arrays().items():
             np.save(directory / fmt.CODEC_FILES[key], arr, allow_pickle=False)
             names.append(fmt.CODEC_FILES[key])
+        hybrid = {}
+        if self.dense_index is not None:
+            faiss.write_index(self.dense_index, str(directory / fmt.DENSE))
+            names.append(fmt.DENSE)
+            hybrid["pooled_dim"] = int(self.dense_index.d)
+        if self.lexical is not None:
+            with open(directory / fmt.BM25_VOCAB, "w", encoding="utf-8", newline="\n") as fh:
+                fh.writelines(f"{t}\n" for t in self.lexical.vocab)
+            names.append(fmt.BM25_VOCAB)
+            for key, arr in self.lexical.arrays().items():
+                np.save(directory / fmt.BM25_FILES[key], arr, allow_pickle=False)
+                names.append(fmt.BM25_FILES[key])
+            hybrid["bm25_terms"] = self.lexical.n_terms
+            hybrid["bm25_postings"] = int(self.lexical.post_rows.size)
         from . import __version__
 
         manifest = {
@@ -589,6 +712,7 @@ class Retriever:
             "id_type": self.id_type,
             "dtypes": {"tokens": self.codec.row_dtype.name, "doc_offsets": "int64"},
             "codec": self.codec.describe(),
+            "hybrid": hybrid,
             "files": fmt.describe_files(directory, names),
         }
         fmt.write_manifest(directory, manifest)
@@ -645,9 +769,11 @@ class Retriever:
                 f"{path / fmt.FAISS} holds {index.ntotal} vectors of dim {index.d}, "
                 f"the manifest says {n_docs} of dim {m['fde_dim']}"
             )
+        dense_index, lexical = _load_hybrid(path, m, config, n_docs)
         r = cls(
             tokens=tokens, doc_offsets=offsets, doc_ids=ids, id_type=id_type, faiss_index=index,
             config=config, codec=codec, encoder_info=m.get("encoder"), deleted=deleted,
+            dense_index=dense_index, lexical=lexical,
         )
         if r.fde_encoder.output_dim != int(m["fde_dim"]):
             raise fmt.IndexFormatError(f"{path / fmt.MANIFEST}: fde_dim {m['fde_dim']} does not match its FDE config")
@@ -676,6 +802,15 @@ class Retriever:
 
 
 
+def _query_texts(queries) -> list[str] | None:
+    """The queries as a list of texts, or None when they are token embeddings."""
+    if isinstance(queries, str):
+        return [queries]
+    if isinstance(queries, (list, tuple)) and queries and all(isinstance(x, str) for x in queries):
+        return list(queries)
+    return None
+
+
 def _parse_ids(p: Path, raw: list[str], id_type: str) -> np.ndarray:
     """The ids of doc_ids.txt lines; ``IndexFormatError`` naming the first bad line."""
     if id_type == "int":
@@ -687,6 +822,51 @@ def _parse_ids(p: Path, raw: list[str], id_type: str) -> np.ndarray:
         if not x or x != x.strip():
             raise fmt.IndexFormatError(f"{p}:{lineno}: {x!r} is not a valid document id (empty or padded)")
     return _ids_array(raw, id_type)
+
+
+def _load_hybrid(path: Path, m: dict, config: IndexConfig, n_docs: int):
+    """The stored hybrid signals (dense FAISS index, BM25 index; None where not stored)."""
+    signals = config.hybrid.signals
+    files = m["files"]
+    dense_index = lexical = None
+    if "dense" in signals:
+        if fmt.DENSE not in files:
+            raise fmt.IndexFormatError(f"{path / fmt.MANIFEST}: the 'dense' hybrid signal needs {fmt.DENSE!r}, which is not listed")
+        try:
+            dense_index = faiss.read_index(str(path / fmt.DENSE))
+        except RuntimeError as e:
+            raise fmt.IndexFormatError(f"{path / fmt.DENSE} is not a readable FAISS index: {e}") from None
+        want = (m.get("hybrid") or {}).get("pooled_dim")
+        if dense_index.ntotal != n_docs or dense_index.d != want:
+            raise fmt.IndexFormatError(f"{path / fmt.DENSE} holds {dense_index.ntotal} vectors of dim {dense_index.d}, "
+                                       f"the manifest says {n_docs} of dim {want}")
+    if "bm25" in signals:
+        missing = [n for n in (fmt.BM25_VOCAB, *fmt.BM25_FILES.values()) if n not in files]
+        if missing:
+            raise fmt.IndexFormatError(f"{path / fmt.MANIFEST}: the 'bm25' hybrid signal needs {missing}, not listed")
+        try:
+            with open(path / fmt.BM25_VOCAB, encoding="utf-8") as fh:
+                vocab = fh.read().split("\n")
+        except UnicodeDecodeError as e:
+            raise fmt.IndexFormatError(f"{path / fmt.BM25_VOCAB} is not valid UTF-8: {e}") from None
+        if vocab and vocab[-1] == "":
+            vocab.pop()
+        h = m.get("hybrid") or {}
+        n_terms, n_post = h.get("bm25_terms"), h.get("bm25_postings")
+        for name, v in (("bm25_terms", n_terms), ("bm25_postings", n_post)):
+            if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+                raise fmt.IndexFormatError(f"{path / fmt.MANIFEST}: hybrid.{name} must be a non-negative integer, got {v!r}")
+        if len(vocab) != n_terms:
+            raise fmt.IndexFormatError(f"{path / fmt.BM25_VOCAB} has {len(vocab)} terms, the manifest says {n_terms}")
+        shapes = {"term_offsets": (np.int64, (n_terms + 1,)), "post_rows": (np.int64, (n_post,)),
+                  "post_tf": (np.uint32, (n_post,)), "doc_len": (np.uint32, (n_docs,))}
+        arrays = {key: fmt.load_array(path, fmt.BM25_FILES[key], False, dt, shape) for key, (dt, shape) in shapes.items()}
+        try:
+            lexical = LexicalIndex(config.hybrid.bm25, vocab, **arrays)
+            lexical.check(n_docs)
+        except ValueError as e:
+            raise fmt.IndexFormatError(f"{path}: bad BM25 index: {e}") from None
+    return dense_index, lexical
 
 
 def _load_codec(path: Path, m: dict, config: IndexConfig, dim: int) -> TokenCodec:

@@ -49,9 +49,12 @@ from .builder import (
     _py,
     _text_items,
     _validate_batch,
+    check_signals,
     fill_faiss,
     stream_texts,
 )
+from .hybrid import make_dense_index
+from .lexical import LexicalAppender
 from .storage import NpyAppender
 from .tokens import TokenEmbeddings, as_token_embeddings
 
@@ -176,8 +179,12 @@ class _Stager:
         self.lengths: list[np.ndarray] = []
         self.sink: _TokenSink | None = None
         self.timings = {"encode_s": 0.0, "pool_s": 0.0, "codec_s": 0.0, "fde_s": 0.0, "faiss_s": 0.0, "write_s": 0.0}
+        self.hybrid = r.config.hybrid
+        self.pooled: list[np.ndarray] = []
+        self.lexical_app = LexicalAppender(r.lexical) if r.lexical is not None else None
 
-    def add(self, emb: TokenEmbeddings, ids: list) -> None:
+    def add(self, emb: TokenEmbeddings, ids: list, pooled: np.ndarray | None = None,
+            texts: list[str] | None = None) -> None:
         r = self.r
         if ids:
             batch_type = _check_ids(ids, None)
@@ -186,6 +193,8 @@ class _Stager:
         row_of = r._live_row_map()
         in_index = None if self.replace else (lambda i: i in row_of)
         _validate_batch(emb, ids, r.dim, r.id_type, self.taken, len(self.ids), in_index)
+        pooled = check_signals(self.hybrid, len(ids), pooled, texts,
+                               r.dense_index.d if r.dense_index is not None else None)
         t0 = time.perf_counter()
         emb = _pooled(emb, r.config.pool_factor)
         self.timings["pool_s"] += time.perf_counter() - t0
@@ -197,6 +206,10 @@ class _Stager:
             self.sink = _TokenSink(r)
         self.sink.append(rows)
         self.timings["write_s"] += time.perf_counter() - t2
+        if self.lexical_app is not None:
+            self.lexical_app.add(texts)
+        if pooled is not None:
+            self.pooled.append(pooled)
         self.taken.update(_py(i) for i in ids)
         self.ids.extend(ids)
         self.lengths.append(emb.lengths)
@@ -221,20 +234,29 @@ class _Stager:
             replaced = [row_of[_py(i)] for i in self.ids if _py(i) in row_of]
             deleted[replaced] = 1
         tokens = self.sink.finish()
+        lexical = self.lexical_app.finish() if self.lexical_app is not None else None
         index = r.faiss_index
         ntotal = index.ntotal
+        dense = r.dense_index
+        dense_ntotal = dense.ntotal if dense is not None else 0
         try:  # FDEs of the new rows, computed from the grown store as a build computes them
             fill_faiss(index, r.config.faiss_factory, r.codec, r.fde_encoder, tokens, offsets,
                        np.arange(n_before, n_before + len(self.ids)), seed=r.config.fde.seed, timings=self.timings,
                        train=False)
+            if dense is not None:
+                dense.add(np.concatenate(self.pooled))
         except BaseException as e:
             _undo_faiss_add(index, ntotal, e)
+            if dense is not None:
+                _undo_faiss_add(dense, dense_ntotal, e)
             raise
         # swap in (plain attribute assignments: nothing below can fail)
         r.tokens = tokens
         r.doc_offsets = offsets
         r.doc_ids = doc_ids
         r.deleted = deleted
+        if lexical is not None:
+            r.lexical = lexical
         if self.sink.new_workdir is not None:
             r._adopt_workdir(self.sink.new_workdir)
         with r._ids_lock:
@@ -428,6 +450,12 @@ def compact_index(r: Retriever, *, retrain: bool = False) -> int:
         else:
             tokens = np.concatenate([r.tokens[int(src_off[a]) : int(src_off[b])] for a, b in _runs(live)], axis=0)
         index = _compacted_faiss(r, live, tokens, offsets, retrain, codec)
+        dense = None
+        if r.dense_index is not None:
+            dense = make_dense_index(r.dense_index.d)
+            for s in range(0, live.size, _FAISS_ADD_ROWS):
+                dense.add(r.dense_index.reconstruct_batch(live[s : s + _FAISS_ADD_ROWS]))
+        lexical = r.lexical.select(live) if r.lexical is not None else None
     except BaseException:
         shutil.rmtree(workdir, ignore_errors=True)
         raise
@@ -438,6 +466,8 @@ def compact_index(r: Retriever, *, retrain: bool = False) -> int:
         r.doc_ids = r.doc_ids[live]
         r.deleted = np.zeros(live.size, dtype=np.uint8)
         r.faiss_index = index
+        r.dense_index = dense
+        r.lexical = lexical
         r._row_of = None
     if isinstance(tokens, np.memmap):
         r._adopt_workdir(workdir)

@@ -159,7 +159,7 @@ class SearchService:
         return int((self.retriever.deleted == 0).sum())
 
     def search(self, *, queries=None, embeddings=None, k: int = 10, n_candidates="auto", mode: str = "auto",
-               subset=None) -> dict:
+               subset=None, hybrid: bool | None = None) -> dict:
         lim = self.limits
         if (queries is None) == (embeddings is None):
             raise RequestError(422, "give exactly one of 'queries' (texts) or 'embeddings' (token vectors)")
@@ -193,7 +193,7 @@ class SearchService:
         with self._lock.reading():
             t1 = time.perf_counter()
             with _library_errors():
-                res = self.retriever.search(q, k=k, n_candidates=n_candidates, mode=mode, subset=subset)
+                res = self.retriever.search(q, k=k, n_candidates=n_candidates, mode=mode, subset=subset, hybrid=hybrid)
         t2 = time.perf_counter()
         hits = []
         for ids, scores, rows in zip(res.ids.tolist(), res.scores.tolist(), res.rows.tolist()):
@@ -364,6 +364,8 @@ def create_app(service: SearchService, *, api_key: str | None = None):
         n_candidates: StrictInt | Literal["auto"] = Field("auto", description="FDE candidates reranked, or 'auto'")
         mode: Literal["auto", "fde", "exact"] = "auto"
         subset: list[Id] | None = Field(None, description="only these document ids may be returned")
+        hybrid: StrictBool | None = Field(None, description="fuse with the index's dense / BM25 signals "
+                                          "(default: when it stores any and the queries are texts)")
 
     class Document(BaseModel):
         model_config = ConfigDict(extra="forbid")
@@ -421,7 +423,7 @@ def create_app(service: SearchService, *, api_key: str | None = None):
     @app.post("/search", dependencies=[Depends(check_key)])
     def search(req: SearchRequest) -> dict:
         return service.search(queries=req.queries, embeddings=req.embeddings, k=req.k,
-                              n_candidates=req.n_candidates, mode=req.mode, subset=req.subset)
+                              n_candidates=req.n_candidates, mode=req.mode, subset=req.subset, hybrid=req.hybrid)
 
     @app.post("/documents", dependencies=[Depends(check_key)])
     def add_documents(req: DocumentsRequest) -> dict:

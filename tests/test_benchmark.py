@@ -61,11 +61,20 @@ def bench_run(tmp_path_factory, encoder):
     return {"tmp": tmp, "data": data, "rows": rows, "results": tmp / "out" / "results.jsonl", "cache": tmp / "cache"}
 
 
+def _fde_rows(run):
+    return [r for r in run["rows"] if r["method"] == "fde"]
+
+
 def test_rows_cover_baselines_and_every_configuration(bench_run):
     rows = bench_run["rows"]
-    assert [r["method"] for r in rows] == ["exhaustive", "single_vector", "bm25"] + ["fde"] * 4
+    # text indexes store the hybrid signals: a fused row follows each pipeline row (the second index,
+    # built from the first one's token store, gets the texts and pooled vectors with it)
+    assert [r["method"] for r in rows] == ["exhaustive", "single_vector", "bm25"] + ["fde", "hybrid"] * 4
     fde = [(r["config"]["index"]["fde"]["num_repetitions"], r["config"]["n_candidates"]) for r in rows[3:]]
-    assert fde == [(3, 20), (3, 180), (2, 20), (2, 180)]
+    assert fde == [(3, 20), (3, 20), (3, 180), (3, 180), (2, 20), (2, 20), (2, 180), (2, 180)]
+    for r in rows[4::2]:
+        assert r["config"]["hybrid"]["signals"] == ["dense", "bm25"] and r["config"]["search_includes_encoding"]
+        assert r["chamfer_recall@10"] is None and r["encode"] is None
     written = [json.loads(x) for x in bench_run["results"].read_text().splitlines()]
     assert written == json.loads(json.dumps(rows))
     for r in rows:
@@ -89,7 +98,7 @@ def test_rows_cover_baselines_and_every_configuration(bench_run):
 def test_exhaustive_row_equals_direct_evaluation(bench_run, encoder):
     data = load_beir(bench_run["data"], split="test")
     r = Retriever.load(bench_run["cache"] / bench_run["rows"][3]["index_name"], encoder=encoder)
-    res = r.search(list(data.queries.values()), k=20, mode="exact")
+    res = r.search(list(data.queries.values()), k=20, mode="exact", hybrid=False)
     expected = evaluate(run_from_arrays(list(data.queries), res.ids, res.scores), data.qrels)
     row = bench_run["rows"][0]
     assert row["ndcg@10"] == pytest.approx(expected["ndcg@10"], abs=1e-5)
@@ -99,14 +108,14 @@ def test_exhaustive_row_equals_direct_evaluation(bench_run, encoder):
 
 def test_full_candidate_depth_equals_exhaustive(bench_run):
     exh = bench_run["rows"][0]
-    for r in bench_run["rows"][3:]:
+    for r in _fde_rows(bench_run):
         if r["config"]["n_candidates"] >= N_DOCS:
             assert r["chamfer_recall@10"] == 1.0
             assert r["ndcg@10"] == pytest.approx(exh["ndcg@10"], abs=1e-6)
 
 
 def test_second_index_reuses_the_token_store(bench_run):
-    a, b = bench_run["rows"][3], bench_run["rows"][5]
+    a, b = _fde_rows(bench_run)[0], _fde_rows(bench_run)[2]
     assert a["build"]["tokens_from"] is None and b["build"]["tokens_from"] == a["index_name"]
     assert b["build"]["encode_s"] == a["build"]["encode_s"]  # the reused encoding is what it cost
     ra = Retriever.load(bench_run["cache"] / a["index_name"])
@@ -124,7 +133,7 @@ def test_cached_index_and_exact_results_are_reused(bench_run, encoder, monkeypat
     settings = bm.BenchSettings(k=10, n_candidates=(10,), baselines=(), **FAST)
     rows = bm.run_benchmark(bench_run["data"], index_configs=CFG_B, encoder=encoder, settings=settings,
                             results=None, cache_dir=bench_run["cache"])
-    assert rows[0]["index_cached"] is True and rows[0]["index_name"] == bench_run["rows"][5]["index_name"]
+    assert rows[0]["index_cached"] is True and rows[0]["index_name"] == _fde_rows(bench_run)[2]["index_name"]
     exact_files = sorted(bench_run["cache"].glob("tinybeir-exact-*.npz"))
     assert len(exact_files) == 1  # one query set, one token store
 
@@ -226,10 +235,10 @@ def test_cli_bench_appends_rows(tmp_path, capsys):
             "--projection-dimension", "4", "--timing-queries", "2", "--split", "train", "--codec", "float16"]
     assert cli_main(argv) == 0
     rows = [json.loads(x) for x in out.read_text().splitlines()]
-    assert [r["method"] for r in rows] == ["exhaustive", "fde", "fde"] and rows[1]["split"] == "train"
+    assert [r["method"] for r in rows] == ["exhaustive", "fde", "hybrid", "fde", "hybrid"] and rows[1]["split"] == "train"
     assert rows[1]["config"]["index"]["fde"]["num_repetitions"] == 2
     printed = [json.loads(x) for x in capsys.readouterr().out.splitlines()]
-    assert [p["method"] for p in printed] == ["exhaustive", "fde", "fde"]
+    assert [p["method"] for p in printed] == ["exhaustive", "fde", "hybrid", "fde", "hybrid"]
 
 
 def _load_script(name):
@@ -250,7 +259,7 @@ def test_report_writes_table_and_plot(bench_run, tmp_path, capsys):
     assert report.main(["--results", str(results), "--out", str(md), "--plot", str(png)]) == 0
     text = md.read_text()
     table = [x for x in text.splitlines() if x.startswith("| tinybeir |")]
-    assert len(table) == 7 + 2 + 2  # 7 results (latest of each config), 2 builds, 2 smallest-N lines
+    assert len(table) == 11 + 2 + 2  # 11 results (latest of each config), 2 builds, 2 smallest-N lines
     smallest = [x.split(" | ")[3] for x in table if x.startswith("| tinybeir | test | (3,2,4) |")]
     assert smallest in (["20"], ["180"])  # N=180 >= the corpus: exact, so it always qualifies
     assert "0.123" not in text and "exhaustive MaxSim" in text and "FDE (3,2,4) N=20" in text
@@ -278,7 +287,8 @@ def test_cli_bench_of_a_compressed_store_measures_it_against_float16(tmp_path):
     assert cli_main(argv) == 0
     rows = [json.loads(x) for x in out.read_text().splitlines()]
     assert [(r["method"], r["codec"], r["pool_factor"]) for r in rows] == [
-        ("exhaustive", "float16", 1), ("fde", "float16", 1), ("exhaustive", "int8", 2), ("fde", "int8", 2)]
-    assert rows[0]["chamfer_recall@10"] == 1.0 and rows[2]["stored_tokens"] < rows[0]["stored_tokens"]
-    assert rows[2]["store_bytes"] < rows[0]["store_bytes"] / 3  # half the bytes per token, half the tokens
-    assert rows[3]["build"]["tokens_from"] == rows[1]["index_name"]
+        ("exhaustive", "float16", 1), ("fde", "float16", 1), ("hybrid", "float16", 1), ("exhaustive", "int8", 2),
+        ("fde", "int8", 2), ("hybrid", "int8", 2)]
+    assert rows[0]["chamfer_recall@10"] == 1.0 and rows[3]["stored_tokens"] < rows[0]["stored_tokens"]
+    assert rows[3]["store_bytes"] < rows[0]["store_bytes"] / 3  # half the bytes per token, half the tokens
+    assert rows[4]["build"]["tokens_from"] == rows[1]["index_name"]

@@ -38,7 +38,7 @@ def load(path, **kw) -> ColBERTEncoder:
 
 @pytest.fixture(scope="module")
 def stanford() -> ColBERTEncoder:
-    return load(STANFORD)
+    return load(STANFORD, long_queries="truncate")  # as Stanford ColBERT encodes queries
 
 
 @pytest.fixture(scope="module")
@@ -79,6 +79,7 @@ def test_config_rejects_unknown_keys():
         ({"skiplist_words": (1,)}, "skiplist_words"),
         ({"head": ""}, "head"),
         ({"model": ""}, "model"),
+        ({"long_queries": "drop"}, "long_queries"),
     ],
 )
 def test_config_validation_names_the_field(kw, field):
@@ -92,7 +93,8 @@ def test_config_validation_names_the_field(kw, field):
 def test_matches_pylate(case, batch_size):
     name = case.split("__")[0]
     settings = json.loads((FIX / "expected" / case / "settings.json").read_text())
-    enc = load(FIX / name, batch_size=batch_size, **settings)
+    # PyLate cuts long queries at query_length (our default keeps them: long_queries="extend")
+    enc = load(FIX / name, batch_size=batch_size, long_queries="truncate", **settings)
     for side in ("queries", "documents"):
         fn = enc.encode_queries if side == "queries" else enc.encode_documents
         got = fn(TEXTS[side])
@@ -190,7 +192,7 @@ def test_stanford_document_ids_marker_and_truncation(stanford):
 
 @pytest.mark.parametrize("attend", [False, True])
 def test_stanford_query_embeddings(attend):
-    enc = load(STANFORD, attend_to_expansion_tokens=attend)
+    enc = load(STANFORD, attend_to_expansion_tokens=attend, long_queries="truncate")
     got = enc.encode_queries(TEXTS["queries"])
     want = stanford_reference(TEXTS["queries"], query=True, attend=attend)
     assert (got.lengths == 16).all()
@@ -254,11 +256,15 @@ def test_batches_respect_both_limits_and_cover_every_row_once(expand):
     lengths = list(rng.integers(3, max_len + 1, 500))
     order = np.argsort([-n for n in lengths], kind="stable")
     seen = []
+    expand = 32 if expand else 0  # expansion target (query_length)
     for rows in _batches(order, lengths, 32, 2048, max_len, expand):
         width = _padded_width(lengths[rows[0]], max_len, expand)
         assert all(lengths[r] <= width <= max_len for r in rows)
         assert len(rows) <= 32 and (len(rows) * width <= 2048 or len(rows) == 1)
-        assert width == max_len if expand else (width % _WIDTH_STEP == 0 or width == max_len)
+        if expand:
+            assert width == max(expand, lengths[rows[0]])
+        else:
+            assert width % _WIDTH_STEP == 0 or width == max_len
         seen.extend(rows)
     assert sorted(seen) == list(range(500))
     # one row wider than the token budget still gets a batch of its own
@@ -275,10 +281,29 @@ def test_output_does_not_depend_on_batching(pylate_bert):
 
 
 def test_query_without_expansion_has_one_vector_per_token(pylate_bert):
-    enc = load(BERT_PYLATE, do_query_expansion=False)
+    enc = load(BERT_PYLATE, do_query_expansion=False, long_queries="truncate")
     got = enc.encode_queries(TEXTS["queries"])
     np.testing.assert_array_equal(got.lengths, [len(s) for s in enc.tokenize(TEXTS["queries"], is_query=True)])
     assert got.lengths[3] == 3 and got.lengths.max() == 16  # [CLS] [Q] [SEP]; truncated at query_length
+
+
+@pytest.mark.parametrize("expand, attend", [(False, False), (True, False), (True, True)])
+def test_long_queries_extend_to_document_length_and_encode_as_alone(expand, attend):
+    """long_queries="extend" (default): a query past query_length keeps its tokens up to
+    document_length, with no expansion tokens added; short queries are unchanged, whatever
+    their batch holds."""
+    kw = dict(do_query_expansion=expand, attend_to_expansion_tokens=attend)
+    ext, cut = load(BERT_PYLATE, **kw), load(BERT_PYLATE, long_queries="truncate", **kw)
+    long_q = " ".join(["vitamin"] * 40)  # 40 text tokens: past query_length=16, within document_length=24
+    texts = [TEXTS["queries"][0], long_q, TEXTS["queries"][3]]
+    got = ext.encode_queries(texts)
+    assert got.lengths[1] == 24 and cut.encode_queries(texts).lengths[1] == 16
+    want = [ext.encode_queries([t]) for t in texts]  # alone: no batch neighbours
+    for g, w in zip(got, want):
+        np.testing.assert_allclose(g, w.vectors, atol=1e-5)
+    for i in (0, 2):  # short queries: as ColBERT encodes them
+        np.testing.assert_allclose(got[i], cut.encode_queries([texts[i]]).vectors, atol=1e-5)
+    assert ext.tokenize([long_q], is_query=True)[0].size == 24
 
 
 def test_truncation_is_logged(pylate_bert, caplog):

@@ -62,7 +62,7 @@ def test_streaming_in_batches_gives_same_index(encoder, text_index, monkeypatch)
 
 def test_text_search_matches_embedding_search(encoder, text_index):
     q = ["does aspirin reduce fever", "caffeine"]
-    a = text_index.search(q, k=3)
+    a = text_index.search(q, k=3, hybrid=False)  # MaxSim alone (text queries fuse by default)
     b = text_index.search(encoder.encode_queries(q), k=3)
     np.testing.assert_array_equal(a.rows, b.rows)
     np.testing.assert_array_equal(a.scores, b.scores)
