@@ -21,7 +21,6 @@ from . import format as fmt
 from .ann import add_rows, make_faiss_index, resolve_factory, train_index
 from .codecs import TokenCodec
 from .fde import FDEEncoder
-from .hybrid import make_dense_index
 from .lexical import LexicalAppender, LexicalIndex
 from .memory import release_freed_memory
 from .storage import NpyAppender, NpyRowReader
@@ -166,11 +165,13 @@ class _Builder:
         self.id_type: str | None = None
         self.timings = {"encode_s": 0.0, "pool_s": 0.0, "fde_s": 0.0, "codec_s": 0.0, "faiss_s": 0.0, "write_s": 0.0}
         self.hybrid = config.hybrid  # resolved (a HybridConfig) by the caller
-        self.dense_index = self.lexical = self._lexical_app = None
+        self.dense: NpyAppender | None = None  # pooled vectors, float16, streamed to dense.npy
+        self.pooled_dim = pooled_dim
+        self.lexical = self._lexical_app = None
         if "dense" in self.hybrid.signals:
             if pooled_dim is None:
                 raise ValueError("the dense hybrid signal needs an encoder that returns pooled vectors")
-            self.dense_index = make_dense_index(pooled_dim)
+            self.dense = NpyAppender(workdir / fmt.DENSE, pooled_dim, np.float16)
         if "bm25" in self.hybrid.signals:
             self._lexical_app = LexicalAppender(LexicalIndex.empty(self.hybrid.bm25))
             self.timings["bm25_s"] = 0.0
@@ -178,14 +179,13 @@ class _Builder:
     def add(self, emb: TokenEmbeddings, ids: list, pooled: np.ndarray | None = None,
             texts: list[str] | None = None) -> None:
         self.id_type, _ = _validate_batch(emb, ids, self.dim, self.id_type, self.id_set, len(self.ids))
-        pooled = check_signals(self.hybrid, len(ids), pooled, texts,
-                               self.dense_index.d if self.dense_index is not None else None)
+        pooled = check_signals(self.hybrid, len(ids), pooled, texts, self.pooled_dim)
         if self._lexical_app is not None:
             t0 = time.perf_counter()
             self._lexical_app.add(texts)
             self.timings["bm25_s"] += time.perf_counter() - t0
         if pooled is not None:
-            self.dense_index.add(pooled)
+            self.dense.append(pooled.astype(np.float16))
         self.id_set.update(_py(i) for i in ids)
         t0 = time.perf_counter()
         emb = _pooled(emb, self.config.pool_factor)
@@ -262,6 +262,8 @@ class _Builder:
                        seed=self.config.fde.seed, timings=self.timings, show_progress=self.show_progress)
         release_freed_memory()
         self.factory = factory
+        if self.dense is not None:
+            self.dense.close()
         if self._lexical_app is not None:
             t0 = time.perf_counter()
             self.lexical = self._lexical_app.finish()
@@ -283,8 +285,8 @@ def check_signals(hybrid, n: int, pooled, texts, pooled_dim: int | None):
         pooled = np.ascontiguousarray(pooled, dtype=np.float32)
         if pooled.shape != (n, pooled_dim):
             raise ValueError(f"pooled vectors have shape {pooled.shape}, expected {(n, pooled_dim)}")
-        if not np.isfinite(pooled).all():
-            raise ValueError("pooled vectors hold NaN or infinite values")
+        if not np.isfinite(pooled).all() or np.abs(pooled).max(initial=0.0) > 65504.0:
+            raise ValueError("pooled vectors hold NaN, infinite or float16-overflowing values")
     else:
         pooled = None
     if "bm25" in hybrid.signals:

@@ -11,8 +11,8 @@ An index is a directory of plain files::
     doc_ids.txt       one external document id per line; line i = document row i
     fde.faiss         FAISS inner-product index over the documents' FDE vectors (row i = document i)
     deleted.npy       (n_docs,) uint8, 1 = deleted (only when documents were deleted)
-    dense.faiss       hybrid indexes with the "dense" signal: FAISS SQfp16 inner-product index of
-                      the documents' pooled single vectors (row i = document i)
+    dense.npy         hybrid indexes with the "dense" signal: (n_docs, d) float16 pooled single
+                      vectors of the documents (row i = document i)
     bm25_*.npy, bm25_vocab.txt
                       hybrid indexes with the "bm25" signal: the inverted index of
                       retriever/lexical.py (term-major CSR postings, document lengths; one term
@@ -46,7 +46,7 @@ DELETED = "deleted.npy"
 # trained token codec parameters (residual codes only; see retriever/codecs.py)
 CODEC_FILES = {"centroids": "codec_centroids.npy", "cutoffs": "codec_cutoffs.npy", "weights": "codec_weights.npy"}
 
-DENSE = "dense.faiss"
+DENSE = "dense.npy"
 BM25_VOCAB = "bm25_vocab.txt"
 BM25_FILES = {"term_offsets": "bm25_term_offsets.npy", "post_rows": "bm25_post_rows.npy",
               "post_tf": "bm25_post_tf.npy", "doc_len": "bm25_doc_len.npy"}

@@ -4,8 +4,8 @@ An index built from text can store, beside its token vectors, two more signals p
 
 * ``"dense"``: the encoder backbone's pooled single vector (``ColBERTEncoder.encode_documents(...,
   return_pooled=True)``: the attention-masked mean of the last hidden states, from the same forward
-  pass as the token vectors), kept as float16 in a FAISS ``SQfp16`` inner-product index
-  (``dense.faiss``);
+  pass as the token vectors), stored float16 (``dense.npy``) and scanned exactly by
+  ``kernels/dense.py``;
 * ``"bm25"``: a BM25 inverted index over the words of the text (:mod:`retriever.lexical`).
 
 A hybrid search (:func:`search_hybrid`) scores, per query, the union of
@@ -30,16 +30,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-import faiss
 import numpy as np
 
+from kernels.dense import dense_scores_rows, dense_topk
 from kernels.maxsim import maxsim_scores_batch
 
-from .ann import faiss_search
 from .lexical import BM25Config, LexicalIndex
 from .tokens import TokenEmbeddings
 
-__all__ = ["SIGNALS", "FusionConfig", "HybridConfig", "make_dense_index", "dense_scores", "fuse", "search_hybrid"]
+__all__ = ["SIGNALS", "FusionConfig", "HybridConfig", "fuse", "score_union", "rank_fused", "search_hybrid"]
 
 #: The signals an index can store beside its token vectors.
 SIGNALS = ("dense", "bm25")
@@ -144,25 +143,6 @@ class HybridConfig:
 NONE = HybridConfig(signals=())
 
 
-# -- the dense signal ----------------------------------------------------------------------------
-
-
-def make_dense_index(dim: int) -> faiss.Index:
-    """An empty float16 inner-product FAISS index for pooled vectors (2 bytes per dimension)."""
-    return faiss.IndexScalarQuantizer(int(dim), faiss.ScalarQuantizer.QT_fp16, faiss.METRIC_INNER_PRODUCT)
-
-
-def dense_scores(index: faiss.Index, q_pooled: np.ndarray, cand: np.ndarray) -> np.ndarray:
-    """Inner products of each query's pooled vector with its candidates' stored ones: float32
-    (n_q, M), -inf where ``cand`` is -1."""
-    out = np.full(cand.shape, -np.inf, dtype=np.float32)
-    for i in range(cand.shape[0]):
-        rows = cand[i][cand[i] >= 0]
-        if rows.size:
-            out[i, : rows.size] = index.reconstruct_batch(rows) @ q_pooled[i]
-    return out
-
-
 # -- fusion ----------------------------------------------------------------------------------------
 
 
@@ -203,6 +183,82 @@ def fuse(signals: dict[str, np.ndarray], tops: dict[str, np.ndarray], fusion: Fu
     return (np.zeros(n) if out is None else out).astype(np.float32)
 
 
+def score_union(
+    queries: TokenEmbeddings,
+    base: np.ndarray,
+    tokens: np.ndarray,
+    doc_offsets: np.ndarray,
+    *,
+    depth: int,
+    dense: np.ndarray | None = None,
+    q_pooled: np.ndarray | None = None,
+    lexical: LexicalIndex | None = None,
+    q_texts: list[str] | None = None,
+    allowed: np.ndarray | None = None,
+) -> list[tuple[np.ndarray, dict, dict]]:
+    """Per query: (U rows ascending, {signal: scores over U}, {signal: its own top-``depth`` scores}).
+
+    Parameters
+    ----------
+    base : int64 (n_q, N) the MaxSim side's rows, -1 padded: FDE candidates (reranked here) or the
+        exhaustive top rows.
+    depth : each signal's top list that enters U.
+    dense, q_pooled : the dense signal (both or neither): float16 (n_rows, d) document vectors and
+        float32 (n_q, d) query vectors.
+    lexical, q_texts : the BM25 signal (both or neither).
+    allowed : uint8 (n_rows,) mask of rows that may be returned, or None.
+    """
+    n_q = base.shape[0]
+    dense_top = dense_top_scores = None
+    if dense is not None:
+        dense_top, dense_top_scores = dense_topk(q_pooled, dense, depth, allowed)
+    bm_rows = bm_full = None
+    if lexical is not None:
+        bm_rows, _, bm_full = lexical.search(q_texts, depth, allowed=allowed)
+    unions = []
+    for i in range(n_q):
+        parts = [base[i]] + [x[i] for x in (dense_top, bm_rows) if x is not None]
+        u = np.unique(np.concatenate(parts))
+        unions.append(u[u >= 0])
+    width = max(1, max(u.size for u in unions))
+    cand = np.full((n_q, width), -1, dtype=np.int64)
+    for i, u in enumerate(unions):
+        cand[i, : u.size] = u
+    ms = maxsim_scores_batch(queries.vectors, queries.offsets, tokens, doc_offsets, cand)
+    de = dense_scores_rows(q_pooled, dense, cand) if dense is not None else None
+    out = []
+    for i, u in enumerate(unions):
+        m = ms[i, : u.size]
+        signals = {"maxsim": m}
+        tops = {"maxsim": np.sort(m)[-depth:]}
+        if de is not None:
+            d = de[i, : u.size]
+            signals["dense"] = d
+            tops["dense"] = dense_top_scores[i][dense_top[i] >= 0]
+        if bm_full is not None:
+            signals["bm25"] = bm_full[i][u]
+            full = bm_full[i] if allowed is None else bm_full[i][allowed != 0]
+            # the top-depth BM25 scores of every allowed row, zeros included when fewer match
+            tops["bm25"] = np.partition(full, full.size - depth)[-depth:] if full.size > depth else full
+        out.append((u, signals, tops))
+    return out
+
+
+def rank_fused(scored: list[tuple[np.ndarray, dict, dict]], k: int, fusion: FusionConfig):
+    """Top-``k`` of each query's U by :func:`fuse`: (rows int64 (n_q, k), fused float32 (n_q, k)),
+    padded with -1 / -inf; ties broken by row."""
+    out_rows = np.full((len(scored), k), -1, dtype=np.int64)
+    out_scores = np.full((len(scored), k), -np.inf, dtype=np.float32)
+    for i, (u, signals, tops) in enumerate(scored):
+        if u.size == 0:
+            continue
+        f = fuse(signals, tops, fusion)
+        order = np.lexsort((u, -f))[:k]
+        out_rows[i, : order.size] = u[order]
+        out_scores[i, : order.size] = f[order]
+    return out_rows, out_scores
+
+
 def search_hybrid(
     queries: TokenEmbeddings,
     base: np.ndarray,
@@ -211,63 +267,17 @@ def search_hybrid(
     *,
     k: int,
     fusion: FusionConfig,
-    dense_index=None,
+    dense: np.ndarray | None = None,
     q_pooled: np.ndarray | None = None,
     lexical: LexicalIndex | None = None,
     q_texts: list[str] | None = None,
     allowed: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Fused top-``k`` rows per query (see the module docstring).
-
-    Parameters
-    ----------
-    base : int64 (n_q, N) the MaxSim side's rows, -1 padded: FDE candidates (reranked here) or the
-        exhaustive top rows.
-    dense_index, q_pooled : the dense signal (both or neither).
-    lexical, q_texts : the BM25 signal (both or neither).
-    allowed : uint8 (n_rows,) mask of rows that may be returned, or None.
+    """Fused top-``k`` rows per query (see the module docstring): :func:`score_union` with
+    ``depth = max(fusion.depth, k)``, then :func:`rank_fused`.
 
     Returns (rows int64 (n_q, k), fused scores float32 (n_q, k)), padded with -1 / -inf.
     """
-    n_q = base.shape[0]
-    depth = max(int(fusion.depth), int(k))
-    extra = []
-    if dense_index is not None:
-        extra.append(faiss_search(dense_index, q_pooled, depth, allowed=allowed))
-    bm_full = None
-    if lexical is not None:
-        bm_rows, _, bm_full = lexical.search(q_texts, depth, allowed=allowed)
-        extra.append(bm_rows)
-    unions = []
-    for i in range(n_q):
-        u = np.unique(np.concatenate([base[i]] + [e[i] for e in extra]))
-        unions.append(u[u >= 0])
-    width = max(1, max(u.size for u in unions))
-    cand = np.full((n_q, width), -1, dtype=np.int64)
-    for i, u in enumerate(unions):
-        cand[i, : u.size] = u
-    ms = maxsim_scores_batch(queries.vectors, queries.offsets, tokens, doc_offsets, cand)
-    de = dense_scores(dense_index, q_pooled, cand) if dense_index is not None else None
-    out_rows = np.full((n_q, k), -1, dtype=np.int64)
-    out_scores = np.full((n_q, k), -np.inf, dtype=np.float32)
-    for i, u in enumerate(unions):
-        if u.size == 0:
-            continue
-        m = ms[i, : u.size]
-        signals = {"maxsim": m}
-        tops = {"maxsim": np.sort(m)[-depth:]}
-        if de is not None:
-            d = de[i, : u.size]
-            signals["dense"] = d
-            dense_top = extra[0][i]
-            tops["dense"] = d[np.searchsorted(u, dense_top[dense_top >= 0])]
-        if bm_full is not None:
-            b = bm_full[i][u]
-            signals["bm25"] = b
-            full = bm_full[i] if allowed is None else bm_full[i][allowed != 0]
-            tops["bm25"] = np.partition(full, full.size - depth)[-depth:] if full.size > depth else full
-        f = fuse(signals, tops, fusion)
-        order = np.lexsort((u, -f))[:k]
-        out_rows[i, : order.size] = u[order]
-        out_scores[i, : order.size] = f[order]
-    return out_rows, out_scores
+    scored = score_union(queries, base, tokens, doc_offsets, depth=max(int(fusion.depth), int(k)),
+                         dense=dense, q_pooled=q_pooled, lexical=lexical, q_texts=q_texts, allowed=allowed)
+    return rank_fused(scored, int(k), fusion)

@@ -191,7 +191,7 @@ class Retriever:
         deleted: np.ndarray | None = None,
         workdir: Path | None = None,
         build_timings: dict | None = None,
-        dense_index=None,
+        dense: np.ndarray | None = None,
         lexical: LexicalIndex | None = None,
     ) -> None:
         if config.hybrid == "auto":
@@ -210,7 +210,7 @@ class Retriever:
         self._encoder_lock = threading.Lock()
         self.deleted = deleted if deleted is not None else np.zeros(len(doc_offsets) - 1, dtype=np.uint8)
         self.build_timings = build_timings or {}
-        self.dense_index = dense_index  # hybrid "dense" signal: FAISS SQfp16 index of pooled vectors
+        self.dense = dense  # hybrid "dense" signal: (n_rows, d) float16 pooled vectors (dense.npy)
         self.lexical = lexical  # hybrid "bm25" signal
         self._row_of: dict | None = None  # external id -> live row, built on first use
         self._ids_lock = threading.Lock()  # guards _row_of
@@ -373,13 +373,15 @@ class Retriever:
                 encoder=encoder,
                 workdir=None if target is not None else workdir,
                 build_timings=builder.timings,
-                dense_index=builder.dense_index,
+                dense=_built_dense(workdir, builder, len(ids_arr)),
                 lexical=builder.lexical,
             )
             if target is not None:
                 r._write_into(workdir, tokens_in_place=True)
                 atomic_replace_dir(workdir, target)
                 r.tokens = fmt.load_array(target, fmt.TOKENS, True, codec.row_dtype, tokens.shape)
+                if r.dense is not None:
+                    r.dense = fmt.load_array(target, fmt.DENSE, True, np.float16, r.dense.shape)
             log.info("built %r (timings %s)", r, {k: round(v, 2) for k, v in builder.timings.items()})
             return r
         except BaseException:
@@ -398,6 +400,8 @@ class Retriever:
         nprobe: int | None = None,
         subset=None,
         hybrid: bool | FusionConfig | None = None,
+        query_texts=None,
+        query_pooled=None,
     ) -> SearchResults:
         """Top-``k`` documents for each query by MaxSim (late interaction) similarity.
 
@@ -427,6 +431,10 @@ class Retriever:
             texts; ``True`` requires it; ``False`` ranks by MaxSim alone; a ``FusionConfig``
             fuses with those settings instead of the index's. A hybrid search's ``scores`` are
             the fused scores.
+        query_texts, query_pooled : with query embeddings only
+            The queries' texts (BM25) and pooled single vectors (float32 ``(n_queries, d)``, the
+            dense signal) for a hybrid search when the embeddings were computed elsewhere (an index
+            built with ``texts=`` / ``pooled=``). Text queries compute both themselves.
 
         Returns
         -------
@@ -441,13 +449,20 @@ class Retriever:
                          or n_candidates < k):
             raise ValueError(f"n_candidates must be 'auto' or an integer >= k ({k}), got {n_candidates!r}")
         texts = _query_texts(queries)
-        fusion = self._fusion(hybrid, texts is not None)
+        if texts is not None and (query_texts is not None or query_pooled is not None):
+            raise ValueError("query_texts and query_pooled go with query embeddings; these queries are texts")
+        fusion = self._fusion(hybrid, texts is not None or query_texts is not None)
         q_pooled = None
-        if fusion is not None and "dense" in self.config.hybrid.signals:
+        if fusion is not None and texts is not None and "dense" in self.config.hybrid.signals:
             q, q_pooled = self.encoder.encode_queries(texts, return_pooled=True)
             q = self._query_embeddings(q)
         else:
             q = self._query_embeddings(queries)
+        if fusion is not None and texts is None:  # embeddings with their texts (and pooled vectors)
+            texts, q_pooled = self._hybrid_query_side(len(q), query_texts, query_pooled)
+        elif fusion is None and (query_texts is not None or query_pooled is not None):
+            raise ValueError("query_texts / query_pooled serve hybrid searches only; this search is not one "
+                             "(hybrid=False, or the index stores no hybrid signals)")
         allowed = self._allowed_mask(subset)
         n_allowed = int(allowed.sum()) if allowed is not None else len(self.doc_ids)
         if auto:
@@ -462,7 +477,7 @@ class Retriever:
                                     ef_search=ef_search, nprobe=nprobe, allowed=allowed)
             rows, scores = search_hybrid(
                 q, base, self.store, self.doc_offsets, k=int(k), fusion=fusion,
-                dense_index=self.dense_index if q_pooled is not None else None, q_pooled=q_pooled,
+                dense=self.dense if q_pooled is not None else None, q_pooled=q_pooled,
                 lexical=self.lexical, q_texts=texts if self.lexical is not None else None, allowed=allowed,
             )
         elif exhaustive:
@@ -475,6 +490,22 @@ class Retriever:
                 ef_search=ef_search, nprobe=nprobe, allowed=allowed,
             )
         return SearchResults(ids=self._ids_of(rows), scores=scores, rows=rows)
+
+    def _hybrid_query_side(self, n_q: int, query_texts, query_pooled):
+        """Validated (texts, pooled) of query embeddings for a hybrid search."""
+        if isinstance(query_texts, str) or not isinstance(query_texts, (list, tuple)) or len(query_texts) != n_q \
+                or not all(isinstance(t, str) for t in query_texts):
+            raise ValueError(f"query_texts must be a list of {n_q} strings, one per query")
+        pooled = None
+        if "dense" in self.config.hybrid.signals:
+            if query_pooled is None:
+                raise ValueError("this index's 'dense' signal needs query_pooled (the queries' pooled vectors) "
+                                 "with query embeddings, or text queries")
+            pooled = np.ascontiguousarray(query_pooled, dtype=np.float32)
+            if pooled.shape != (n_q, self.dense.shape[1]) or not np.isfinite(pooled).all():
+                raise ValueError(f"query_pooled must be a finite float array of shape {(n_q, self.dense.shape[1])}, "
+                                 f"got {pooled.shape}")
+        return list(query_texts), pooled
 
     def _fusion(self, hybrid, texts: bool) -> FusionConfig | None:
         """The fusion a search uses (None: MaxSim alone); see :meth:`search`'s ``hybrid``."""
@@ -489,7 +520,7 @@ class Retriever:
                              "IndexConfig.hybrid 'auto' or a HybridConfig with signals); this one stores none")
         if not texts:
             raise ValueError("hybrid search needs query texts (BM25 and the pooled vector come from the text); "
-                             "these queries are token embeddings")
+                             "these queries are token embeddings (pass query_texts= and query_pooled=)")
         return self.config.hybrid.fusion if hybrid is True else hybrid
 
     def _allowed_mask(self, subset) -> np.ndarray | None:
@@ -566,9 +597,9 @@ class Retriever:
     def _check_encoder(self, encoder) -> None:
         if encoder.dim != self.dim:
             raise ValueError(f"encoder produces dim {encoder.dim}, the index has dim {self.dim}")
-        if self.dense_index is not None and getattr(encoder, "pooled_dim", None) != self.dense_index.d:
+        if self.dense is not None and getattr(encoder, "pooled_dim", None) != self.dense.shape[1]:
             raise ValueError(f"encoder pools {getattr(encoder, 'pooled_dim', None)}-d single vectors, the index's "
-                             f"dense signal has {self.dense_index.d}")
+                             f"dense signal has {self.dense.shape[1]}")
         if self.encoder_info is not None:
             encoder.check_identity(self.encoder_info)
 
@@ -682,10 +713,13 @@ class Retriever:
             np.save(directory / fmt.CODEC_FILES[key], arr, allow_pickle=False)
             names.append(fmt.CODEC_FILES[key])
         hybrid = {}
-        if self.dense_index is not None:
-            faiss.write_index(self.dense_index, str(directory / fmt.DENSE))
+        if self.dense is not None:
+            if not tokens_in_place:  # (a build wrote it in place already)
+                with NpyAppender(directory / fmt.DENSE, self.dense.shape[1], np.float16) as w:
+                    for s in range(0, self.dense.shape[0], 1 << 18):
+                        w.append(np.asarray(self.dense[s : s + (1 << 18)]))
             names.append(fmt.DENSE)
-            hybrid["pooled_dim"] = int(self.dense_index.d)
+            hybrid["pooled_dim"] = int(self.dense.shape[1])
         if self.lexical is not None:
             with open(directory / fmt.BM25_VOCAB, "w", encoding="utf-8", newline="\n") as fh:
                 fh.writelines(f"{t}\n" for t in self.lexical.vocab)
@@ -769,11 +803,11 @@ class Retriever:
                 f"{path / fmt.FAISS} holds {index.ntotal} vectors of dim {index.d}, "
                 f"the manifest says {n_docs} of dim {m['fde_dim']}"
             )
-        dense_index, lexical = _load_hybrid(path, m, config, n_docs)
+        dense, lexical = _load_hybrid(path, m, config, n_docs, mmap)
         r = cls(
             tokens=tokens, doc_offsets=offsets, doc_ids=ids, id_type=id_type, faiss_index=index,
             config=config, codec=codec, encoder_info=m.get("encoder"), deleted=deleted,
-            dense_index=dense_index, lexical=lexical,
+            dense=dense, lexical=lexical,
         )
         if r.fde_encoder.output_dim != int(m["fde_dim"]):
             raise fmt.IndexFormatError(f"{path / fmt.MANIFEST}: fde_dim {m['fde_dim']} does not match its FDE config")
@@ -824,22 +858,25 @@ def _parse_ids(p: Path, raw: list[str], id_type: str) -> np.ndarray:
     return _ids_array(raw, id_type)
 
 
-def _load_hybrid(path: Path, m: dict, config: IndexConfig, n_docs: int):
-    """The stored hybrid signals (dense FAISS index, BM25 index; None where not stored)."""
+def _built_dense(workdir: Path, builder, n_docs: int):
+    """The pooled vectors a build streamed to ``workdir`` (memory-mapped), or None."""
+    if builder.dense is None:
+        return None
+    return fmt.load_array(workdir, fmt.DENSE, True, np.float16, (n_docs, builder.pooled_dim))
+
+
+def _load_hybrid(path: Path, m: dict, config: IndexConfig, n_docs: int, mmap: bool = True):
+    """The stored hybrid signals (float16 pooled vectors, BM25 index; None where not stored)."""
     signals = config.hybrid.signals
     files = m["files"]
-    dense_index = lexical = None
+    dense = lexical = None
     if "dense" in signals:
         if fmt.DENSE not in files:
             raise fmt.IndexFormatError(f"{path / fmt.MANIFEST}: the 'dense' hybrid signal needs {fmt.DENSE!r}, which is not listed")
-        try:
-            dense_index = faiss.read_index(str(path / fmt.DENSE))
-        except RuntimeError as e:
-            raise fmt.IndexFormatError(f"{path / fmt.DENSE} is not a readable FAISS index: {e}") from None
         want = (m.get("hybrid") or {}).get("pooled_dim")
-        if dense_index.ntotal != n_docs or dense_index.d != want:
-            raise fmt.IndexFormatError(f"{path / fmt.DENSE} holds {dense_index.ntotal} vectors of dim {dense_index.d}, "
-                                       f"the manifest says {n_docs} of dim {want}")
+        if isinstance(want, bool) or not isinstance(want, int) or want < 1:
+            raise fmt.IndexFormatError(f"{path / fmt.MANIFEST}: hybrid.pooled_dim must be a positive integer, got {want!r}")
+        dense = fmt.load_array(path, fmt.DENSE, mmap, np.float16, (n_docs, want))
     if "bm25" in signals:
         missing = [n for n in (fmt.BM25_VOCAB, *fmt.BM25_FILES.values()) if n not in files]
         if missing:
@@ -858,7 +895,7 @@ def _load_hybrid(path: Path, m: dict, config: IndexConfig, n_docs: int):
                 raise fmt.IndexFormatError(f"{path / fmt.MANIFEST}: hybrid.{name} must be a non-negative integer, got {v!r}")
         if len(vocab) != n_terms:
             raise fmt.IndexFormatError(f"{path / fmt.BM25_VOCAB} has {len(vocab)} terms, the manifest says {n_terms}")
-        shapes = {"term_offsets": (np.int64, (n_terms + 1,)), "post_rows": (np.int64, (n_post,)),
+        shapes = {"term_offsets": (np.int64, (n_terms + 1,)), "post_rows": (np.uint32, (n_post,)),
                   "post_tf": (np.uint32, (n_post,)), "doc_len": (np.uint32, (n_docs,))}
         arrays = {key: fmt.load_array(path, fmt.BM25_FILES[key], False, dt, shape) for key, (dt, shape) in shapes.items()}
         try:
@@ -866,7 +903,7 @@ def _load_hybrid(path: Path, m: dict, config: IndexConfig, n_docs: int):
             lexical.check(n_docs)
         except ValueError as e:
             raise fmt.IndexFormatError(f"{path}: bad BM25 index: {e}") from None
-    return dense_index, lexical
+    return dense, lexical
 
 
 def _load_codec(path: Path, m: dict, config: IndexConfig, dim: int) -> TokenCodec:

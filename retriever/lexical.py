@@ -5,7 +5,7 @@ The index is term-major CSR over the index's document rows (row i = document row
 
     vocab          list of terms; term id = position
     term_offsets   (n_terms + 1,) int64: postings of term t are [term_offsets[t], term_offsets[t + 1])
-    post_rows      (n_postings,) int64 document rows, ascending within each term
+    post_rows      (n_postings,) uint32 document rows, ascending within each term
     post_tf        (n_postings,) uint32 term frequencies
     doc_len        (n_rows,) uint32 terms per document (after stop-word removal)
 
@@ -34,6 +34,7 @@ ENGLISH_STOPWORDS = frozenset(
     "a an and are as at be but by for if in into is it no not of on or such that the their then there these "
     "they this to was will with".split()
 )
+_MAX_ROWS = (1 << 32) - 1
 _TOKEN = re.compile(r"\w\w+", re.UNICODE)  # words of two or more word characters
 
 
@@ -124,6 +125,8 @@ class LexicalAppender:
         return i
 
     def add(self, texts: Sequence[str]) -> None:
+        if self.base.n_rows + self.n_new + len(texts) > _MAX_ROWS:
+            raise ValueError(f"a BM25 index holds at most {_MAX_ROWS} documents (uint32 rows); shard the corpus")
         analyzer = self.base.analyzer
         doc_len = np.empty(len(texts), dtype=np.uint32)
         row0 = self.base.n_rows + self.n_new
@@ -137,7 +140,7 @@ class LexicalAppender:
             ids = np.fromiter((self._tid(w) for w in words), dtype=np.int64, count=len(words))
             uniq, counts = np.unique(ids, return_counts=True)
             self.terms.append(uniq)
-            self.rows.append(np.full(uniq.size, row0 + j, dtype=np.int64))
+            self.rows.append(np.full(uniq.size, row0 + j, dtype=np.uint32))
             self.tfs.append(counts.astype(np.uint32))
         self.lens.append(doc_len)
         self.n_new += len(texts)
@@ -146,7 +149,7 @@ class LexicalAppender:
         """The base index with every added text appended (the base is unchanged)."""
         base = self.base
         new_terms = np.concatenate(self.terms) if self.terms else np.zeros(0, dtype=np.int64)
-        new_rows = np.concatenate(self.rows) if self.rows else np.zeros(0, dtype=np.int64)
+        new_rows = np.concatenate(self.rows) if self.rows else np.zeros(0, dtype=np.uint32)
         new_tf = np.concatenate(self.tfs) if self.tfs else np.zeros(0, dtype=np.uint32)
         order = np.argsort(new_terms, kind="stable")  # by term, rows ascending within a term
         new_terms, new_rows, new_tf = new_terms[order], new_rows[order], new_tf[order]
@@ -187,7 +190,7 @@ class LexicalIndex:
     # -- construction ------------------------------------------------------------------------
     @classmethod
     def empty(cls, config: BM25Config) -> "LexicalIndex":
-        return cls(config, [], np.zeros(1, dtype=np.int64), np.zeros(0, dtype=np.int64),
+        return cls(config, [], np.zeros(1, dtype=np.int64), np.zeros(0, dtype=np.uint32),
                    np.zeros(0, dtype=np.uint32), np.zeros(0, dtype=np.uint32))
 
     @classmethod
@@ -219,7 +222,7 @@ class LexicalIndex:
         counts = np.bincount(term_of[keep], minlength=self.n_terms)
         term_offsets = np.zeros(self.n_terms + 1, dtype=np.int64)
         np.cumsum(counts, out=term_offsets[1:])
-        return LexicalIndex(self.config, list(self.vocab), term_offsets, mapped[keep], self.post_tf[keep],
+        return LexicalIndex(self.config, list(self.vocab), term_offsets, mapped[keep].astype(np.uint32), self.post_tf[keep],
                             self.doc_len[rows])
 
     # -- scoring ---------------------------------------------------------------------------
@@ -279,6 +282,12 @@ class LexicalIndex:
             raise ValueError(f"doc_len has {self.doc_len.size} rows, the index {n_rows}")
         if pr.size and (pr.min() < 0 or pr.max() >= n_rows):
             raise ValueError(f"post_rows names rows outside [0, {n_rows})")
+        if pr.size > 1:
+            step = np.diff(pr.astype(np.int64)) > 0
+            starts = off[1:-1]
+            step[starts[(starts > 0) & (starts < pr.size)] - 1] = True  # a new term may start anywhere
+            if not step.all():
+                raise ValueError("post_rows must ascend strictly within each term's postings")
         if tf.size and tf.min() < 1:
             raise ValueError("post_tf holds a zero term frequency")
         if len(set(self.vocab)) != len(self.vocab) or not all(self.vocab):

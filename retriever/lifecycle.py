@@ -53,7 +53,6 @@ from .builder import (
     fill_faiss,
     stream_texts,
 )
-from .hybrid import make_dense_index
 from .lexical import LexicalAppender
 from .storage import NpyAppender
 from .tokens import TokenEmbeddings, as_token_embeddings
@@ -194,7 +193,7 @@ class _Stager:
         in_index = None if self.replace else (lambda i: i in row_of)
         _validate_batch(emb, ids, r.dim, r.id_type, self.taken, len(self.ids), in_index)
         pooled = check_signals(self.hybrid, len(ids), pooled, texts,
-                               r.dense_index.d if r.dense_index is not None else None)
+                               r.dense.shape[1] if r.dense is not None else None)
         t0 = time.perf_counter()
         emb = _pooled(emb, r.config.pool_factor)
         self.timings["pool_s"] += time.perf_counter() - t0
@@ -235,20 +234,17 @@ class _Stager:
             deleted[replaced] = 1
         tokens = self.sink.finish()
         lexical = self.lexical_app.finish() if self.lexical_app is not None else None
+        dense = None
+        if r.dense is not None:  # in memory (a loaded index's file belongs to its directory until save)
+            dense = np.concatenate([np.asarray(r.dense), *(p.astype(np.float16) for p in self.pooled)])
         index = r.faiss_index
         ntotal = index.ntotal
-        dense = r.dense_index
-        dense_ntotal = dense.ntotal if dense is not None else 0
         try:  # FDEs of the new rows, computed from the grown store as a build computes them
             fill_faiss(index, r.config.faiss_factory, r.codec, r.fde_encoder, tokens, offsets,
                        np.arange(n_before, n_before + len(self.ids)), seed=r.config.fde.seed, timings=self.timings,
                        train=False)
-            if dense is not None:
-                dense.add(np.concatenate(self.pooled))
         except BaseException as e:
             _undo_faiss_add(index, ntotal, e)
-            if dense is not None:
-                _undo_faiss_add(dense, dense_ntotal, e)
             raise
         # swap in (plain attribute assignments: nothing below can fail)
         r.tokens = tokens
@@ -257,6 +253,8 @@ class _Stager:
         r.deleted = deleted
         if lexical is not None:
             r.lexical = lexical
+        if dense is not None:
+            r.dense = dense
         if self.sink.new_workdir is not None:
             r._adopt_workdir(self.sink.new_workdir)
         with r._ids_lock:
@@ -450,11 +448,7 @@ def compact_index(r: Retriever, *, retrain: bool = False) -> int:
         else:
             tokens = np.concatenate([r.tokens[int(src_off[a]) : int(src_off[b])] for a, b in _runs(live)], axis=0)
         index = _compacted_faiss(r, live, tokens, offsets, retrain, codec)
-        dense = None
-        if r.dense_index is not None:
-            dense = make_dense_index(r.dense_index.d)
-            for s in range(0, live.size, _FAISS_ADD_ROWS):
-                dense.add(r.dense_index.reconstruct_batch(live[s : s + _FAISS_ADD_ROWS]))
+        dense = np.asarray(r.dense[live]) if r.dense is not None else None
         lexical = r.lexical.select(live) if r.lexical is not None else None
     except BaseException:
         shutil.rmtree(workdir, ignore_errors=True)
@@ -466,7 +460,7 @@ def compact_index(r: Retriever, *, retrain: bool = False) -> int:
         r.doc_ids = r.doc_ids[live]
         r.deleted = np.zeros(live.size, dtype=np.uint8)
         r.faiss_index = index
-        r.dense_index = dense
+        r.dense = dense
         r.lexical = lexical
         r._row_of = None
     if isinstance(tokens, np.memmap):

@@ -193,7 +193,7 @@ def _brute_force(r: Retriever, encoder, queries, k, fusion=None, allowed=None):
     live = np.ones(n, bool) if allowed is None else allowed.astype(bool)
     live &= r.deleted == 0
     vec = r.codec.decode(np.asarray(r.tokens))
-    dense = r.dense_index.reconstruct_n(0, n)
+    dense = np.asarray(r.dense, dtype=np.float32)
     out = []
     for i in range(len(queries)):
         qi = q[i]
@@ -218,7 +218,7 @@ def _brute_force(r: Retriever, encoder, queries, k, fusion=None, allowed=None):
 
 def test_text_build_stores_both_signals_and_fuses_by_default(hindex, encoder):
     assert hindex.config.hybrid.signals == ("dense", "bm25")
-    assert hindex.dense_index.ntotal == 30 and hindex.dense_index.d == encoder.pooled_dim
+    assert hindex.dense.shape == (30, encoder.pooled_dim) and hindex.dense.dtype == np.float16
     assert hindex.lexical.n_rows == 30
     fused = hindex.search(QUERIES, k=5)
     plain = hindex.search(QUERIES, k=5, hybrid=False)
@@ -278,6 +278,24 @@ def test_embedding_build_with_texts_and_pooled_equals_the_text_build(hindex, enc
         Retriever.build(emb, config=IndexConfig(fde=FDE, hybrid=HybridConfig()), pooled=pooled, show_progress=False)
 
 
+def test_query_embeddings_with_texts_and_pooled_equal_text_queries(hindex, encoder):
+    q, qp = encoder.encode_queries(QUERIES, return_pooled=True)
+    a = hindex.search(q, k=5, query_texts=QUERIES, query_pooled=qp)
+    b = hindex.search(QUERIES, k=5)
+    np.testing.assert_array_equal(a.rows, b.rows)
+    np.testing.assert_array_equal(a.scores, b.scores)
+    with pytest.raises(ValueError, match="needs query_pooled"):
+        hindex.search(q, k=5, query_texts=QUERIES)
+    with pytest.raises(ValueError, match="query_texts must be a list of 4 strings"):
+        hindex.search(q, k=5, query_texts=QUERIES[:2], query_pooled=qp)
+    with pytest.raises(ValueError, match="query_pooled must be a finite float array"):
+        hindex.search(q, k=5, query_texts=QUERIES, query_pooled=qp[:, :5])
+    with pytest.raises(ValueError, match="go with query embeddings"):
+        hindex.search(QUERIES, k=5, query_texts=QUERIES)
+    with pytest.raises(ValueError, match="serve hybrid searches only"):
+        hindex.search(q, k=5, query_texts=QUERIES, query_pooled=qp, hybrid=False)
+
+
 def test_hybrid_refusals(hindex, encoder):
     plain = Retriever.build(encoder.encode_documents(_texts(5)), config=CFG, show_progress=False)
     with pytest.raises(ValueError, match="stores none"):
@@ -306,7 +324,7 @@ def test_add_texts_then_compact_equals_a_fresh_build(encoder):
     a, b = r.search(QUERIES, k=6), fresh.search(QUERIES, k=6)
     np.testing.assert_array_equal(a.ids, b.ids)
     np.testing.assert_allclose(a.scores, b.scores, rtol=1e-4, atol=1e-4)
-    assert r.lexical.n_rows == r.dense_index.ntotal == len(live)
+    assert r.lexical.n_rows == r.dense.shape[0] == len(live)
 
 
 def test_add_embeddings_to_a_hybrid_index_is_refused_and_changes_nothing(hindex, encoder):
@@ -314,7 +332,7 @@ def test_add_embeddings_to_a_hybrid_index_is_refused_and_changes_nothing(hindex,
     before = r.search(QUERIES, k=5)
     with pytest.raises(ValueError, match="'dense' hybrid signal"):
         r.add(encoder.encode_documents(["new text"]), doc_ids=["n1"])
-    assert len(r.doc_ids) == 10 and r.dense_index.ntotal == 10 and r.lexical.n_rows == 10
+    assert len(r.doc_ids) == 10 and r.dense.shape[0] == 10 and r.lexical.n_rows == 10
     after = r.search(QUERIES, k=5)
     np.testing.assert_array_equal(before.rows, after.rows)
 
@@ -331,7 +349,7 @@ def test_upsert_and_subset_with_hybrid(encoder):
 def test_plain_text_index_with_no_signals(encoder):
     r = Retriever.build(_docs(8), encoder=encoder, config=IndexConfig(fde=FDE, hybrid=HybridConfig(signals=())),
                         show_progress=False)
-    assert r.dense_index is None and r.lexical is None
+    assert r.dense is None and r.lexical is None
     a = r.search(["aspirin"], k=3)
     b = r.search(encoder.encode_queries(["aspirin"]), k=3)
     np.testing.assert_array_equal(a.rows, b.rows)
@@ -340,7 +358,7 @@ def test_plain_text_index_with_no_signals(encoder):
 def test_bm25_only_index(tmp_path, encoder):
     r = Retriever.build(_docs(12), encoder=encoder, config=IndexConfig(fde=FDE, hybrid=HybridConfig(signals=("bm25",))),
                         show_progress=False)
-    assert r.dense_index is None and r.lexical is not None
+    assert r.dense is None and r.lexical is not None
     r.save(tmp_path / "b")
     loaded = Retriever.load(tmp_path / "b", encoder=encoder)
     np.testing.assert_array_equal(r.search(QUERIES, k=4).rows, loaded.search(QUERIES, k=4).rows)
