@@ -235,7 +235,7 @@ def open_index(
                             encoder=encoder, path=path, show_progress=show_progress, texts=texts, pooled=pooled)
         timings = dict(r.build_timings, encode_s=rec["build"]["encode_s"])  # the encoding it reuses
     wall = time.perf_counter() - t0
-    parts = sum(timings.get(k, 0.0) for k in ("encode_s", "pool_s", "codec_s", "fde_s", "faiss_s", "write_s"))
+    parts = sum(timings.get(k, 0.0) for k in ("encode_s", "pool_s", "codec_s", "fde_s", "faiss_s", "write_s", "bm25_s"))
     build = {**{k: round(v, 3) for k, v in timings.items()}, "total_s": round(parts, 3), "wall_s": round(wall, 3),
              "encode_share": round(timings["encode_s"] / parts, 4) if parts > 0 else None, "tokens_from": tokens_from}
     record = {"tokens_key": tkey, "index_config": r.config.to_dict(), "build": build,  # as built ("auto" resolved)

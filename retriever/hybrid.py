@@ -212,14 +212,20 @@ def score_union(
     dense_top = dense_top_scores = None
     if dense is not None:
         dense_top, dense_top_scores = dense_topk(q_pooled, dense, depth, allowed)
-    bm_rows = bm_full = None
-    if lexical is not None:
-        bm_rows, _, bm_full = lexical.search(q_texts, depth, allowed=allowed)
-    unions = []
-    for i in range(n_q):
-        parts = [base[i]] + [x[i] for x in (dense_top, bm_rows) if x is not None]
+    unions, bm_u, bm_tops = [], [], []
+    for i in range(n_q):  # BM25 one query at a time: its score vector spans every row
+        parts = [base[i]] + ([dense_top[i]] if dense_top is not None else [])
+        if lexical is not None:
+            bm_rows, bm_full = lexical.query(q_texts[i], depth, allowed)
+            parts.append(bm_rows)
         u = np.unique(np.concatenate(parts))
-        unions.append(u[u >= 0])
+        u = u[u >= 0]
+        unions.append(u)
+        if lexical is not None:
+            bm_u.append(bm_full[u])
+            full = bm_full if allowed is None else bm_full[allowed != 0]
+            # the top-depth BM25 scores of every allowed row, zeros included when fewer match
+            bm_tops.append(np.partition(full, full.size - depth)[-depth:] if full.size > depth else full)
     width = max(1, max(u.size for u in unions))
     cand = np.full((n_q, width), -1, dtype=np.int64)
     for i, u in enumerate(unions):
@@ -232,14 +238,11 @@ def score_union(
         signals = {"maxsim": m}
         tops = {"maxsim": np.sort(m)[-depth:]}
         if de is not None:
-            d = de[i, : u.size]
-            signals["dense"] = d
+            signals["dense"] = de[i, : u.size]
             tops["dense"] = dense_top_scores[i][dense_top[i] >= 0]
-        if bm_full is not None:
-            signals["bm25"] = bm_full[i][u]
-            full = bm_full[i] if allowed is None else bm_full[i][allowed != 0]
-            # the top-depth BM25 scores of every allowed row, zeros included when fewer match
-            tops["bm25"] = np.partition(full, full.size - depth)[-depth:] if full.size > depth else full
+        if lexical is not None:
+            signals["bm25"] = bm_u[i]
+            tops["bm25"] = bm_tops[i]
         out.append((u, signals, tops))
     return out
 

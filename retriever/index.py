@@ -251,7 +251,8 @@ class Retriever:
             f"Retriever(n_docs={self.n_docs}, n_tokens={self.n_tokens}, dim={self.dim}, "
             f"fde_dim={self.fde_encoder.output_dim}, faiss={self.config.faiss_factory!r}, "
             f"codec={self.codec.config.name!r}, pool_factor={self.config.pool_factor}"
-            f"{', word_pooling=True' if self.config.word_pooling else ''})"
+            f"{', word_pooling=True' if self.config.word_pooling else ''}"
+            f"{f', hybrid={self.config.hybrid.signals}' if self.config.hybrid.enabled else ''})"
         )
 
     # -- build -----------------------------------------------------------------------------

@@ -241,30 +241,32 @@ class LexicalIndex:
             out[rows] += self.idf[t] * tf / (tf + self._norm[rows])
         return out.astype(np.float32)
 
+    def query(self, text: str, k: int, allowed: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """One query: (its top-``k`` rows by BM25, at most ``k``, only positive scores, best first, ties
+        by row; the float32 score of every row). ``allowed``: uint8 (n_rows,) mask or None."""
+        s = self.scores(text)
+        hit = np.flatnonzero(s > 0)
+        if allowed is not None:
+            hit = hit[allowed[hit] != 0]
+        if hit.size > k:  # the k best, ties at the cut broken by row (hit ascends)
+            sv = s[hit]
+            kth = np.partition(sv, sv.size - k)[sv.size - k]
+            above, tied = hit[sv > kth], hit[sv == kth]
+            hit = np.concatenate([above, tied[: k - above.size]])
+        return hit[np.lexsort((hit, -s[hit]))], s
+
     def search(self, texts: Sequence[str], k: int, allowed: np.ndarray | None = None):
         """Top-``k`` rows per query by BM25 (only rows with a positive score; ``allowed``: uint8 mask).
 
-        Returns (rows int64 (n_q, k), scores float32 (n_q, k), full score vectors list), padded -1 / -inf.
+        Returns (rows int64 (n_q, k), scores float32 (n_q, k)), padded with -1 / -inf.
         """
         rows = np.full((len(texts), k), -1, dtype=np.int64)
         top = np.full((len(texts), k), -np.inf, dtype=np.float32)
-        full = []
         for i, text in enumerate(texts):
-            s = self.scores(text)
-            full.append(s)
-            hit = np.flatnonzero(s > 0)
-            if allowed is not None:
-                hit = hit[allowed[hit] != 0]
-            if hit.size > k:  # the k best, ties at the cut broken by row (hit ascends)
-                sv = s[hit]
-                kth = np.partition(sv, sv.size - k)[sv.size - k]
-                above, tied = hit[sv > kth], hit[sv == kth]
-                hit = np.concatenate([above, tied[: k - above.size]])
-            order = np.lexsort((hit, -s[hit]))  # score descending, row ascending on ties
-            hit = hit[order]
+            hit, s = self.query(text, k, allowed)
             rows[i, : hit.size] = hit
             top[i, : hit.size] = s[hit]
-        return rows, top, full
+        return rows, top
 
     # -- persistence -------------------------------------------------------------------------
     def arrays(self) -> dict[str, np.ndarray]:

@@ -101,11 +101,11 @@ def test_bm25_extend_and_select_equal_a_fresh_index():
 def test_bm25_search_ranks_pads_and_filters():
     texts = ["aspirin fever", "heart blood", "aspirin aspirin", "tea"]
     lex = LexicalIndex.from_texts(texts)
-    rows, scores, _ = lex.search(["aspirin", "zebra"], 3)
+    rows, scores = lex.search(["aspirin", "zebra"], 3)
     assert rows[0, :2].tolist() == [2, 0] and rows[0, 2] == -1 and np.isneginf(scores[0, 2])
     assert (rows[1] == -1).all()
     allowed = np.array([1, 1, 0, 1], dtype=np.uint8)
-    rows, _, _ = lex.search(["aspirin"], 3, allowed=allowed)
+    rows, _ = lex.search(["aspirin"], 3, allowed=allowed)
     assert rows[0].tolist() == [0, -1, -1]
 
 

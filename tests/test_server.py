@@ -116,20 +116,25 @@ def _api(r: Retriever, queries, k=5, **kw):
 def test_search_equals_python_api(live, index_dir, encoder):
     srv, _ = live
     r = Retriever.load(index_dir, encoder=encoder)
-    for kw in ({}, {"mode": "exact"}, {"n_candidates": 12}, {"subset": IDS[::3]}):
+    assert r.config.hybrid.enabled  # built from text: text queries are fused unless hybrid=false
+    for kw in ({}, {"mode": "exact"}, {"n_candidates": 12}, {"subset": IDS[::3]}, {"hybrid": False},
+               {"hybrid": True, "mode": "exact"}):
         status, res = srv.call("POST", "/search", {"queries": QUERIES, "k": 5, **kw})
         assert status == 200, res
         assert _hits(res) == _api(r, QUERIES, k=5, **kw), kw
         assert set(res["timings_ms"]) == {"wait", "search"}
+    assert _api(r, QUERIES, k=5) != _api(r, QUERIES, k=5, hybrid=False)
     emb = encoder.encode_queries(QUERIES[:3])
     vectors = [emb[i].tolist() for i in range(3)]
     status, res = srv.call("POST", "/search", {"embeddings": vectors, "k": 4})
     assert status == 200 and _hits(res) == _api(r, [np.asarray(v, np.float32) for v in vectors], k=4)
+    status, res = srv.call("POST", "/search", {"embeddings": vectors, "k": 4, "hybrid": True})
+    assert status == 422 and "query texts" in res["detail"]
     status, health = srv.call("GET", "/health")
     assert status == 200 and health == {"status": "ok", "n_docs": 60}
     status, stats = srv.call("GET", "/stats")
-    assert status == 200 and stats["n_docs"] == 60 and stats["counts"]["search_requests"] == 5
-    assert stats["latency_ms"]["n"] == 5 and stats["latency_ms"]["p50"] > 0 and stats["index_bytes_on_disk"] > 0
+    assert status == 200 and stats["n_docs"] == 60 and stats["counts"]["search_requests"] == 7
+    assert stats["latency_ms"]["n"] == 7 and stats["latency_ms"]["p50"] > 0 and stats["index_bytes_on_disk"] > 0
     status, spec = srv.call("GET", "/openapi.json")
     assert status == 200 and {"/search", "/documents", "/compact", "/save", "/health", "/stats"} <= set(spec["paths"])
 
