@@ -12,6 +12,8 @@ from .codecs import CodecConfig  # noqa: E402
 from .fde import FDEConfig, FDEEncoder  # noqa: E402
 from .index import IndexConfig, Retriever  # noqa: E402
 from .search import SearchResults  # noqa: E402
+from .shards import ShardedRetriever  # noqa: E402
 from .tokens import TokenEmbeddings  # noqa: E402
 
-__all__ = ["CodecConfig", "FDEConfig", "FDEEncoder", "IndexConfig", "Retriever", "SearchResults", "TokenEmbeddings", "__version__"]
+__all__ = ["CodecConfig", "FDEConfig", "FDEEncoder", "IndexConfig", "Retriever", "SearchResults", "ShardedRetriever",
+           "TokenEmbeddings", "__version__"]

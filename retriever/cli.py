@@ -42,6 +42,15 @@ def cmd_index(args) -> int:
     corpus = _corpus_file(Path(args.corpus))
     config = index_config_from_args(args)
     encoder = encoder_from_args(args)
+    if args.shards is not None:
+        from .shards import ShardedRetriever
+
+        sr = ShardedRetriever.build(iter_corpus(corpus), n_shards=args.shards, config=config, encoder=encoder,
+                                    path=args.out, show_progress=not args.quiet)
+        log.info("wrote %r to %s", sr, args.out)
+        print(json.dumps({"index": str(args.out), "n_docs": sr.n_docs, "n_shards": sr.n_shards,
+                          "shard_docs": [s.n_docs for s in sr.shards]}))
+        return 0
     r = Retriever.build(iter_corpus(corpus), config=config, encoder=encoder, path=args.out, show_progress=not args.quiet)
     log.info("wrote %r to %s", r, args.out)
     print(json.dumps({"index": str(args.out), "n_docs": r.n_docs, "n_tokens": r.n_tokens, "dim": r.dim,
@@ -73,8 +82,11 @@ def cmd_search(args) -> int:
     from .eval import write_trec_run
     from .index import Retriever
 
+    from .shards import ShardedRetriever, is_sharded
+
     encoder = encoder_from_args(args) if args.model else None
-    r = Retriever.load(args.index, encoder=encoder)
+    loader = ShardedRetriever if is_sharded(args.index) else Retriever
+    r = loader.load(args.index, encoder=encoder)
     if args.query is not None:
         qids, texts = ["q0"], [args.query]
     else:
@@ -125,7 +137,14 @@ def cmd_verify(args) -> int:
     from .format import IndexFormatError
     from .index import Retriever
 
+    from .shards import ShardedRetriever, is_sharded
+
     try:
+        if is_sharded(args.index):
+            top = ShardedRetriever.verify(args.index)
+            print(f"OK: {args.index}: {top['n_shards']} shards, "
+                  f"{sum(s['n_docs'] - s['n_deleted'] for s in top['shards'])} documents, every shard checked")
+            return 0
         m = Retriever.verify(args.index)
     except IndexFormatError as e:
         print(f"FAILED: {e}")
@@ -144,6 +163,8 @@ def build_parser() -> argparse.ArgumentParser:
     pi = sub.add_parser("index", help="build an index from a corpus of texts")
     pi.add_argument("--corpus", required=True, help="corpus.jsonl[.gz] (BEIR: _id, title, text) or a BEIR directory")
     pi.add_argument("--out", required=True, help="index directory to write (e.g. index_data/NAME)")
+    pi.add_argument("--shards", type=int, default=None,
+                    help="a sharded index of this many shards (documents routed by a hash of their id)")
     add_encoder_args(pi, "default")
     add_index_config_args(pi)
     pi.set_defaults(func=cmd_index)

@@ -38,6 +38,7 @@ FORMAT_NAME = "retriever-index"
 FORMAT_VERSION = 1
 
 MANIFEST = "manifest.json"
+SHARDED_MANIFEST = "sharded.json"  # the top manifest of a sharded index (retriever/shards.py)
 TOKENS = "tokens.npy"
 DOC_OFFSETS = "doc_offsets.npy"
 DOC_IDS = "doc_ids.txt"
@@ -102,6 +103,9 @@ def read_manifest(directory: Path) -> dict:
     if not directory.is_dir():
         raise IndexFormatError(f"no index at {directory}: not a directory")
     p = directory / MANIFEST
+    if not p.is_file() and (directory / SHARDED_MANIFEST).is_file():
+        raise IndexFormatError(f"{directory} is a sharded index: load it with retriever.shards.ShardedRetriever.load "
+                               f"(the CLI reads both)")
     if not p.is_file():
         raise IndexFormatError(f"no index at {directory}: {MANIFEST} is missing (not an index, or an incomplete save)")
     try:

@@ -70,11 +70,15 @@ class SearchResults:
         MaxSim (late-interaction) similarities, descending; -inf where padded.
     rows : int64 ndarray (n_queries, k)
         Internal document rows of the index, -1 where padded.
+    shards : int64 ndarray (n_queries, k) or None
+        For a sharded index (``retriever.shards``): the shard of each hit (``rows`` are rows
+        within it), -1 where padded. None for a single index.
     """
 
     ids: np.ndarray
     scores: np.ndarray
     rows: np.ndarray
+    shards: np.ndarray | None = None
 
     def __len__(self) -> int:
         return int(self.scores.shape[0])
