@@ -24,7 +24,7 @@ from tqdm.auto import tqdm
 from . import format as fmt
 from .codecs import CodecConfig, TokenCodec
 from .fde import FDEConfig, FDEEncoder
-from .hybrid import NONE as NO_HYBRID, FusionConfig, HybridConfig, search_hybrid
+from .hybrid import NONE as NO_HYBRID, FusionConfig, HybridConfig, rank_fused, score_union
 from .lexical import LexicalIndex
 from .builder import (
     _MAX_INT_ID,
@@ -441,6 +441,23 @@ class Retriever:
         -------
         SearchResults with (n_queries, k) ``ids``, ``scores`` (descending) and ``rows``.
         """
+        return self._search(queries, k, n_candidates=n_candidates, mode=mode, ef_search=ef_search, nprobe=nprobe,
+                            subset=subset, hybrid=hybrid, query_texts=query_texts, query_pooled=query_pooled)
+
+    def hybrid_union(self, queries, k: int = 10, **kwargs):
+        """A hybrid search stopped before ranking: ``(fusion, scored)``, with ``scored`` per query
+        ``(rows of U, {signal: scores over U}, {signal: its own top scores})`` (see
+        :func:`retriever.hybrid.score_union`). A sharded index fuses its shards' unions with global
+        top lists so that fused scores compare across shards. Arguments as for :meth:`search`;
+        ``ValueError`` when the search would not be hybrid."""
+        out = self._search(queries, k, union_only=True, **kwargs)
+        if out is None:
+            raise ValueError("not a hybrid search: the index stores no hybrid signals, the queries have no texts, "
+                             "or hybrid=False")
+        return out
+
+    def _search(self, queries, k, *, n_candidates="auto", mode="auto", ef_search=None, nprobe=None, subset=None,
+                hybrid=None, query_texts=None, query_pooled=None, union_only=False):
         if not isinstance(k, (int, np.integer)) or isinstance(k, bool) or not 1 <= k <= MAX_K:
             raise ValueError(f"k must be an integer in [1, {MAX_K}], got {k!r}")
         if mode not in ("auto", "fde", "exact"):
@@ -476,11 +493,16 @@ class Retriever:
             else:
                 base = faiss_search(self.faiss_index, self.fde_encoder.encode_queries(q), int(n_candidates),
                                     ef_search=ef_search, nprobe=nprobe, allowed=allowed)
-            rows, scores = search_hybrid(
-                q, base, self.store, self.doc_offsets, k=int(k), fusion=fusion,
+            scored = score_union(
+                q, base, self.store, self.doc_offsets, depth=max(int(k), fusion.depth),
                 dense=self.dense if q_pooled is not None else None, q_pooled=q_pooled,
                 lexical=self.lexical, q_texts=texts if self.lexical is not None else None, allowed=allowed,
             )
+            if union_only:
+                return fusion, scored
+            rows, scores = rank_fused(scored, int(k), fusion)
+        elif union_only:
+            return None
         elif exhaustive:
             # exhaustive scoring of every allowed document is exact and (by the kernels' cost model) cheaper
             rows, scores = search_exact(q, self.store, self.doc_offsets, k=int(k), allowed=allowed)

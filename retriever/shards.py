@@ -33,8 +33,9 @@ from tqdm.auto import tqdm
 
 from . import format as fmt
 from .builder import _is_batch_item, _is_text_item, _py, _text_items
+from .hybrid import fuse
 from .index import IndexConfig, Retriever, _query_texts
-from .search import SearchResults
+from .search import SearchResults, auto_n_candidates
 from .storage import atomic_replace_dir, make_temp_dir_beside, recover_interrupted_swap
 from .tokens import TokenEmbeddings, as_token_embeddings
 
@@ -199,17 +200,21 @@ class ShardedRetriever:
         return sr
 
     # -- search ----------------------------------------------------------------------------
-    def search(self, queries, k: int = 10, *, hybrid=None, **kwargs) -> SearchResults:
+    def search(self, queries, k: int = 10, *, hybrid=None, n_candidates="auto", **kwargs) -> SearchResults:
         """Top-``k`` over every shard, merged by (score descending, shard, row).
 
-        Arguments as for :meth:`Retriever.search` (``n_candidates="auto"`` is per shard, from its
-        own size). Text queries are encoded once. The result's ``rows`` are rows within the shard
-        given by ``shards``.
+        Arguments as for :meth:`Retriever.search`. Text queries are encoded once.
+        ``n_candidates="auto"`` splits the single index's rule over the shards: the FDE candidates
+        of ``auto_n_candidates(live documents, k)`` shared in proportion to each shard's live
+        documents (at least ``k`` each), so a sharded search reranks about as many documents as the
+        single one; an explicit number applies to every shard. A hybrid search fuses with each
+        signal's top list taken over all shards (as one index would), then merges. The result's
+        ``rows`` are rows within the shard given by ``shards``.
         """
         texts = _query_texts(queries)
         per_shard_kw = dict(kwargs, hybrid=hybrid)
+        fused = self.shards[0].config.hybrid.enabled and hybrid is not False
         if texts is not None:
-            fused = self.shards[0].config.hybrid.enabled and hybrid is not False
             if fused and "dense" in self.shards[0].config.hybrid.signals:
                 q, qp = self.encoder.encode_queries(texts, return_pooled=True)
                 per_shard_kw.update(query_texts=texts, query_pooled=qp)
@@ -218,8 +223,24 @@ class ShardedRetriever:
                 if fused:
                     per_shard_kw.update(query_texts=texts)
             queries = q
-        parts = [s.search(queries, k, **per_shard_kw) for s in self.shards]
-        return merge_results(parts, int(k))
+        fused = fused and per_shard_kw.get("query_texts") is not None
+        cands = self._shard_candidates(n_candidates, k, kwargs.get("subset"))
+        if not fused:
+            parts = [s.search(queries, k, n_candidates=n, **per_shard_kw) for s, n in zip(self.shards, cands)]
+            return merge_results(parts, int(k))
+        unions = [s.hybrid_union(queries, k, n_candidates=n, **per_shard_kw) for s, n in zip(self.shards, cands)]
+        return fuse_shards([u for _, u in unions], unions[0][0], int(k), [s._ids_of for s in self.shards])
+
+    def _shard_candidates(self, n_candidates, k, subset) -> list:
+        if not (n_candidates is None or (isinstance(n_candidates, str) and n_candidates == "auto")):
+            return [n_candidates] * self.n_shards
+        if not isinstance(k, (int, np.integer)) or isinstance(k, bool) or k < 1:
+            return ["auto"] * self.n_shards  # the shards name the bad k
+        live = np.array([s.n_docs for s in self.shards], dtype=np.float64)
+        if subset is not None or live.sum() == 0:
+            return ["auto"] * self.n_shards
+        total = auto_n_candidates(int(live.sum()), int(k))
+        return [max(int(k), int(np.ceil(total * n / live.sum()))) for n in live]
 
     # -- lifecycle -------------------------------------------------------------------------
     def _route(self, ids: list) -> np.ndarray:
@@ -424,6 +445,31 @@ def _restore(shard: Retriever, n_rows: int, deleted: np.ndarray) -> None:
     with shard._ids_lock:
         shard.deleted = np.concatenate([deleted, np.ones(extra, dtype=np.uint8)])
         shard._row_of = None
+
+
+def fuse_shards(scored: list[list], fusion, k: int, ids_of: list) -> SearchResults:
+    """Rank the shards' hybrid unions as one index would: each signal's mean and spread come from its
+    top-``depth`` scores over all shards, then the fused lists merge by (score, shard, row)."""
+    depth = max(int(fusion.depth), int(k))
+    n_q = len(scored[0])
+    parts = []
+    for s, shard_scored in enumerate(scored):
+        rows = np.full((n_q, k), -1, dtype=np.int64)
+        scores = np.full((n_q, k), -np.inf, dtype=np.float32)
+        for i in range(n_q):
+            u, signals, _ = shard_scored[i]
+            if u.size == 0:
+                continue
+            tops = {}
+            for name in signals:
+                every = np.concatenate([sc[i][2][name] for sc in scored])
+                tops[name] = np.sort(every)[-depth:]
+            f = fuse(signals, tops, fusion)
+            order = np.lexsort((u, -f))[:k]
+            rows[i, : order.size] = u[order]
+            scores[i, : order.size] = f[order]
+        parts.append(SearchResults(ids=ids_of[s](rows), scores=scores, rows=rows))
+    return merge_results(parts, k)
 
 
 def merge_results(parts: list[SearchResults], k: int) -> SearchResults:
