@@ -85,8 +85,12 @@ def cmd_search(args) -> int:
     from .shards import ShardedRetriever, is_sharded
 
     encoder = encoder_from_args(args) if args.model else None
-    loader = ShardedRetriever if is_sharded(args.index) else Retriever
-    r = loader.load(args.index, encoder=encoder)
+    if is_sharded(args.index):
+        r = ShardedRetriever.load(args.index, encoder=encoder, backend=args.backend)
+    elif args.backend != "local":
+        raise SystemExit(f"error: --backend {args.backend} needs a sharded index (retriever index --shards N)")
+    else:
+        r = Retriever.load(args.index, encoder=encoder)
     if args.query is not None:
         qids, texts = ["q0"], [args.query]
     else:
@@ -183,6 +187,9 @@ def build_parser() -> argparse.ArgumentParser:
     ps.add_argument("--hybrid", choices=["auto", "on", "off"], default="auto",
                     help="fuse MaxSim with the index's stored dense / BM25 signals (auto: when it stores any; "
                          "off: MaxSim alone)")
+    ps.add_argument("--backend", choices=["local", "ray"], default="local",
+                    help="sharded indexes: search the shards in this process (local) or in Ray actors (ray; a local "
+                         "Ray on 127.0.0.1 unless RAY_ADDRESS names a cluster)")
     ps.add_argument("--out", help="TREC run file to write (default: print hits)")
     ps.add_argument("--tag", default="retriever", help="run tag in the TREC file")
     add_encoder_args(ps, None)

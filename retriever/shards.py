@@ -211,36 +211,20 @@ class ShardedRetriever:
         signal's top list taken over all shards (as one index would), then merges. The result's
         ``rows`` are rows within the shard given by ``shards``.
         """
-        texts = _query_texts(queries)
-        per_shard_kw = dict(kwargs, hybrid=hybrid)
-        fused = self.shards[0].config.hybrid.enabled and hybrid is not False
-        if texts is not None:
-            if fused and "dense" in self.shards[0].config.hybrid.signals:
-                q, qp = self.encoder.encode_queries(texts, return_pooled=True)
-                per_shard_kw.update(query_texts=texts, query_pooled=qp)
-            else:
-                q = self.encoder.encode_queries(texts)
-                if fused:
-                    per_shard_kw.update(query_texts=texts)
-            queries = q
-        fused = fused and per_shard_kw.get("query_texts") is not None
-        cands = self._shard_candidates(n_candidates, k, kwargs.get("subset"))
-        if not fused:
-            parts = [s.search(queries, k, n_candidates=n, **per_shard_kw) for s, n in zip(self.shards, cands)]
-            return merge_results(parts, int(k))
-        unions = [s.hybrid_union(queries, k, n_candidates=n, **per_shard_kw) for s, n in zip(self.shards, cands)]
-        return fuse_shards([u for _, u in unions], unions[0][0], int(k), [s._ids_of for s in self.shards])
+        first = self.shards[0]
 
-    def _shard_candidates(self, n_candidates, k, subset) -> list:
-        if not (n_candidates is None or (isinstance(n_candidates, str) and n_candidates == "auto")):
-            return [n_candidates] * self.n_shards
-        if not isinstance(k, (int, np.integer)) or isinstance(k, bool) or k < 1:
-            return ["auto"] * self.n_shards  # the shards name the bad k
-        live = np.array([s.n_docs for s in self.shards], dtype=np.float64)
-        if subset is not None or live.sum() == 0:
-            return ["auto"] * self.n_shards
-        total = auto_n_candidates(int(live.sum()), int(k))
-        return [max(int(k), int(np.ceil(total * n / live.sum()))) for n in live]
+        def call(method, per_shard_kwargs):
+            out = []
+            for shard, kw in zip(self.shards, per_shard_kwargs):
+                if method == "search":
+                    out.append(shard.search(**kw))
+                else:
+                    fusion, scored = shard.hybrid_union(**kw)
+                    out.append((fusion, scored, [shard._ids_of(u) for u, _, _ in scored]))
+            return out
+
+        return sharded_search(call, lambda: self.encoder, first.config.hybrid, [s.n_docs for s in self.shards],
+                              queries, k, hybrid=hybrid, n_candidates=n_candidates, **kwargs)
 
     # -- lifecycle -------------------------------------------------------------------------
     def _route(self, ids: list) -> np.ndarray:
@@ -359,8 +343,24 @@ class ShardedRetriever:
         log.info("saved %r to %s", self, target)
 
     @classmethod
-    def load(cls, path, *, mmap: bool = True, verify: bool = False, encoder=None) -> "ShardedRetriever":
-        """Load a sharded index (or an ordinary index directory, as one shard)."""
+    def load(cls, path, *, mmap: bool = True, verify: bool = False, encoder=None, backend: str = "local",
+             **ray_options):
+        """Load a sharded index (or an ordinary index directory, as one shard).
+
+        ``backend="ray"`` serves the shards from Ray actors instead and returns a read-only
+        :class:`retriever.distributed.RayShardedRetriever` (``ray_options``: ``address``,
+        ``replicas``, ``cpus_per_actor``, ``threads_per_actor``, ``timeout_s``).
+        """
+        if backend == "ray":
+            from .distributed import RayShardedRetriever
+
+            if verify:
+                cls.verify(path)
+            return RayShardedRetriever(path, encoder=encoder, **ray_options)
+        if backend != "local":
+            raise ValueError(f"backend must be 'local' or 'ray', got {backend!r}")
+        if ray_options:
+            raise TypeError(f"options {sorted(ray_options)} are for backend='ray'")
         path = Path(path)
         recover_interrupted_swap(path)
         if not is_sharded(path):
@@ -447,9 +447,54 @@ def _restore(shard: Retriever, n_rows: int, deleted: np.ndarray) -> None:
         shard._row_of = None
 
 
-def fuse_shards(scored: list[list], fusion, k: int, ids_of: list) -> SearchResults:
+def shard_candidates(n_candidates, k, subset, live: list[int]) -> list:
+    """Per-shard ``n_candidates`` of a sharded search (see :meth:`ShardedRetriever.search`)."""
+    n = len(live)
+    if not (n_candidates is None or (isinstance(n_candidates, str) and n_candidates == "auto")):
+        return [n_candidates] * n
+    if not isinstance(k, (int, np.integer)) or isinstance(k, bool) or k < 1:
+        return ["auto"] * n  # the shards name the bad k
+    counts = np.asarray(live, dtype=np.float64)
+    if subset is not None or counts.sum() == 0:
+        return ["auto"] * n
+    total = auto_n_candidates(int(counts.sum()), int(k))
+    return [max(int(k), int(np.ceil(total * c / counts.sum()))) for c in counts]
+
+
+def sharded_search(call, get_encoder, hybrid_config, live: list[int], queries, k, *, hybrid=None,
+                   n_candidates="auto", **kwargs) -> SearchResults:
+    """The search of a sharded index over any backend.
+
+    ``call(method, per_shard_kwargs)`` runs ``method`` ("search" or "hybrid_union") on every shard
+    with its keyword arguments and returns the results in shard order (a local loop, or remote
+    calls in parallel); "hybrid_union" results are ``(fusion, scored, ids of each query's U)``.
+    """
+    texts = _query_texts(queries)
+    base_kw = dict(kwargs, hybrid=hybrid)
+    fused = hybrid_config.enabled and hybrid is not False
+    if texts is not None:
+        encoder = get_encoder()
+        if fused and "dense" in hybrid_config.signals:
+            q, qp = encoder.encode_queries(texts, return_pooled=True)
+            base_kw.update(query_texts=texts, query_pooled=qp)
+        else:
+            q = encoder.encode_queries(texts)
+            if fused:
+                base_kw.update(query_texts=texts)
+        queries = q
+    fused = fused and base_kw.get("query_texts") is not None
+    cands = shard_candidates(n_candidates, k, kwargs.get("subset"), live)
+    per_shard = [dict(base_kw, queries=queries, k=k, n_candidates=n) for n in cands]
+    if not fused:
+        return merge_results(call("search", per_shard), int(k))
+    unions = call("hybrid_union", per_shard)
+    return fuse_shards([u[1] for u in unions], unions[0][0], int(k), [u[2] for u in unions])
+
+
+def fuse_shards(scored: list[list], fusion, k: int, u_ids: list[list]) -> SearchResults:
     """Rank the shards' hybrid unions as one index would: each signal's mean and spread come from its
-    top-``depth`` scores over all shards, then the fused lists merge by (score, shard, row)."""
+    top-``depth`` scores over all shards, then the fused lists merge by (score, shard, row).
+    ``u_ids[s][i]``: the external ids of shard ``s``'s union for query ``i``."""
     depth = max(int(fusion.depth), int(k))
     n_q = len(scored[0])
     parts = []
@@ -468,8 +513,22 @@ def fuse_shards(scored: list[list], fusion, k: int, ids_of: list) -> SearchResul
             order = np.lexsort((u, -f))[:k]
             rows[i, : order.size] = u[order]
             scores[i, : order.size] = f[order]
-        parts.append(SearchResults(ids=ids_of[s](rows), scores=scores, rows=rows))
+        ids = _padded_ids(u_ids[s], scored[s], rows)
+        parts.append(SearchResults(ids=ids, scores=scores, rows=rows))
     return merge_results(parts, k)
+
+
+def _padded_ids(u_ids: list, shard_scored: list, rows: np.ndarray) -> np.ndarray:
+    """External ids of ``rows`` (per query, rows of its union U), padded as SearchResults pads."""
+    sample = next((x for x in u_ids if len(x)), None)
+    is_int = sample is not None and np.asarray(sample).dtype.kind in "iu"
+    out = np.full(rows.shape, -1 if is_int else None, dtype=np.int64 if is_int else object)
+    for i in range(rows.shape[0]):
+        u = shard_scored[i][0]
+        hit = rows[i] >= 0
+        if hit.any():
+            out[i, hit] = np.asarray(u_ids[i])[np.searchsorted(u, rows[i, hit])]
+    return out
 
 
 def merge_results(parts: list[SearchResults], k: int) -> SearchResults:

@@ -1,0 +1,175 @@
+"""Ray backend of sharded indexes: every shard of a saved sharded index served by Ray actors.
+
+``ShardedRetriever.load(path, backend="ray")`` returns a :class:`RayShardedRetriever`: one actor per
+shard (``replicas`` per shard), each loading its shard directory (memory-mapped) once; a search
+encodes the query on the driver, sends it to one replica of every shard at once, and merges exactly as
+the local backend does (``retriever.shards.sharded_search``), so both backends return the same answers.
+Shard actors are read-only and restart when they die (``max_restarts=-1``); a search sent to a dead
+actor is retried on the restarted one (``max_task_retries=-1``), or fails with an error naming the shard.
+Changing a sharded index (add, delete, compact) goes through the local backend; reload the Ray
+backend afterwards.
+
+Ray is an optional dependency (``pip install '.[distributed]'``). ``address=None`` starts a local Ray
+on this machine only (it sets ``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0``, which keeps every Ray service on
+127.0.0.1, unless the variable is already set; the backend refuses a local Ray on any other address);
+``address="auto"`` or ``"HOST:PORT"`` (or the ``RAY_ADDRESS`` environment variable) joins an existing
+cluster, whose nodes must all see the index directory at the same path.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+from . import format as fmt
+from .search import SearchResults
+from .shards import read_sharded_manifest, sharded_search
+
+log = logging.getLogger(__name__)
+
+__all__ = ["RayShardedRetriever"]
+
+
+def _ray(local: bool = False):
+    import sys
+
+    if local and "ray" not in sys.modules:  # read by Ray at import: keep a local Ray on 127.0.0.1
+        os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+    try:
+        import ray
+    except ImportError:
+        raise ImportError("the Ray backend needs Ray: pip install '.[distributed]' (or use backend='local')") from None
+    return ray
+
+
+class _ShardServer:
+    """One shard in a Ray actor (wrapped by ``ray.remote`` when the backend starts)."""
+
+    def __init__(self, shard_dir: str, threads: int | None) -> None:
+        if threads:
+            import numba
+
+            numba.set_num_threads(int(threads))  # Ray sets OMP_NUM_THREADS per actor; numba does not follow it
+        from .index import Retriever
+
+        self.r = Retriever.load(shard_dir)
+
+    def info(self) -> dict:
+        return {"n_docs": self.r.n_docs, "hybrid": self.r.config.hybrid.to_dict(), "pid": os.getpid()}
+
+    def search(self, queries, kw: dict) -> SearchResults:
+        return self.r.search(queries, **kw)
+
+    def hybrid_union(self, queries, kw: dict):
+        fusion, scored = self.r.hybrid_union(queries, **kw)
+        return fusion, scored, [self.r._ids_of(u) for u, _, _ in scored]
+
+
+class RayShardedRetriever:
+    """A saved sharded index searched through Ray actors (read-only); see the module docstring."""
+
+    def __init__(self, path, *, address: str | None = None, replicas: int = 1, cpus_per_actor: float | None = None,
+                 threads_per_actor: int | None = 1, encoder=None, timeout_s: float = 300.0) -> None:
+        if address is None:
+            address = os.environ.get("RAY_ADDRESS") or None  # as ray.init itself reads it
+        ray = _ray(local=address in (None, "local"))
+        self.path = Path(path)
+        if isinstance(replicas, bool) or not isinstance(replicas, int) or replicas < 1:
+            raise ValueError(f"replicas must be a positive integer, got {replicas!r}")
+        top = read_sharded_manifest(self.path)
+        self.top = top
+        if not ray.is_initialized():
+            if address in (None, "local"):
+                ray.init(include_dashboard=False, log_to_driver=False)
+                nodes = {n["NodeManagerAddress"] for n in ray.nodes()}
+                if nodes != {"127.0.0.1"}:
+                    ray.shutdown()
+                    raise RuntimeError(
+                        f"the local Ray started on {sorted(nodes)}, not only 127.0.0.1: set "
+                        f"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 before Ray is first imported, or start Ray yourself "
+                        f"and pass its address")
+            else:
+                ray.init(address=address, log_to_driver=False)
+        for s, info in enumerate(top["shards"]):  # every shard directory is complete before any actor starts
+            d = self.path / info["dir"]
+            m = fmt.read_manifest(d)
+            if m[fmt.CHECKSUM_FIELD] != info["manifest_sha256"]:
+                raise fmt.IndexFormatError(f"{d}: its manifest is not the one {fmt.SHARDED_MANIFEST} records")
+        # cpus_per_actor=None: Ray's default for actors (a CPU to be placed, none held while idle), so that
+        # shards x replicas may exceed the cluster's CPUs; a number reserves that many per actor
+        opts = {"max_restarts": -1, "max_task_retries": -1}
+        if cpus_per_actor is not None:
+            opts["num_cpus"] = cpus_per_actor
+        actor = ray.remote(**opts)(_ShardServer)
+        self.actors = [[actor.remote(str(self.path / info["dir"]), threads_per_actor) for _ in range(replicas)]
+                       for info in top["shards"]]
+        self.timeout_s = float(timeout_s)
+        infos = self._get([reps[0].info.remote() for reps in self.actors], "starting")
+        self.live = [i["n_docs"] for i in infos]
+        from .hybrid import HybridConfig
+
+        self.hybrid = HybridConfig.from_dict(infos[0]["hybrid"])
+        self._encoder = encoder
+        self._next = 0
+        log.info("serving %d shards x %d replicas of %s on Ray", len(self.actors), replicas, self.path)
+
+    @property
+    def n_shards(self) -> int:
+        return len(self.actors)
+
+    @property
+    def n_docs(self) -> int:
+        return sum(self.live)
+
+    def __repr__(self) -> str:
+        return f"RayShardedRetriever(n_shards={self.n_shards}, replicas={len(self.actors[0])}, n_docs={self.n_docs})"
+
+    @property
+    def encoder(self):
+        """The encoder recorded in the top manifest, created on the driver on first use."""
+        if self._encoder is None:
+            info = self.top.get("encoder")
+            if info is None:
+                raise ValueError("this index was built from token embeddings without an encoder; search it with "
+                                 "query embeddings")
+            from .encoder import ColBERTEncoder, EncoderConfig
+
+            enc = ColBERTEncoder.from_config(EncoderConfig.from_dict(info["config"]))
+            enc.check_identity(info)
+            self._encoder = enc
+        return self._encoder
+
+    def _get(self, refs, what: str):
+        ray = _ray()
+        try:
+            return ray.get(refs, timeout=self.timeout_s)
+        except ray.exceptions.GetTimeoutError:
+            raise TimeoutError(f"{what}: the shard actors did not answer within {self.timeout_s:g} s") from None
+        except ray.exceptions.RayActorError as e:
+            raise RuntimeError(f"{what}: a shard actor failed and could not be restarted: {e}") from None
+
+    def search(self, queries, k: int = 10, **kwargs) -> SearchResults:
+        """As :meth:`ShardedRetriever.search`: the same answers, the shards searched in parallel."""
+        ray = _ray()
+        replica = self._next
+        self._next += 1
+
+        def call(method, per_shard_kwargs):
+            q = per_shard_kwargs[0]["queries"]
+            q_ref = ray.put(q)
+            refs = []
+            for reps, kw in zip(self.actors, per_shard_kwargs):
+                kw = {key: v for key, v in kw.items() if key != "queries"}
+                refs.append(getattr(reps[replica % len(reps)], method).remote(q_ref, kw))
+            return self._get(refs, "search")
+
+        return sharded_search(call, lambda: self.encoder, self.hybrid, self.live, queries, k, **kwargs)
+
+    def close(self) -> None:
+        """Stop the shard actors (the Ray instance stays up)."""
+        ray = _ray()
+        for reps in self.actors:
+            for a in reps:
+                ray.kill(a, no_restart=True)
+        self.actors = []
