@@ -22,6 +22,8 @@ import logging
 import os
 from pathlib import Path
 
+import numpy as np
+
 from . import format as fmt
 from .search import SearchResults
 from .shards import read_sharded_manifest, sharded_search
@@ -29,6 +31,24 @@ from .shards import read_sharded_manifest, sharded_search
 log = logging.getLogger(__name__)
 
 __all__ = ["RayShardedRetriever"]
+
+
+def _chunk_kwargs(kw: dict, rows: np.ndarray) -> dict:
+    """Keyword arguments of a search restricted to the queries ``rows`` (their texts and pooled vectors)."""
+    out = dict(kw)
+    if out.get("query_texts") is not None:
+        out["query_texts"] = [out["query_texts"][i] for i in rows]
+    if out.get("query_pooled") is not None:
+        out["query_pooled"] = np.asarray(out["query_pooled"])[rows]
+    return out
+
+
+def _concat(method: str, parts: list):
+    """One shard's answers for consecutive query chunks, joined in query order."""
+    if method == "search":
+        return SearchResults(ids=np.concatenate([p.ids for p in parts]), scores=np.concatenate([p.scores for p in parts]),
+                             rows=np.concatenate([p.rows for p in parts]))
+    return parts[0][0], [x for p in parts for x in p[1]], [x for p in parts for x in p[2]]
 
 
 def _ray(local: bool = False):
@@ -149,20 +169,49 @@ class RayShardedRetriever:
         except ray.exceptions.RayActorError as e:
             raise RuntimeError(f"{what}: a shard actor failed and could not be restarted: {e}") from None
 
-    def search(self, queries, k: int = 10, **kwargs) -> SearchResults:
-        """As :meth:`ShardedRetriever.search`: the same answers, the shards searched in parallel."""
+    def search(self, queries, k: int = 10, *, allow_partial: bool = False, **kwargs) -> SearchResults:
+        """As :meth:`ShardedRetriever.search`: the same answers, the shards searched in parallel.
+
+        A batch of queries is split over each shard's replicas. A shard whose actor cannot answer
+        (it died and could not restart, or ``timeout_s`` passed) fails the search with an error
+        naming it, or with ``allow_partial=True`` is left out: the results then cover the other
+        shards and ``missing_shards`` lists it.
+        """
         ray = _ray()
-        replica = self._next
+        first_replica = self._next
         self._next += 1
 
         def call(method, per_shard_kwargs):
             q = per_shard_kwargs[0]["queries"]
-            q_ref = ray.put(q)
-            refs = []
+            n_q = len(q)
+            n_rep = len(self.actors[0])
+            chunks = [c for c in np.array_split(np.arange(n_q), min(n_rep, n_q)) if c.size]
+            q_refs = [ray.put(q if len(chunks) == 1 else q.select(c)) for c in chunks]
+            refs = []  # refs[shard][chunk]
             for reps, kw in zip(self.actors, per_shard_kwargs):
                 kw = {key: v for key, v in kw.items() if key != "queries"}
-                refs.append(getattr(reps[replica % len(reps)], method).remote(q_ref, kw))
-            return self._get(refs, "search")
+                row = []
+                for j, c in enumerate(chunks):
+                    kw_c = kw if len(chunks) == 1 else _chunk_kwargs(kw, c)
+                    row.append(getattr(reps[(first_replica + j) % n_rep], method).remote(q_refs[j], kw_c))
+                refs.append(row)
+            out = []
+            failed = []
+            for s_i, row in enumerate(refs):
+                try:
+                    parts = ray.get(row, timeout=self.timeout_s)
+                except (ray.exceptions.RayActorError, ray.exceptions.GetTimeoutError) as e:
+                    failed.append((s_i, e))
+                    out.append(None)
+                    continue
+                out.append(parts[0] if len(parts) == 1 else _concat(method, parts))
+            if failed and not allow_partial:
+                s_i, e = failed[0]
+                what = "did not answer within %g s" % self.timeout_s if isinstance(e, ray.exceptions.GetTimeoutError) \
+                    else f"failed and could not be restarted ({type(e).__name__})"
+                raise RuntimeError(f"search: shard {s_i} ({self.top['shards'][s_i]['dir']}) {what}; "
+                                   f"pass allow_partial=True to search the other shards")
+            return out
 
         return sharded_search(call, lambda: self.encoder, self.hybrid, self.live, queries, k, **kwargs)
 

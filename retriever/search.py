@@ -73,12 +73,16 @@ class SearchResults:
     shards : int64 ndarray (n_queries, k) or None
         For a sharded index (``retriever.shards``): the shard of each hit (``rows`` are rows
         within it), -1 where padded. None for a single index.
+    missing_shards : tuple of int
+        Shards that did not answer a search made with ``allow_partial=True`` (Ray backend): the
+        results then cover the other shards only. Empty when complete.
     """
 
     ids: np.ndarray
     scores: np.ndarray
     rows: np.ndarray
     shards: np.ndarray | None = None
+    missing_shards: tuple = ()
 
     def __len__(self) -> int:
         return int(self.scores.shape[0])

@@ -21,6 +21,7 @@ the single-index modules imports it.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
@@ -467,7 +468,8 @@ def sharded_search(call, get_encoder, hybrid_config, live: list[int], queries, k
 
     ``call(method, per_shard_kwargs)`` runs ``method`` ("search" or "hybrid_union") on every shard
     with its keyword arguments and returns the results in shard order (a local loop, or remote
-    calls in parallel); "hybrid_union" results are ``(fusion, scored, ids of each query's U)``.
+    calls in parallel); "hybrid_union" results are ``(fusion, scored, ids of each query's U)``; a
+    shard that did not answer (a partial search) is ``None``.
     """
     texts = _query_texts(queries)
     base_kw = dict(kwargs, hybrid=hybrid)
@@ -485,13 +487,22 @@ def sharded_search(call, get_encoder, hybrid_config, live: list[int], queries, k
     fused = fused and base_kw.get("query_texts") is not None
     cands = shard_candidates(n_candidates, k, kwargs.get("subset"), live)
     per_shard = [dict(base_kw, queries=queries, k=k, n_candidates=n) for n in cands]
+    method = "hybrid_union" if fused else "search"
+    answers = call(method, per_shard)
+    missing = tuple(s for s, a in enumerate(answers) if a is None)
+    present = [s for s, a in enumerate(answers) if a is not None]
+    if not present:
+        raise RuntimeError("no shard answered the search")
     if not fused:
-        return merge_results(call("search", per_shard), int(k))
-    unions = call("hybrid_union", per_shard)
-    return fuse_shards([u[1] for u in unions], unions[0][0], int(k), [u[2] for u in unions])
+        res = merge_results([answers[s] for s in present], int(k), present)
+    else:
+        res = fuse_shards([answers[s][1] for s in present], answers[present[0]][0], int(k),
+                          [answers[s][2] for s in present], present)
+    return dataclasses.replace(res, missing_shards=missing) if missing else res
 
 
-def fuse_shards(scored: list[list], fusion, k: int, u_ids: list[list]) -> SearchResults:
+def fuse_shards(scored: list[list], fusion, k: int, u_ids: list[list], shard_numbers: list[int] | None = None
+                ) -> SearchResults:
     """Rank the shards' hybrid unions as one index would: each signal's mean and spread come from its
     top-``depth`` scores over all shards, then the fused lists merge by (score, shard, row).
     ``u_ids[s][i]``: the external ids of shard ``s``'s union for query ``i``."""
@@ -515,7 +526,7 @@ def fuse_shards(scored: list[list], fusion, k: int, u_ids: list[list]) -> Search
             scores[i, : order.size] = f[order]
         ids = _padded_ids(u_ids[s], scored[s], rows)
         parts.append(SearchResults(ids=ids, scores=scores, rows=rows))
-    return merge_results(parts, k)
+    return merge_results(parts, k, shard_numbers)
 
 
 def _padded_ids(u_ids: list, shard_scored: list, rows: np.ndarray) -> np.ndarray:
@@ -531,13 +542,15 @@ def _padded_ids(u_ids: list, shard_scored: list, rows: np.ndarray) -> np.ndarray
     return out
 
 
-def merge_results(parts: list[SearchResults], k: int) -> SearchResults:
-    """Merge per-shard results by (score descending, shard, row); ``shards`` tells each hit's shard."""
+def merge_results(parts: list[SearchResults], k: int, shard_numbers: list[int] | None = None) -> SearchResults:
+    """Merge per-shard results by (score descending, shard, row); ``shards`` tells each hit's shard
+    (``shard_numbers[j]`` is the shard of ``parts[j]``; default: j)."""
+    numbers = list(range(len(parts))) if shard_numbers is None else list(shard_numbers)
     n_q = len(parts[0])
     scores = np.concatenate([p.scores for p in parts], axis=1)
     rows = np.concatenate([p.rows for p in parts], axis=1)
     ids = np.concatenate([p.ids for p in parts], axis=1)
-    shard = np.concatenate([np.full(p.rows.shape, s, dtype=np.int64) for s, p in enumerate(parts)], axis=1)
+    shard = np.concatenate([np.full(p.rows.shape, numbers[j], dtype=np.int64) for j, p in enumerate(parts)], axis=1)
     out_ids = np.empty((n_q, k), dtype=ids.dtype)
     out_scores = np.full((n_q, k), -np.inf, dtype=np.float32)
     out_rows = np.full((n_q, k), -1, dtype=np.int64)

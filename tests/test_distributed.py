@@ -107,3 +107,25 @@ def test_cli_searches_a_sharded_index_on_ray(local_ray, saved, capsys):
     assert cli_main(["-q", "search", "--index", str(saved), "--query", "aspirin fever", "--k", "3",
                      "--backend", "ray"]) == 0
     assert capsys.readouterr().out == local and len(local.strip().splitlines()) == 3
+
+
+def test_batches_spread_over_replicas_and_partial_results(local_ray, saved, encoder):
+    local = ShardedRetriever.load(saved, encoder=encoder)
+    remote = ShardedRetriever.load(saved, backend="ray", encoder=encoder, replicas=2, timeout_s=60)
+    try:
+        for kw in ({}, {"hybrid": False, "mode": "exact"}):  # 4 queries: 2 chunks, one per replica
+            a, b = local.search(QUERIES, k=6, **kw), remote.search(QUERIES, k=6, **kw)
+            np.testing.assert_array_equal(a.ids, b.ids)
+            np.testing.assert_allclose(a.scores, b.scores, rtol=1e-6)
+        for a in remote.actors[2]:
+            ray.kill(a, no_restart=True)  # shard 2 is gone for good
+        with pytest.raises(RuntimeError, match="shard 2 .*allow_partial"):
+            remote.search(QUERIES, k=6, hybrid=False)
+        part = remote.search(QUERIES, k=6, hybrid=False, mode="exact", allow_partial=True)
+        assert part.missing_shards == (2,) and not (part.shards == 2).any()
+        full = local.search(QUERIES, k=60, hybrid=False, mode="exact")
+        for i in range(len(QUERIES)):  # the partial answer is the full one without shard 2's documents
+            keep = full.shards[i] != 2
+            np.testing.assert_array_equal(part.ids[i], full.ids[i][keep][:6])
+    finally:
+        remote.close()
