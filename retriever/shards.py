@@ -395,7 +395,7 @@ class ShardedRetriever:
             Retriever.verify(path)
             return fmt.read_manifest(path)
         top = read_sharded_manifest(path)
-        ShardedRetriever.load(path, verify=True)
+        ShardedRetriever.load(path)  # the top manifest against every shard's manifest, shared encoder, hybrid config
         n = top["n_shards"]
         for s, info in enumerate(top["shards"]):
             Retriever.verify(path / info["dir"])

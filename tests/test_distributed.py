@@ -129,3 +129,22 @@ def test_batches_spread_over_replicas_and_partial_results(local_ray, saved, enco
             np.testing.assert_array_equal(part.ids[i], full.ids[i][keep][:6])
     finally:
         remote.close()
+
+
+def test_a_shard_actor_killed_during_a_search_is_retried(local_ray, saved, encoder):
+    import threading
+
+    local = ShardedRetriever.load(saved, encoder=encoder)
+    remote = ShardedRetriever.load(saved, backend="ray", encoder=encoder)
+    try:
+        queries = QUERIES * 50  # a batch long enough to be running when the actor dies
+        want = local.search(queries, k=5, hybrid=False, mode="exact")
+        got = {}
+        t = threading.Thread(target=lambda: got.update(res=remote.search(queries, k=5, hybrid=False, mode="exact")))
+        t.start()
+        ray.kill(remote.actors[0][0], no_restart=False)
+        t.join(timeout=240)
+        assert not t.is_alive() and "res" in got
+        np.testing.assert_array_equal(got["res"].ids, want.ids)
+    finally:
+        remote.close()
