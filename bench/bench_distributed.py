@@ -59,6 +59,9 @@ def main(argv=None) -> int:
     ap.add_argument("--cache-dir", default=str(DEFAULT_CACHE_DIR))
     ap.add_argument("--out-dir", default=str(ROOT / "index_data" / "shards"))
     ap.add_argument("--results", default=str(ROOT / "bench" / "results" / "distributed.jsonl"))
+    ap.add_argument("--build-docs", type=int, default=0,
+                    help="also time a Ray build of this many documents with 1 and with 2 encoder workers "
+                         "(one torch thread each): per-worker throughput and the driver's share")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     import ray
@@ -105,6 +108,28 @@ def main(argv=None) -> int:
             remote.close()
             rows.append(row)
             print(json.dumps(row))
+        if args.build_docs:
+            from retriever.distributed import build_sharded_on_ray
+
+            docs = [{"_id": i, **d} for i, d in list(load_beir(args.data, split=None).corpus.items())[: args.build_docs]]
+            base_rate = None
+            for w in (1, 2):
+                out = Path(args.out_dir) / f"{data.name}-build-w{w}"
+                import shutil
+
+                shutil.rmtree(out, ignore_errors=True)
+                sr = build_sharded_on_ray(docs, out, n_shards=2, workers=w, chunk_docs=64, encoder=encoder,
+                                          threads_per_worker=1, show_progress=False)
+                t = sr.build_timings
+                rate = t["encoded_docs"] / t["encode_s"]
+                base_rate = base_rate or rate
+                row = {"dataset": data.name, "build_docs": len(docs), "workers": w,
+                       "encode_docs_per_s": round(rate, 2), "per_worker_vs_one": round(rate / w / base_rate, 3),
+                       "driver_share": round((t["plan_s"] + t["finish_s"]) / t["total_s"], 4),
+                       **{k: round(v, 2) for k, v in t.items()}, "load_avg_1m": round(os.getloadavg()[0], 2)}
+                rows.append(row)
+                print(json.dumps(row))
+                shutil.rmtree(out, ignore_errors=True)
     finally:
         ray.shutdown()
     Path(args.results).parent.mkdir(parents=True, exist_ok=True)

@@ -42,11 +42,21 @@ def cmd_index(args) -> int:
     corpus = _corpus_file(Path(args.corpus))
     config = index_config_from_args(args)
     encoder = encoder_from_args(args)
+    if args.ray_address is not None and args.shards is None:
+        raise SystemExit("error: --ray-address builds a sharded index: give --shards N")
     if args.shards is not None:
         from .shards import ShardedRetriever
 
-        sr = ShardedRetriever.build(iter_corpus(corpus), n_shards=args.shards, config=config, encoder=encoder,
-                                    path=args.out, show_progress=not args.quiet)
+        if args.ray_address is not None:
+            from .distributed import build_sharded_on_ray
+
+            sr = build_sharded_on_ray(iter_corpus(corpus), args.out, n_shards=args.shards, config=config,
+                                      encoder=encoder, workers=args.workers, chunk_docs=args.chunk_docs,
+                                      resume=args.resume, address=args.ray_address,
+                                      gpus_per_worker=args.gpus_per_worker, show_progress=not args.quiet)
+        else:
+            sr = ShardedRetriever.build(iter_corpus(corpus), n_shards=args.shards, config=config, encoder=encoder,
+                                        path=args.out, show_progress=not args.quiet)
         log.info("wrote %r to %s", sr, args.out)
         print(json.dumps({"index": str(args.out), "n_docs": sr.n_docs, "n_shards": sr.n_shards,
                           "shard_docs": [s.n_docs for s in sr.shards]}))
@@ -169,6 +179,15 @@ def build_parser() -> argparse.ArgumentParser:
     pi.add_argument("--out", required=True, help="index directory to write (e.g. index_data/NAME)")
     pi.add_argument("--shards", type=int, default=None,
                     help="a sharded index of this many shards (documents routed by a hash of their id)")
+    pi.add_argument("--ray-address", default=None,
+                    help="build the shards with Ray: 'local' (a Ray on this machine, 127.0.0.1 only), 'auto' or "
+                         "HOST:PORT (a cluster whose nodes share the output path)")
+    pi.add_argument("--workers", type=int, default=2, help="Ray encoder actors (with --ray-address; default 2)")
+    pi.add_argument("--gpus-per-worker", type=float, default=0.0,
+                    help="GPUs per Ray encoder actor (with --ray-address; default 0: CPU)")
+    pi.add_argument("--chunk-docs", type=int, default=1024, help="documents per encoded chunk (with --ray-address)")
+    pi.add_argument("--resume", action="store_true",
+                    help="continue an interrupted Ray build: chunks already encoded are kept (with --ray-address)")
     add_encoder_args(pi, "default")
     add_index_config_args(pi)
     pi.set_defaults(func=cmd_index)

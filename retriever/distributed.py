@@ -222,3 +222,209 @@ class RayShardedRetriever:
             for a in reps:
                 ray.kill(a, no_restart=True)
         self.actors = []
+
+
+# -- distributed build ----------------------------------------------------------------------------
+
+_CHUNK = "chunk-{:06d}.npz"
+
+
+class _EncoderWorker:
+    """Encodes chunks of (id, text) pairs into chunk files (wrapped by ``ray.remote``); loads the model once."""
+
+    def __init__(self, encoder_config: dict, threads: int | None, gpu: bool = False) -> None:
+        import torch
+
+        if threads:
+            torch.set_num_threads(int(threads))
+        from .encoder import ColBERTEncoder, EncoderConfig
+
+        device = "cuda" if gpu and torch.cuda.is_available() else "cpu"
+        self.encoder = ColBERTEncoder.from_config(EncoderConfig.from_dict(encoder_config), device=device)
+
+    def encode(self, pairs: list, path: str, word_pooling: bool) -> int:
+        """Encode and write ``path`` atomically (a temporary file renamed: the file is the done-marker)."""
+        import json as _json
+
+        texts = [t for _, t in pairs]
+        emb, pooled = self.encoder.encode_documents(texts, word_pooling=word_pooling, return_pooled=True)
+        tmp = path + ".tmp.npz"
+        # float32 as encoded: a shard built from these files stores what a build from the texts stores
+        np.savez(tmp, vectors=emb.vectors, offsets=emb.offsets, pooled=pooled,
+                 ids=np.array(_json.dumps([i for i, _ in pairs])), texts=np.array(_json.dumps(texts)))
+        os.replace(tmp, path)
+        return len(pairs)
+
+
+def _read_chunk(path: Path):
+    import json as _json
+
+    with np.load(path, allow_pickle=False) as z:
+        return (z["vectors"], z["offsets"], z["pooled"], _json.loads(str(z["ids"])), _json.loads(str(z["texts"])))
+
+
+def _build_shard(chunk_paths: list[str], shard: int, n_shards: int, out_dir: str, config_dict: dict,
+                 encoder_config: dict) -> int:
+    """Build shard ``shard`` from the chunk files: the documents routed to it, in corpus order."""
+    from .encoder import ColBERTEncoder, EncoderConfig
+    from .index import IndexConfig, Retriever
+    from .shards import shard_of
+    from .tokens import TokenEmbeddings
+
+    vecs, lens, pooled, ids, texts = [], [], [], [], []
+    for p in chunk_paths:
+        v, off, pl, cid, ctx = _read_chunk(Path(p))
+        for j, i in enumerate(cid):
+            if shard_of(i, n_shards) == shard:
+                vecs.append(v[off[j] : off[j + 1]])
+                lens.append(int(off[j + 1] - off[j]))
+                pooled.append(pl[j])
+                ids.append(i)
+                texts.append(ctx[j])
+    offsets = np.zeros(len(lens) + 1, dtype=np.int64)
+    np.cumsum(lens, out=offsets[1:])
+    emb = TokenEmbeddings(np.ascontiguousarray(np.concatenate(vecs), dtype=np.float32), offsets)
+    encoder = ColBERTEncoder.from_config(EncoderConfig.from_dict(encoder_config))
+    config = IndexConfig.from_dict(config_dict)
+    if config.hybrid != "auto" and not config.hybrid.enabled:
+        texts_arg = pooled_arg = None
+    else:
+        texts_arg, pooled_arg = texts, np.stack(pooled).astype(np.float32)
+    Retriever.build(emb, ids, config=config, encoder=encoder, path=out_dir, show_progress=False,
+                    texts=texts_arg, pooled=pooled_arg)
+    return len(ids)
+
+
+def build_sharded_on_ray(documents, path, *, n_shards: int, config=None, encoder=None, workers: int = 2,
+                         chunk_docs: int = 1024, resume: bool = False, address: str | None = None,
+                         threads_per_worker: int | None = 1, gpus_per_worker: float = 0.0,
+                         show_progress: bool = True):
+    """Build a sharded index with Ray: encoder actors encode chunks of the corpus, shard tasks build the shards.
+
+    ``documents``: texts as for :meth:`Retriever.build` (strings with ids, ``(id, text)`` pairs, BEIR dicts).
+    Encoded chunks are written to ``.NAME.build/`` beside ``path`` (a chunk file is renamed into place
+    when complete: it is its own done-marker); with ``resume=True`` a rerun after an interruption (a killed
+    driver) skips the chunks already there and gives the same index. Encoder actors and shard tasks are
+    retried when a worker dies. The index appears at ``path`` atomically (every shard, then
+    ``sharded.json``), and the chunk directory is removed. Returns the ``ShardedRetriever``.
+    ``gpus_per_worker`` > 0 places each encoder actor on a GPU (the encoder then runs there: its
+    ``device`` is taken from the actor's assigned GPU). The encoder actors are named
+    ``retriever-encoder-<build dir>-<i>`` (``ray.get_actor``), so an operator can find them.
+    """
+    import json as _json
+    import shutil
+    import time as _time
+
+    from tqdm.auto import tqdm
+
+    from .builder import _text_items
+    from .index import IndexConfig
+    from .shards import ShardedRetriever, _check_n_shards, _check_not_empty, _shard_dir, shard_of, write_top_manifest
+    from .storage import atomic_replace_dir, make_temp_dir_beside
+
+    n_shards = _check_n_shards(n_shards)
+    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
+        raise ValueError(f"workers must be a positive integer, got {workers!r}")
+    if isinstance(chunk_docs, bool) or not isinstance(chunk_docs, int) or chunk_docs < 1:
+        raise ValueError(f"chunk_docs must be a positive integer, got {chunk_docs!r}")
+    config = config or IndexConfig()
+    if encoder is None:
+        from .encoder import ColBERTEncoder
+
+        encoder = ColBERTEncoder.from_pretrained("default")
+    enc_config = encoder.config.to_dict()
+    target = Path(path)
+    t_start = _time.perf_counter()
+    pairs = list(_text_items(list(documents), None))
+    if not pairs:
+        raise ValueError("cannot build an index from an empty corpus")
+    seen = set()
+    for i, _ in pairs:
+        if i in seen:
+            raise ValueError(f"document id {i!r} appears twice")
+        seen.add(i)
+    _check_not_empty(np.bincount([shard_of(i, n_shards) for i, _ in pairs], minlength=n_shards).tolist(), n_shards)
+    work = target.parent / f".{target.name}.build"
+    plan = {"n_docs": len(pairs), "chunk_docs": chunk_docs, "n_shards": n_shards, "encoder": encoder.identity(),
+            "config": config.to_dict(),
+            "ids_sha256": hashlib_sha256(_json.dumps([str(i) for i, _ in pairs]))}
+    plan_file = work / "plan.json"
+    if work.exists():
+        if not resume:
+            raise FileExistsError(f"{work} holds an interrupted build: pass resume=True (CLI --resume) to continue "
+                                  f"it, or remove the directory")
+        old = _json.loads(plan_file.read_text()) if plan_file.is_file() else None
+        if old != _json.loads(_json.dumps(plan)):
+            raise ValueError(f"{work} was started with another corpus, encoder or settings: remove it to start over")
+    else:
+        (work / "chunks").mkdir(parents=True)
+        plan_file.write_text(_json.dumps(plan))
+    ray = _ray(local=address in (None, "local"))
+    if not ray.is_initialized():
+        if address in (None, "local"):
+            ray.init(include_dashboard=False, log_to_driver=False)
+            if {n["NodeManagerAddress"] for n in ray.nodes()} != {"127.0.0.1"}:
+                ray.shutdown()
+                raise RuntimeError("the local Ray did not start on 127.0.0.1 only: set RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 "
+                                   "before Ray is first imported")
+        else:
+            ray.init(address=address, log_to_driver=False)
+    chunks = [pairs[s : s + chunk_docs] for s in range(0, len(pairs), chunk_docs)]
+    t0 = _time.perf_counter()
+    plan_s = t0 - t_start
+    paths = [work / "chunks" / _CHUNK.format(j) for j in range(len(chunks))]
+    todo = [j for j, p in enumerate(paths) if not p.is_file()]
+    log.info("%d chunks of %d documents, %d to encode (%d done before)", len(chunks), chunk_docs, len(todo),
+             len(chunks) - len(todo))
+    opts = {"max_restarts": -1, "max_task_retries": -1}
+    if gpus_per_worker:
+        opts["num_gpus"] = gpus_per_worker
+    worker_cls = ray.remote(**opts)(_EncoderWorker)
+    tag = hashlib_sha256(str(work.resolve()))[:12]
+    actors = [worker_cls.options(name=f"retriever-encoder-{tag}-{i}").remote(enc_config, threads_per_worker,
+                                                                           bool(gpus_per_worker))
+              for i in range(min(workers, max(1, len(todo))))]
+    word_pooling = bool(config.word_pooling)
+    with tqdm(total=len(pairs), initial=sum(len(chunks[j]) for j in range(len(chunks)) if j not in set(todo)),
+              desc="encoding documents (Ray)", unit="doc", disable=not show_progress) as bar:
+        pending = {}
+        queue = list(todo)
+        free = list(actors)
+        while queue or pending:
+            while queue and free:
+                j, a = queue.pop(0), free.pop(0)
+                pending[a.encode.remote(chunks[j], str(paths[j]), word_pooling)] = (j, a)
+            done, _ = ray.wait(list(pending), num_returns=1)
+            j, a = pending.pop(done[0])
+            bar.update(ray.get(done[0]))
+            free.append(a)
+    for a in actors:
+        ray.kill(a, no_restart=True)
+    encode_s = _time.perf_counter() - t0
+    tmp = make_temp_dir_beside(target)
+    try:
+        build = ray.remote(max_retries=3)(_build_shard)
+        refs = [build.remote([str(p) for p in paths], s, n_shards, str(tmp / _shard_dir(s)), config.to_dict(),
+                             enc_config) for s in range(n_shards)]
+        sizes = ray.get(refs)
+        t1 = _time.perf_counter()
+        write_top_manifest(tmp, n_shards, config, fmt.read_manifest(tmp / _shard_dir(0))["id_type"], encoder.identity())
+        atomic_replace_dir(tmp, target)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    shutil.rmtree(work, ignore_errors=True)
+    t2 = _time.perf_counter()
+    timings = {"plan_s": plan_s, "encode_s": encode_s, "shards_s": t1 - t0 - encode_s, "finish_s": t2 - t1,
+               "total_s": t2 - t_start, "encoded_docs": sum(len(chunks[j]) for j in todo)}
+    log.info("built %d shards (%s documents) in %.1f s: %s", n_shards, sizes, timings["total_s"],
+             {k: round(v, 2) for k, v in timings.items()})
+    sr = ShardedRetriever.load(target, encoder=encoder)
+    sr.build_timings = timings
+    return sr
+
+
+def hashlib_sha256(text: str) -> str:
+    import hashlib
+
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()

@@ -25,6 +25,7 @@ import dataclasses
 import hashlib
 import json
 import logging
+import os
 import shutil
 import time
 from pathlib import Path
@@ -91,6 +92,7 @@ class ShardedRetriever:
         self.shards = shards
         self.config = config if config is not None else first.config
         self._shared_encoder = None
+        self.build_timings: dict = {}  # filled by a distributed build (retriever.distributed)
 
     # -- properties ------------------------------------------------------------------------
     @property
@@ -308,25 +310,8 @@ class ShardedRetriever:
 
     # -- persistence -----------------------------------------------------------------------
     def _write_top_manifest(self, directory: Path) -> None:
-        from . import __version__
-
         first = self.shards[0]
-        shards = []
-        for s in range(self.n_shards):
-            m = fmt.read_manifest(directory / _shard_dir(s))
-            shards.append({"dir": _shard_dir(s), "n_docs": m["n_docs"], "n_deleted": m.get("n_deleted", 0),
-                           "manifest_sha256": m[fmt.CHECKSUM_FIELD]})
-        top = {
-            "format": SHARDED_FORMAT, "format_version": SHARDED_VERSION, "library_version": __version__,
-            "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "n_shards": self.n_shards,
-            "routing": ROUTING, "id_type": first.id_type, "encoder": first.encoder_info,
-            "config": self.config.to_dict(), "shards": shards,
-        }
-        top[fmt.CHECKSUM_FIELD] = fmt.manifest_checksum(top)
-        p = directory / SHARDED_MANIFEST
-        with open(p, "w", encoding="utf-8") as fh:
-            json.dump(top, fh, indent=2, sort_keys=True)
-            fh.write("\n")
+        write_top_manifest(directory, self.n_shards, self.config, first.id_type, first.encoder_info)
 
     def save(self, path) -> None:
         """Write every shard and then ``sharded.json`` into a new directory, swapped in atomically."""
@@ -406,6 +391,32 @@ class ShardedRetriever:
                 raise fmt.IndexFormatError(f"{path / info['dir']}: document {bad[0]!r} belongs to shard "
                                            f"{shard_of(bad[0], n)}, not {s}")
         return top
+
+
+def write_top_manifest(directory: Path, n_shards: int, config: IndexConfig, id_type: str, encoder_info) -> None:
+    """Write ``sharded.json`` for the complete shard directories ``shard-NNNN`` in ``directory`` (the commit point)."""
+    from . import __version__
+
+    shards = []
+    for s in range(n_shards):
+        m = fmt.read_manifest(directory / _shard_dir(s))
+        shards.append({"dir": _shard_dir(s), "n_docs": m["n_docs"], "n_deleted": m.get("n_deleted", 0),
+                       "manifest_sha256": m[fmt.CHECKSUM_FIELD]})
+    top = {
+        "format": SHARDED_FORMAT, "format_version": SHARDED_VERSION, "library_version": __version__,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "n_shards": n_shards,
+        "routing": ROUTING, "id_type": id_type, "encoder": encoder_info,
+        "config": config.to_dict(), "shards": shards,
+    }
+    top[fmt.CHECKSUM_FIELD] = fmt.manifest_checksum(top)
+    p = directory / SHARDED_MANIFEST
+    tmp = directory / (SHARDED_MANIFEST + ".tmp")
+    with open(tmp, "w", encoding="utf-8") as fh:
+        json.dump(top, fh, indent=2, sort_keys=True)
+        fh.write("\n")
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, p)
 
 
 def read_sharded_manifest(path: Path) -> dict:

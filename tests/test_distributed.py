@@ -148,3 +148,164 @@ def test_a_shard_actor_killed_during_a_search_is_retried(local_ray, saved, encod
         np.testing.assert_array_equal(got["res"].ids, want.ids)
     finally:
         remote.close()
+
+
+def _corpus(n=50, seed=1):
+    rng = np.random.default_rng(seed)
+    return [{"_id": f"c{i}", "title": "", "text": " ".join(rng.choice(WORDS, int(rng.integers(3, 12))))}
+            for i in range(n)]
+
+
+def test_ray_build_equals_the_local_build_and_resumes(local_ray, tmp_path, encoder, caplog):
+    import logging
+
+    from retriever.distributed import build_sharded_on_ray
+
+    docs = _corpus()
+    local = ShardedRetriever.build(docs, n_shards=2, encoder=encoder, config=CFG, show_progress=False)
+    built = build_sharded_on_ray(docs, tmp_path / "ray", n_shards=2, config=CFG, encoder=encoder, workers=2,
+                                 chunk_docs=8, show_progress=False)
+    assert not (tmp_path / ".ray.build").exists()  # the chunk directory is removed once the index is in place
+    for a, b in zip(local.shards, built.shards):
+        assert a.doc_ids.tolist() == b.doc_ids.tolist()
+        np.testing.assert_allclose(np.asarray(a.codec.decode(np.asarray(a.tokens))),
+                                   np.asarray(b.codec.decode(np.asarray(b.tokens))), atol=2e-2)
+    for kw in ({"hybrid": False, "mode": "exact"}, {}):
+        np.testing.assert_array_equal(local.search(QUERIES, k=5, **kw).ids, built.search(QUERIES, k=5, **kw).ids)
+    ShardedRetriever.verify(tmp_path / "ray")
+    # an interrupted build leaves .NAME.build/ behind: here the driver fails at the final swap, and two of
+    # the seven chunk files are then removed (as if it had died while encoding them)
+    import retriever.storage as storage
+
+    first = build_sharded_on_ray(docs, tmp_path / "full", n_shards=2, config=CFG, encoder=encoder, workers=1,
+                                 chunk_docs=8, show_progress=False)
+
+    def crash(*a, **kw):
+        raise KeyboardInterrupt("driver killed")
+
+    real = storage.atomic_replace_dir
+    storage.atomic_replace_dir = crash
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            build_sharded_on_ray(docs, tmp_path / "again", n_shards=2, config=CFG, encoder=encoder, chunk_docs=8,
+                                 show_progress=False)
+    finally:
+        storage.atomic_replace_dir = real
+    work = tmp_path / ".again.build"
+    chunks = sorted((work / "chunks").glob("chunk-*.npz"))
+    assert len(chunks) == 7 and not (tmp_path / "again").exists()
+    chunks[1].unlink()
+    chunks[4].unlink()
+    kept = chunks[2].stat().st_mtime_ns
+    with pytest.raises(FileExistsError, match="resume"):
+        build_sharded_on_ray(docs, tmp_path / "again", n_shards=2, config=CFG, encoder=encoder, chunk_docs=8,
+                             show_progress=False)
+    with pytest.raises(ValueError, match="another corpus"):
+        build_sharded_on_ray(docs[:-1], tmp_path / "again", n_shards=2, config=CFG, encoder=encoder, chunk_docs=8,
+                             resume=True, show_progress=False)
+    assert chunks[2].stat().st_mtime_ns == kept
+    with caplog.at_level(logging.INFO, logger="retriever.distributed"):
+        again = build_sharded_on_ray(docs, tmp_path / "again", n_shards=2, config=CFG, encoder=encoder, chunk_docs=8,
+                                     resume=True, show_progress=False)
+    assert "7 chunks of 8 documents, 2 to encode (5 done before)" in caplog.text
+    for a, b in zip(first.shards, again.shards):  # the same index as the uninterrupted build
+        np.testing.assert_array_equal(np.asarray(a.tokens), np.asarray(b.tokens))
+        assert a.doc_ids.tolist() == b.doc_ids.tolist()
+    assert not work.exists()
+
+
+def test_cli_index_with_ray(local_ray, tmp_path, capsys):
+    import gzip
+    import json as _json
+
+    from retriever.cli import main as cli_main
+
+    corpus = tmp_path / "corpus.jsonl.gz"
+    with gzip.open(corpus, "wt", encoding="utf-8") as fh:
+        for d in _corpus(30, seed=4):
+            fh.write(_json.dumps(d) + "\n")
+    out = tmp_path / "idx"
+    argv = ["-q", "index", "--corpus", str(corpus), "--out", str(out), "--model", str(FIXTURES / "bert_stanford"),
+            "--dtype", "float32", "--shards", "2", "--ray-address", "local", "--workers", "2", "--chunk-docs", "8",
+            "--num-repetitions", "4", "--num-simhash-projections", "3", "--projection-dimension", "8"]
+    assert cli_main(argv) == 0
+    assert _json.loads(capsys.readouterr().out.strip().splitlines()[-1])["n_shards"] == 2
+    assert cli_main(["verify", str(out)]) == 0
+    with pytest.raises(SystemExit, match="give --shards"):
+        cli_main(["-q", "index", "--corpus", str(corpus), "--out", str(tmp_path / "x"), "--ray-address", "local"])
+
+
+def test_a_killed_encoder_worker_is_restarted_mid_build(local_ray, tmp_path, encoder):
+    import threading
+    import time
+
+    from retriever.distributed import build_sharded_on_ray, hashlib_sha256
+
+    docs = _corpus(60, seed=7)
+    want = build_sharded_on_ray(docs, tmp_path / "ref", n_shards=2, config=CFG, encoder=encoder, workers=1,
+                                chunk_docs=4, show_progress=False)
+    out = tmp_path / "killed"
+    tag = hashlib_sha256(str((tmp_path / ".killed.build").resolve()))[:12]
+    got = {}
+    t = threading.Thread(target=lambda: got.update(sr=build_sharded_on_ray(
+        docs, out, n_shards=2, config=CFG, encoder=encoder, workers=1, chunk_docs=4, show_progress=False)))
+    t.start()
+    killed = False
+    deadline = time.monotonic() + 120
+    while t.is_alive() and time.monotonic() < deadline and not killed:
+        chunks = list((tmp_path / ".killed.build" / "chunks").glob("chunk-*.npz"))
+        if len(chunks) >= 2:
+            ray.kill(ray.get_actor(f"retriever-encoder-{tag}-0"), no_restart=False)  # the worker process dies
+            killed = True
+        time.sleep(0.05)
+    t.join(timeout=240)
+    assert killed and "sr" in got, "the build ended before the worker could be killed, or did not finish"
+    for a, b in zip(want.shards, got["sr"].shards):
+        np.testing.assert_array_equal(np.asarray(a.tokens), np.asarray(b.tokens))
+
+
+def test_sigkill_driver_then_resume_gives_the_uninterrupted_index(local_ray, tmp_path, encoder):
+    import gzip
+    import json as _json
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from retriever.distributed import build_sharded_on_ray
+
+    docs = _corpus(60, seed=8)
+    corpus = tmp_path / "corpus.jsonl.gz"
+    with gzip.open(corpus, "wt", encoding="utf-8") as fh:
+        for d in docs:
+            fh.write(_json.dumps(d) + "\n")
+    out = tmp_path / "idx"
+    argv = [sys.executable, "-m", "retriever", "-q", "index", "--corpus", str(corpus), "--out", str(out),
+            "--model", str(FIXTURES / "bert_stanford"), "--dtype", "float32", "--shards", "2", "--ray-address",
+            "local", "--workers", "1", "--chunk-docs", "2", "--num-repetitions", "4", "--num-simhash-projections",
+            "3", "--projection-dimension", "8"]
+    env = dict(os.environ, RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="0", RAY_USAGE_STATS_ENABLED="0")
+    env.pop("RAY_ADDRESS", None)
+    proc = subprocess.Popen(argv, cwd=REPO, env=env, start_new_session=True, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    chunks_dir = tmp_path / ".idx.build" / "chunks"
+    deadline = time.monotonic() + 180
+    try:
+        while proc.poll() is None and time.monotonic() < deadline:
+            if chunks_dir.is_dir() and len(list(chunks_dir.glob("chunk-*.npz"))) >= 3:
+                break
+            time.sleep(0.01)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)  # the driver and the local Ray it started
+        proc.wait(timeout=60)
+    n_done = len(list(chunks_dir.glob("chunk-*.npz")))
+    assert 3 <= n_done < 30 and not out.exists(), n_done
+    resumed = build_sharded_on_ray(docs, out, n_shards=2, config=CFG, encoder=encoder, workers=1, chunk_docs=2,
+                                   resume=True, show_progress=False)
+    assert resumed.build_timings["encoded_docs"] <= 60 - 2 * 3
+    want = build_sharded_on_ray(docs, tmp_path / "ref", n_shards=2, config=CFG, encoder=encoder, workers=1,
+                                chunk_docs=2, show_progress=False)
+    for a, b in zip(want.shards, resumed.shards):
+        np.testing.assert_array_equal(np.asarray(a.tokens), np.asarray(b.tokens))
+        assert a.doc_ids.tolist() == b.doc_ids.tolist()
+    ShardedRetriever.verify(out)
