@@ -231,3 +231,13 @@ def test_sharded_hybrid_fuses_with_global_top_lists(encoder):
         a, b = single.search(q, k=5, mode="exact"), sr.search(q, k=5, mode="exact")
         np.testing.assert_array_equal(a.ids, b.ids)
         np.testing.assert_allclose(a.scores, b.scores, rtol=1e-5, atol=1e-5)
+
+
+def test_shards_of_different_encoders_are_refused(encoder):
+    a = Retriever.build([("x1", "aspirin fever"), ("x2", "heart blood")], encoder=encoder, config=CFG,
+                        show_progress=False)
+    other = ColBERTEncoder.from_pretrained(str(FIXTURES / "bert_stanford"), dtype="float32", document_length=20)
+    b = Retriever.build([("y1", "coffee tea"), ("y2", "sleep memory")], encoder=other, config=CFG,
+                        show_progress=False)
+    with pytest.raises(ValueError, match="mixed encoders"):
+        ShardedRetriever([a, b])
