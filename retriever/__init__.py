@@ -3,7 +3,8 @@
 Pipeline: token embeddings -> FDE (one vector per document) -> FAISS inner-product candidates
 -> exact MaxSim (late interaction) rerank in numba kernels.
 
-The text encoder (``retriever.encoder``, torch + transformers) is imported only when used.
+The text encoder (``retriever.encoder``, transformers) is imported only when used; torch itself is
+imported with the kernels, before any numba kernel runs (see ``kernels/__init__.py``).
 """
 
 __version__ = "0.1.0"
