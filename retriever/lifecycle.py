@@ -24,6 +24,10 @@ How each change is made
   the store with it (from the decoded vectors: the original vectors are not kept).
 * New documents are pooled (``pool_factor``) and encoded with the index's codec as it was
   trained at build time, so codes of old and new documents mean the same thing.
+* Hybrid signals (``retriever.hybrid``) follow the rows: ``add`` / ``upsert`` need texts (the
+  pooled vectors come from the same encoder pass, the BM25 postings are merged into a new
+  ``LexicalIndex``; both are swapped in with the rest), deleted rows stay in BM25's statistics
+  until ``compact``, which keeps the live rows of both.
 """
 
 from __future__ import annotations
