@@ -248,10 +248,13 @@ class _EncoderWorker:
 
         texts = [t for _, t in pairs]
         emb, pooled = self.encoder.encode_documents(texts, word_pooling=word_pooling, return_pooled=True)
-        tmp = path + ".tmp.npz"
-        # float32 as encoded: a shard built from these files stores what a build from the texts stores
-        np.savez(tmp, vectors=emb.vectors, offsets=emb.offsets, pooled=pooled,
-                 ids=np.array(_json.dumps([i for i, _ in pairs])), texts=np.array(_json.dumps(texts)))
+        tmp = path + ".partial"  # not a chunk name: an interrupted write is never taken for a finished chunk
+        with open(tmp, "wb") as fh:
+            # float32 as encoded: a shard built from these files stores what a build from the texts stores
+            np.savez(fh, vectors=emb.vectors, offsets=emb.offsets, pooled=pooled,
+                     ids=np.array(_json.dumps([i for i, _ in pairs])), texts=np.array(_json.dumps(texts)))
+            fh.flush()
+            os.fsync(fh.fileno())
         os.replace(tmp, path)
         return len(pairs)
 
