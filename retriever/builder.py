@@ -363,6 +363,11 @@ def _peek(iterable) -> tuple[object, Iterator]:
     return first, itertools.chain([first], it)
 
 
+def _is_embeddings(documents) -> bool:
+    """Token embeddings given whole (a ``TokenEmbeddings``, an array, a torch tensor), not an iterable of items."""
+    return isinstance(documents, (TokenEmbeddings, np.ndarray)) or hasattr(documents, "detach")
+
+
 def _is_batch_item(x) -> bool:
     """A ``(TokenEmbeddings, ids)`` pair: one block of a streamed build from token embeddings."""
     return isinstance(x, tuple) and len(x) == 2 and isinstance(x[0], TokenEmbeddings)

@@ -63,6 +63,28 @@ def _ray(local: bool = False):
     return ray
 
 
+def _connect(address: str | None):
+    """Ray, initialised: joined to ``address`` (``RAY_ADDRESS`` when None, as ``ray.init`` reads it), or
+    a local Ray started here, refused unless every node address is 127.0.0.1. An initialised Ray is kept."""
+    if address is None:
+        address = os.environ.get("RAY_ADDRESS") or None
+    local = address in (None, "local")
+    ray = _ray(local=local)
+    if ray.is_initialized():
+        return ray
+    if not local:
+        ray.init(address=address, log_to_driver=False)
+        return ray
+    ray.init(include_dashboard=False, log_to_driver=False)
+    nodes = {n["NodeManagerAddress"] for n in ray.nodes()}
+    if nodes != {"127.0.0.1"}:
+        ray.shutdown()
+        raise RuntimeError(f"the local Ray started on {sorted(nodes)}, not only 127.0.0.1: set "
+                           f"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 before Ray is first imported, or start Ray yourself "
+                           f"and pass its address")
+    return ray
+
+
 class _ShardServer:
     """One shard in a Ray actor (wrapped by ``ray.remote`` when the backend starts)."""
 
@@ -82,8 +104,7 @@ class _ShardServer:
         return self.r.search(queries, **kw)
 
     def hybrid_union(self, queries, kw: dict):
-        fusion, scored = self.r.hybrid_union(queries, **kw)
-        return fusion, scored, [self.r._ids_of(u) for u, _, _ in scored]
+        return self.r.hybrid_union(queries, **kw)
 
 
 class RayShardedRetriever:
@@ -91,26 +112,12 @@ class RayShardedRetriever:
 
     def __init__(self, path, *, address: str | None = None, replicas: int = 1, cpus_per_actor: float | None = None,
                  threads_per_actor: int | None = 1, encoder=None, timeout_s: float = 300.0) -> None:
-        if address is None:
-            address = os.environ.get("RAY_ADDRESS") or None  # as ray.init itself reads it
-        ray = _ray(local=address in (None, "local"))
+        ray = _connect(address)
         self.path = Path(path)
         if isinstance(replicas, bool) or not isinstance(replicas, int) or replicas < 1:
             raise ValueError(f"replicas must be a positive integer, got {replicas!r}")
         top = read_sharded_manifest(self.path)
         self.top = top
-        if not ray.is_initialized():
-            if address in (None, "local"):
-                ray.init(include_dashboard=False, log_to_driver=False)
-                nodes = {n["NodeManagerAddress"] for n in ray.nodes()}
-                if nodes != {"127.0.0.1"}:
-                    ray.shutdown()
-                    raise RuntimeError(
-                        f"the local Ray started on {sorted(nodes)}, not only 127.0.0.1: set "
-                        f"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 before Ray is first imported, or start Ray yourself "
-                        f"and pass its address")
-            else:
-                ray.init(address=address, log_to_driver=False)
         for s, info in enumerate(top["shards"]):  # every shard directory is complete before any actor starts
             d = self.path / info["dir"]
             m = fmt.read_manifest(d)
@@ -362,16 +369,7 @@ def build_sharded_on_ray(documents, path, *, n_shards: int, config=None, encoder
     else:
         (work / "chunks").mkdir(parents=True)
         plan_file.write_text(_json.dumps(plan))
-    ray = _ray(local=address in (None, "local"))
-    if not ray.is_initialized():
-        if address in (None, "local"):
-            ray.init(include_dashboard=False, log_to_driver=False)
-            if {n["NodeManagerAddress"] for n in ray.nodes()} != {"127.0.0.1"}:
-                ray.shutdown()
-                raise RuntimeError("the local Ray did not start on 127.0.0.1 only: set RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 "
-                                   "before Ray is first imported")
-        else:
-            ray.init(address=address, log_to_driver=False)
+    ray = _connect(address)
     chunks = [pairs[s : s + chunk_docs] for s in range(0, len(pairs), chunk_docs)]
     t0 = _time.perf_counter()
     plan_s = t0 - t_start

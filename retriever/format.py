@@ -187,6 +187,19 @@ def check_files(directory: Path, manifest: dict, full: bool) -> None:
                 raise IndexFormatError(f"{p} does not match its checksum in {MANIFEST} (the file was altered)")
 
 
+def read_lines(path: Path) -> list[str]:
+    """The lines of a UTF-8 text file of the index (one item per line, a final newline optional);
+    ``IndexFormatError`` naming the file when it is not UTF-8."""
+    try:
+        with open(path, encoding="utf-8") as fh:
+            lines = fh.read().split("\n")
+    except UnicodeDecodeError as e:
+        raise IndexFormatError(f"{path} is not valid UTF-8: {e}") from None
+    if lines and lines[-1] == "":
+        lines.pop()
+    return lines
+
+
 def load_array(directory: Path, name: str, mmap: bool, dtype, shape: tuple) -> np.ndarray:
     """np.load without pickle, checking dtype and shape against the manifest."""
     p = directory / name

@@ -8,7 +8,7 @@ An index built from text can store, beside its token vectors, two more signals p
   ``kernels/dense.py``;
 * ``"bm25"``: a BM25 inverted index over the words of the text (:mod:`retriever.lexical`).
 
-A hybrid search (:func:`search_hybrid`) scores, per query, the union of
+A hybrid search (:func:`score_union`, then :func:`rank_fused`) scores, per query, the union of
 
     U = the MaxSim top-``depth`` (the reranked FDE candidates, or the exhaustive top-``depth``)
       + the dense top-``depth`` + the BM25 top-``depth``
@@ -38,7 +38,7 @@ from kernels.maxsim import maxsim_scores_batch
 from .lexical import BM25Config, LexicalIndex
 from .tokens import TokenEmbeddings
 
-__all__ = ["SIGNALS", "FusionConfig", "HybridConfig", "fuse", "score_union", "rank_fused", "search_hybrid"]
+__all__ = ["SIGNALS", "FusionConfig", "HybridConfig", "fuse", "score_union", "rank_fused"]
 
 #: The signals an index can store beside its token vectors.
 SIGNALS = ("dense", "bm25")
@@ -260,27 +260,3 @@ def rank_fused(scored: list[tuple[np.ndarray, dict, dict]], k: int, fusion: Fusi
         out_rows[i, : order.size] = u[order]
         out_scores[i, : order.size] = f[order]
     return out_rows, out_scores
-
-
-def search_hybrid(
-    queries: TokenEmbeddings,
-    base: np.ndarray,
-    tokens: np.ndarray,
-    doc_offsets: np.ndarray,
-    *,
-    k: int,
-    fusion: FusionConfig,
-    dense: np.ndarray | None = None,
-    q_pooled: np.ndarray | None = None,
-    lexical: LexicalIndex | None = None,
-    q_texts: list[str] | None = None,
-    allowed: np.ndarray | None = None,
-) -> tuple[np.ndarray, np.ndarray]:
-    """Fused top-``k`` rows per query (see the module docstring): :func:`score_union` with
-    ``depth = max(fusion.depth, k)``, then :func:`rank_fused`.
-
-    Returns (rows int64 (n_q, k), fused scores float32 (n_q, k)), padded with -1 / -inf.
-    """
-    scored = score_union(queries, base, tokens, doc_offsets, depth=max(int(fusion.depth), int(k)),
-                         dense=dense, q_pooled=q_pooled, lexical=lexical, q_texts=q_texts, allowed=allowed)
-    return rank_fused(scored, int(k), fusion)

@@ -31,6 +31,7 @@ from .builder import (
     _Builder,
     _ids_array,
     _is_batch_item,
+    _is_embeddings,
     _is_text_item,
     _peek,
     _py,
@@ -295,7 +296,7 @@ class Retriever:
         if isinstance(doc_ids, (str, bytes)):
             raise TypeError("doc_ids must be a collection of ids, not a single string")
         streamed = False
-        if isinstance(documents, TokenEmbeddings) or isinstance(documents, np.ndarray) or hasattr(documents, "detach"):
+        if _is_embeddings(documents):
             is_text, items = False, documents
         else:
             first, items = _peek(documents)
@@ -445,16 +446,17 @@ class Retriever:
                             subset=subset, hybrid=hybrid, query_texts=query_texts, query_pooled=query_pooled)
 
     def hybrid_union(self, queries, k: int = 10, **kwargs):
-        """A hybrid search stopped before ranking: ``(fusion, scored)``, with ``scored`` per query
+        """A hybrid search stopped before ranking: ``(fusion, scored, ids)``, with ``scored`` per query
         ``(rows of U, {signal: scores over U}, {signal: its own top scores})`` (see
-        :func:`retriever.hybrid.score_union`). A sharded index fuses its shards' unions with global
-        top lists so that fused scores compare across shards. Arguments as for :meth:`search`;
-        ``ValueError`` when the search would not be hybrid."""
+        :func:`retriever.hybrid.score_union`) and ``ids`` per query the external ids of U. A sharded
+        index fuses its shards' unions with global top lists so that fused scores compare across
+        shards. Arguments as for :meth:`search`; ``ValueError`` when the search would not be hybrid."""
         out = self._search(queries, k, union_only=True, **kwargs)
         if out is None:
             raise ValueError("not a hybrid search: the index stores no hybrid signals, the queries have no texts, "
                              "or hybrid=False")
-        return out
+        fusion, scored = out
+        return fusion, scored, [self._ids_of(u) for u, _, _ in scored]
 
     def _search(self, queries, k, *, n_candidates="auto", mode="auto", ef_search=None, nprobe=None, subset=None,
                 hybrid=None, query_texts=None, query_pooled=None, union_only=False):
@@ -806,13 +808,7 @@ class Retriever:
                 raise fmt.IndexFormatError(
                     f"{path / fmt.DELETED} must hold 0/1 flags, {m.get('n_deleted', 0)} of them set (the manifest's n_deleted)"
                 )
-        try:
-            with open(path / fmt.DOC_IDS, encoding="utf-8") as fh:
-                raw = fh.read().split("\n")
-        except UnicodeDecodeError as e:
-            raise fmt.IndexFormatError(f"{path / fmt.DOC_IDS} is not valid UTF-8: {e}") from None
-        if raw and raw[-1] == "":
-            raw.pop()
+        raw = fmt.read_lines(path / fmt.DOC_IDS)
         if len(raw) != n_docs:
             raise fmt.IndexFormatError(f"{path / fmt.DOC_IDS} has {len(raw)} ids, the manifest says {n_docs}")
         id_type = m["id_type"]
@@ -904,13 +900,7 @@ def _load_hybrid(path: Path, m: dict, config: IndexConfig, n_docs: int, mmap: bo
         missing = [n for n in (fmt.BM25_VOCAB, *fmt.BM25_FILES.values()) if n not in files]
         if missing:
             raise fmt.IndexFormatError(f"{path / fmt.MANIFEST}: the 'bm25' hybrid signal needs {missing}, not listed")
-        try:
-            with open(path / fmt.BM25_VOCAB, encoding="utf-8") as fh:
-                vocab = fh.read().split("\n")
-        except UnicodeDecodeError as e:
-            raise fmt.IndexFormatError(f"{path / fmt.BM25_VOCAB} is not valid UTF-8: {e}") from None
-        if vocab and vocab[-1] == "":
-            vocab.pop()
+        vocab = fmt.read_lines(path / fmt.BM25_VOCAB)
         h = m.get("hybrid") or {}
         n_terms, n_post = h.get("bm25_terms"), h.get("bm25_postings")
         for name, v in (("bm25_terms", n_terms), ("bm25_postings", n_post)):

@@ -48,6 +48,7 @@ from .builder import (
     _FAISS_ADD_ROWS,
     _check_ids,
     _ids_array,
+    _is_embeddings,
     _is_text_item,
     _pooled,
     _py,
@@ -293,7 +294,7 @@ def add_documents(r: Retriever, documents, doc_ids, *, replace: bool, show_progr
                         f"(wrap it in a list)")
     if isinstance(doc_ids, (str, bytes)):
         raise TypeError("doc_ids must be a collection of ids, not a single string")
-    if isinstance(documents, TokenEmbeddings) or isinstance(documents, np.ndarray) or hasattr(documents, "detach"):
+    if _is_embeddings(documents):
         is_text, items = False, documents
     else:
         items = list(documents)

@@ -34,7 +34,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from . import format as fmt
-from .builder import _is_batch_item, _is_text_item, _py, _text_items
+from .builder import _is_batch_item, _is_embeddings, _is_text_item, _py, _text_items
 from .hybrid import fuse
 from .index import IndexConfig, Retriever, _query_texts
 from .search import SearchResults, auto_n_candidates
@@ -136,7 +136,7 @@ class ShardedRetriever:
         config = config or IndexConfig()
         if isinstance(documents, (str, bytes)):
             raise TypeError("documents must be a collection of texts or token embeddings, not a single string")
-        if isinstance(documents, TokenEmbeddings) or isinstance(documents, np.ndarray) or hasattr(documents, "detach"):
+        if _is_embeddings(documents):
             is_text, items = False, documents
         else:
             items = list(documents)
@@ -219,11 +219,7 @@ class ShardedRetriever:
         def call(method, per_shard_kwargs):
             out = []
             for shard, kw in zip(self.shards, per_shard_kwargs):
-                if method == "search":
-                    out.append(shard.search(**kw))
-                else:
-                    fusion, scored = shard.hybrid_union(**kw)
-                    out.append((fusion, scored, [shard._ids_of(u) for u, _, _ in scored]))
+                out.append(shard.search(**kw) if method == "search" else shard.hybrid_union(**kw))
             return out
 
         return sharded_search(call, lambda: self.encoder, first.config.hybrid, [s.n_docs for s in self.shards],
@@ -246,7 +242,7 @@ class ShardedRetriever:
         if isinstance(documents, (str, bytes)):
             raise TypeError("documents must be a collection of texts or token embeddings, not a single string "
                             "(wrap it in a list)")
-        if isinstance(documents, TokenEmbeddings) or isinstance(documents, np.ndarray) or hasattr(documents, "detach"):
+        if _is_embeddings(documents):
             is_text, items = False, documents
         else:
             items = list(documents)

@@ -16,10 +16,11 @@ import numpy as np
 import pytest
 
 from conftest import REPO
+from lifecycle_util import damaged_copy
 from retriever import format as fmt
 from retriever.encoder import ColBERTEncoder
 from retriever.fde import FDEConfig
-from retriever.hybrid import FusionConfig, HybridConfig, fuse, search_hybrid
+from retriever.hybrid import FusionConfig, HybridConfig, fuse
 from retriever.index import IndexConfig, Retriever
 from retriever.lexical import ENGLISH_STOPWORDS, Analyzer, BM25Config, LexicalIndex
 
@@ -385,16 +386,7 @@ def saved_hybrid(tmp_path_factory, encoder):
 def test_damaged_hybrid_files_are_refused_by_name(saved_hybrid, encoder, tmp_path_factory, name, pos, byte, cut):
     expected = Retriever.load(saved_hybrid, encoder=encoder).search(QUERIES, k=4)
     d = tmp_path_factory.mktemp("dmg") / "idx"
-    d.mkdir()
-    for p in saved_hybrid.iterdir():
-        (d / p.name).write_bytes(p.read_bytes())
-    data = bytearray((d / name).read_bytes())
-    i = min(int(pos * len(data)), len(data) - 1)
-    changed = data[i] != byte or cut
-    data = data[:i] if cut else data
-    if not cut:
-        data[i] = byte
-    (d / name).write_bytes(bytes(data))
+    changed = damaged_copy(saved_hybrid, d, name, pos, byte, cut)
     try:
         r = Retriever.load(d, verify=True, encoder=encoder)
     except fmt.IndexFormatError as e:
