@@ -93,3 +93,20 @@ def dir_state(path: Path) -> dict:
 def results_of(r: Retriever, queries, k: int = 5, **kw) -> tuple:
     res = r.search(queries, k=k, **kw)
     return res.ids.tolist(), res.scores.tolist()
+
+
+def damaged_copy(src: Path, dst: Path, name: str, pos: float, byte: int, cut: bool) -> bool:
+    """Copy the index directory ``src`` to the new directory ``dst``, then change file ``name``: cut it at
+    fraction ``pos`` of its length (``cut``) or set the byte there to ``byte``. Returns whether the
+    bytes changed (setting a byte to its own value does not)."""
+    dst.mkdir()
+    for p in src.iterdir():
+        (dst / p.name).write_bytes(p.read_bytes())
+    data = bytearray((dst / name).read_bytes())
+    i = min(int(pos * len(data)), len(data) - 1)
+    changed = data[i] != byte or cut
+    data = data[:i] if cut else data
+    if not cut:
+        data[i] = byte
+    (dst / name).write_bytes(bytes(data))
+    return changed

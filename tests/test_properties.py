@@ -20,7 +20,7 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from lifecycle_util import CFG, DIM, build, dir_state, make_docs, make_queries, state_of
+from lifecycle_util import CFG, DIM, build, damaged_copy, dir_state, make_docs, make_queries, state_of
 from retriever import beir
 from retriever import format as fmt
 from retriever.index import MAX_K, Retriever
@@ -293,16 +293,7 @@ def test_load_damaged_files(saved_dir, name, pos, byte, cut):
     expected = Retriever.load(saved_dir).search(QUERIES, k=4, mode="exact")
     with tempfile.TemporaryDirectory() as tmp:
         d = Path(tmp) / "idx"
-        d.mkdir()
-        for p in saved_dir.iterdir():
-            (d / p.name).write_bytes(p.read_bytes())
-        data = bytearray((d / name).read_bytes())
-        i = min(int(pos * len(data)), len(data) - 1)
-        changed = data[i] != byte or cut
-        data = data[:i] if cut else data
-        if not cut:
-            data[i] = byte
-        (d / name).write_bytes(bytes(data))
+        changed = damaged_copy(saved_dir, d, name, pos, byte, cut)
         try:
             r = Retriever.load(d, verify=True)
         except fmt.IndexFormatError as e:
