@@ -27,12 +27,12 @@ import numpy as np  # noqa: E402
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from retriever.beir import doc_text, load_beir  # noqa: E402
-from retriever.benchmark import DEFAULT_CACHE_DIR, open_index  # noqa: E402
+from retriever.beir import load_beir  # noqa: E402
+from retriever.benchmark import DEFAULT_CACHE_DIR  # noqa: E402
 from retriever.encoder import ColBERTEncoder  # noqa: E402
-from retriever.index import IndexConfig  # noqa: E402
 from retriever.shards import ShardedRetriever, is_sharded  # noqa: E402
-from retriever.tokens import TokenEmbeddings  # noqa: E402
+
+from bench_shards import cached_parts  # noqa: E402  (bench/ is this script's directory)
 
 log = logging.getLogger("bench_distributed")
 
@@ -83,13 +83,8 @@ def main(argv=None) -> int:
             path = Path(args.out_dir) / f"{data.name}-{n}"
             if not is_sharded(path):
                 if base is None:
-                    r, _ = open_index(args.data, load_beir(args.data, split=None).corpus, IndexConfig(), encoder,
-                                      args.cache_dir)
-                    corpus = load_beir(args.data, split=None).corpus
-                    ids = r.doc_ids.tolist()
-                    base = (TokenEmbeddings(np.asarray(r.codec.decode(np.asarray(r.tokens))), r.doc_offsets), ids,
-                            [doc_text({"_id": i, **corpus[i]}) for i in ids], np.asarray(r.dense, dtype=np.float32))
-                emb, ids, texts, pooled = base
+                    base = cached_parts(args.data, data.corpus, encoder, args.cache_dir)
+                _, emb, ids, texts, pooled = base
                 ShardedRetriever.build(emb, ids, n_shards=n, encoder=encoder, path=path, texts=texts, pooled=pooled,
                                        show_progress=False)
             local = ShardedRetriever.load(path, encoder=encoder)
@@ -111,7 +106,7 @@ def main(argv=None) -> int:
         if args.build_docs:
             from retriever.distributed import build_sharded_on_ray
 
-            docs = [{"_id": i, **d} for i, d in list(load_beir(args.data, split=None).corpus.items())[: args.build_docs]]
+            docs = [{"_id": i, **d} for i, d in list(data.corpus.items())[: args.build_docs]]
             base_rate = None
             for w in (1, 2):
                 out = Path(args.out_dir) / f"{data.name}-build-w{w}"

@@ -46,11 +46,7 @@ def main(argv=None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     encoder = ColBERTEncoder.from_pretrained("default")
     data = load_beir(args.data, split=args.split)
-    r, info = open_index(args.data, data.corpus, IndexConfig(), encoder, args.cache_dir)
-    emb = TokenEmbeddings(np.asarray(r.codec.decode(np.asarray(r.tokens))), r.doc_offsets)
-    ids = r.doc_ids.tolist()
-    texts = [doc_text({"_id": i, **data.corpus[i]}) for i in ids]
-    pooled = np.asarray(r.dense, dtype=np.float32) if r.dense is not None else None
+    r, emb, ids, texts, pooled = cached_parts(args.data, data.corpus, encoder, args.cache_dir)
     qids, qtexts = list(data.queries), list(data.queries.values())
     q, qp = encoder.encode_queries(qtexts, return_pooled=True)
     timed = np.linspace(0, len(qids) - 1, min(len(qids), args.timing_queries)).round().astype(int)
@@ -64,7 +60,7 @@ def main(argv=None) -> int:
                "build_from_tokens_s": round(build_s, 2)}
         for name, kw in (("default (hybrid)", {"query_texts": qtexts, "query_pooled": qp}),
                          ("maxsim pipeline", {"hybrid": False}), ("maxsim exhaustive", {"hybrid": False, "mode": "exact"})):
-            res = _search(sr, q, 100, kw)
+            res = sr.search(q, k=100, **kw)
             row[f"ndcg@10 {name}"] = round(evaluate(run_from_arrays(qids, res.ids, res.scores), data.qrels,
                                                     ["ndcg@10"])["ndcg@10"], 5)
             times = []
@@ -85,8 +81,15 @@ def main(argv=None) -> int:
     return 0
 
 
-def _search(sr, q, k, kw):
-    return sr.search(q, k=k, **kw)
+def cached_parts(data_dir, corpus: dict, encoder, cache_dir):
+    """``retriever bench``'s cached default index of a collection (built if missing) and what rebuilding
+    it needs without re-encoding: (index, decoded token embeddings, ids, texts, pooled vectors or None)."""
+    r, _ = open_index(data_dir, corpus, IndexConfig(), encoder, cache_dir)
+    emb = TokenEmbeddings(np.asarray(r.codec.decode(np.asarray(r.tokens))), r.doc_offsets)
+    ids = r.doc_ids.tolist()
+    texts = [doc_text({"_id": i, **corpus[i]}) for i in ids]
+    pooled = np.asarray(r.dense, dtype=np.float32) if r.dense is not None else None
+    return r, emb, ids, texts, pooled
 
 
 if __name__ == "__main__":
