@@ -86,7 +86,10 @@ def run_worker(index_dir: Path, first: int, env_extra: dict, kill_after: float |
     progress = index_dir.parent / "progress.txt"
     progress.unlink(missing_ok=True)
     cmd = [sys.executable, str(WORKER), str(index_dir), str(progress), str(first), str(first + n_gens - 1)]
-    p = subprocess.Popen(cmd, cwd=REPO, env=_env(env_extra), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    # a killed worker cannot remove its in-memory index's scratch folder: keep those under pytest's tmp_path
+    scratch = index_dir.parent / "worker-tmp"
+    scratch.mkdir(exist_ok=True)
+    p = subprocess.Popen(cmd, cwd=REPO, env=_env({"TMPDIR": str(scratch), **env_extra}), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
         deadline = time.monotonic() + 120
         while not (progress.exists() and "READY" in progress.read_text()):
