@@ -787,6 +787,31 @@ class ColBERTEncoder:
         """
         return self._encode(texts, False, batch_size, show_progress, word_pooling, return_pooled)
 
+    def encode_hidden(self, texts: Sequence[str], *, is_query: bool, batch_size: int | None = None,
+                      show_progress: bool = False, return_pooled: bool = False):
+        """The backbone's last hidden states at exactly the positions :meth:`encode_queries` /
+        :meth:`encode_documents` return, before the head and without normalisation.
+
+        Training features for a head (``retriever.trainer``): ``normalize(head(h))`` of these rows
+        equals what the encode methods return (the same forward pass).
+        Returns :class:`TokenEmbeddings` with ``dim`` = the backbone's hidden size (with
+        ``return_pooled``: ``(TokenEmbeddings, pooled)`` as :meth:`encode_documents`).
+        """
+        return self._encode(texts, is_query, batch_size, show_progress, return_pooled=return_pooled, raw=True)
+
+    @property
+    def recommended_fusion(self) -> dict | None:
+        """The hybrid fusion (``FusionConfig`` as a dict) that ``retriever train`` chose for this
+        checkpoint on its validation queries (``training.json``), or None. An index built from text
+        with ``IndexConfig(hybrid="auto")`` uses it instead of the library's default weights."""
+        f = self.path / "training.json"
+        if not f.is_file():
+            return None
+        fusion = _read_json(f).get("fusion")
+        if fusion is not None and not isinstance(fusion, dict):
+            raise ValueError(f"{f}: field 'fusion' must be an object, got {type(fusion).__name__}")
+        return fusion
+
     @property
     def _query_cap(self) -> int:
         """The most tokens a query keeps (see ``EncoderConfig.long_queries``)."""
@@ -834,7 +859,7 @@ class ColBERTEncoder:
         return int(self.backbone.config.hidden_size)
 
     def _encode(self, texts, is_query: bool, batch_size: int | None, show_progress: bool,
-                word_pooling: bool = False, return_pooled: bool = False):
+                word_pooling: bool = False, return_pooled: bool = False, raw: bool = False):
         import torch
         import torch.nn.functional as F
         from tqdm.auto import tqdm
@@ -855,7 +880,7 @@ class ColBERTEncoder:
         keeps = [self._keep_mask(s, is_query) for s in seqs]
         offsets = np.zeros(len(seqs) + 1, dtype=np.int64)
         np.cumsum([int(k.sum()) for k in keeps], out=offsets[1:])
-        out = np.empty((int(offsets[-1]), self.dim), dtype=np.float32)
+        out = np.empty((int(offsets[-1]), self.pooled_dim if raw else self.dim), dtype=np.float32)
         pooled = np.empty((len(seqs), self.pooled_dim), dtype=np.float32) if return_pooled else None
         autocast = (torch.autocast(device_type=torch.device(self.device).type, dtype=torch.bfloat16)
                     if self.config.dtype == "bfloat16" else contextlib.nullcontext())
@@ -870,9 +895,10 @@ class ColBERTEncoder:
                         m = mask.unsqueeze(-1).float()
                         mean = (h.float() * m).sum(1) / m.sum(1).clamp(min=1e-9)
                         pooled[rows] = F.normalize(mean, p=2, dim=-1).cpu().numpy()
-                    for layer in self._head:
+                    for layer in () if raw else self._head:
                         h = layer(h)
-                v = F.normalize(h.float()[torch.from_numpy(keep).to(self.device)], p=2, dim=-1)
+                v = h.float()[torch.from_numpy(keep).to(self.device)]
+                v = v if raw else F.normalize(v, p=2, dim=-1)
                 dest = np.concatenate([np.arange(offsets[r], offsets[r + 1]) for r in rows])
                 out[dest] = v.cpu().numpy()
                 del h, v
@@ -897,17 +923,43 @@ class ColBERTEncoder:
         order = np.argsort([-len(s) for s in seqs], kind="stable")
         for rows in _batches(order, [len(s) for s in seqs], batch_size, self.config.batch_tokens, max_len, expand):
             width = _padded_width(len(seqs[rows[0]]), max_len, expand)
-            ids = np.full((len(rows), width), self._mask_id if expand else self._pad_id, dtype=np.int64)
-            att = np.zeros((len(rows), width), dtype=np.int64)
-            keep = np.zeros((len(rows), width), dtype=bool)
-            for j, r in enumerate(rows):
-                s = seqs[r]
-                ids[j, : len(s)] = s
-                # real tokens, plus (attend_to_expansion_tokens) this query's own expansion tokens:
-                # a query padded wider for a longer one in its batch encodes as it would alone
-                att[j, : max(expand, len(s)) if expand and self.config.attend_to_expansion_tokens else len(s)] = 1
-                keep[j, : len(keeps[r])] = keeps[r]
-            yield rows, ids, att, keep
+            yield (rows, *self._pad(seqs, keeps, rows, width, expand))
+
+    def _pad(self, seqs, keeps, rows, width: int, expand: int):
+        """(input_ids, attention_mask, keep) of ``seqs[rows]`` padded to ``width``."""
+        ids = np.full((len(rows), width), self._mask_id if expand else self._pad_id, dtype=np.int64)
+        att = np.zeros((len(rows), width), dtype=np.int64)
+        keep = np.zeros((len(rows), width), dtype=bool)
+        for j, r in enumerate(rows):
+            s = seqs[r]
+            ids[j, : len(s)] = s
+            # real tokens, plus (attend_to_expansion_tokens) this query's own expansion tokens:
+            # a query padded wider for a longer one in its batch encodes as it would alone
+            att[j, : max(expand, len(s)) if expand and self.config.attend_to_expansion_tokens else len(s)] = 1
+            keep[j, : len(keeps[r])] = keeps[r]
+        return ids, att, keep
+
+    def model_inputs(self, texts: Sequence[str], *, is_query: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """One padded batch exactly as the encode methods feed it to the backbone, for a caller
+        that runs the forward pass itself (training the whole encoder, ``retriever.trainer``).
+
+        Returns ``(input_ids, attention_mask, keep)`` int64 / int64 / bool ``(n, width)``: ``keep``
+        marks the positions whose vectors the encode methods return.
+        """
+        texts = _check_texts(texts)
+        if not texts:
+            raise ValueError("model_inputs needs at least one text")
+        seqs, _, _ = self._tokenize_words(texts, is_query, with_words=False)
+        keeps = [self._keep_mask(s, is_query) for s in seqs]
+        expand = self.config.query_length if is_query and self.config.do_query_expansion else 0
+        max_len = self._query_cap if is_query else self.config.document_length
+        width = _padded_width(max(len(s) for s in seqs), max_len, expand)
+        return self._pad(seqs, keeps, np.arange(len(seqs)), width, expand)
+
+    @property
+    def head_layers(self) -> list:
+        """The projection layers applied after the backbone (empty: none); see ``_Linear``."""
+        return list(self._head)
 
 
 # ---------------------------------------------------------------------------------------------

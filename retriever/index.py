@@ -113,12 +113,15 @@ class IndexConfig:
         if not (isinstance(self.hybrid, HybridConfig) or self.hybrid == "auto"):
             raise ValueError(f"IndexConfig.hybrid must be a HybridConfig or 'auto', got {self.hybrid!r}")
 
-    def resolved(self, texts: bool, pooled: bool) -> "IndexConfig":
+    def resolved(self, texts: bool, pooled: bool, fusion: dict | None = None) -> "IndexConfig":
         """This config with ``hybrid="auto"`` decided for a build that has the documents' texts
-        (for BM25) and / or their pooled vectors (for the dense signal): each signal it can compute."""
+        (for BM25) and / or their pooled vectors (for the dense signal): each signal it can compute,
+        fused as ``fusion`` (a ``FusionConfig`` dict: the encoder's ``recommended_fusion``) if given."""
         if self.hybrid == "auto":
             signals = tuple(s for s, ok in (("dense", pooled), ("bm25", texts)) if ok)
-            return dataclasses.replace(self, hybrid=HybridConfig(signals=signals))
+            if fusion is None:
+                return dataclasses.replace(self, hybrid=HybridConfig(signals=signals))
+            return dataclasses.replace(self, hybrid=HybridConfig(signals=signals, fusion=FusionConfig.from_dict(fusion)))
         if "dense" in self.hybrid.signals and not pooled:
             raise ValueError("IndexConfig.hybrid has the 'dense' signal, which needs the documents' pooled vectors: "
                              "build from text, or pass pooled= with token embeddings")
@@ -313,9 +316,11 @@ class Retriever:
                 raise TypeError("texts must be a collection of strings, one per document, not a single string")
             texts = list(texts)
         if is_text:  # the bundled encoder pools; an encoder of another kind may not
-            config = config.resolved(texts=True, pooled=encoder is None or hasattr(encoder, "pooled_dim"))
+            config = config.resolved(texts=True, pooled=encoder is None or hasattr(encoder, "pooled_dim"),
+                                     fusion=getattr(encoder, "recommended_fusion", None))
         else:
-            config = config.resolved(texts=texts is not None, pooled=pooled is not None)
+            config = config.resolved(texts=texts is not None, pooled=pooled is not None,
+                                     fusion=getattr(encoder, "recommended_fusion", None))
         target = Path(path) if path is not None else None
         workdir = make_temp_dir_beside(target) if target is not None else Path(tempfile.mkdtemp(prefix="retriever-"))
         try:
