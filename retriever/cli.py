@@ -1,4 +1,4 @@
-"""Command line: ``retriever index | search | verify | bench`` (also ``python -m retriever``).
+"""Command line: ``retriever index | search | verify | serve | train | adapt | bench`` (also ``python -m retriever``).
 
 The CLI only parses arguments and calls the Python API.
 """
@@ -168,6 +168,82 @@ def cmd_verify(args) -> int:
     return 0
 
 
+def _train_config(args):
+    from .trainer import TrainConfig
+
+    fields = ("epochs", "batch_size", "negatives", "mine_depth", "lr", "backbone_lr", "temperature", "patience",
+              "metric", "seed", "dim", "max_minutes")
+    kw = {f: getattr(args, f) for f in fields if getattr(args, f) is not None}
+    return TrainConfig(full=bool(getattr(args, "full", False)), tune_fusion=not args.no_tune_fusion, **kw)
+
+
+def _run_training(args, data) -> int:
+    from .trainer import train
+
+    r = train(args.model, data, args.out, _train_config(args), device=args.device, overwrite=args.overwrite,
+              show_progress=not args.quiet)
+    print(json.dumps({"checkpoint": str(r.path), "base_metric": round(r.base_metric, 4),
+                      "best_metric": round(r.best_metric, 4), "best_epoch": r.best_epoch,
+                      "seconds": {k: round(v, 1) for k, v in r.seconds.items()}}))
+    return 0
+
+
+def cmd_train(args) -> int:
+    from .pairs import beir_pairs, jsonl_pairs
+
+    if (args.beir is None) == (args.pairs is None):
+        raise SystemExit("error: give exactly one of --beir DIR or --pairs FILE")
+    if args.beir is not None:
+        data = beir_pairs(args.beir, args.split, val_split=args.val_split, val_fraction=args.val_fraction,
+                          seed=args.seed or 0)
+    else:
+        if args.val_split is not None:
+            raise SystemExit("error: --val-split goes with --beir; a pairs file is split by --val-fraction")
+        data = jsonl_pairs(args.pairs, corpus=args.corpus, val_fraction=args.val_fraction, seed=args.seed or 0)
+    return _run_training(args, data)
+
+
+def cmd_adapt(args) -> int:
+    from .pairs import inverse_cloze_pairs
+
+    data = inverse_cloze_pairs(_corpus_file(Path(args.corpus)), max_pairs=args.max_pairs, seed=args.seed or 0,
+                               val_fraction=args.val_fraction, max_docs=args.max_docs)
+    return _run_training(args, data)
+
+
+def _add_train_args(p) -> None:
+    from .trainer import TrainConfig
+
+    d = TrainConfig()
+    p.add_argument("--model", default="default", help="base model: 'default' (bundled) or a model folder")
+    p.add_argument("--out", required=True, help="checkpoint folder to write (PyLate layout)")
+    p.add_argument("--overwrite", action="store_true", help="replace --out if it exists (once the new one is complete)")
+    p.add_argument("--full", action="store_true", help="train the whole encoder, not only the head (GPU if present)")
+    p.add_argument("--device", default=None, help="torch device (default: cuda for --full when present, else cpu)")
+    p.add_argument("--no-tune-fusion", action="store_true",
+                   help="keep the library's default hybrid fusion weights for this model instead of choosing them "
+                        "on the validation queries")
+    p.add_argument("--val-fraction", type=float, default=0.1,
+                   help="share of the queries held out for validation / early stopping (default 0.1)")
+    for name, typ, help_ in [
+        ("epochs", int, "most passes over the training queries"),
+        ("batch-size", int, "queries per step"),
+        ("negatives", int, "hard negatives per query per step"),
+        ("mine-depth", int, "hard-negative pool: the base model's top documents that are not positives"),
+        ("lr", float, "head learning rate"),
+        ("backbone-lr", float, "backbone learning rate (--full)"),
+        ("temperature", float, "softmax temperature on MaxSim scores"),
+        ("patience", int, "stop after this many epochs without a validation gain"),
+        ("metric", str, "validation metric"),
+        ("seed", int, "random seed (data split, sampling, new head)"),
+        ("dim", int, "output width of a new head (a base model without one)"),
+        ("max-minutes", float, "stop training after this long (best weights kept)"),
+    ]:
+        field = name.replace("-", "_")
+        p.add_argument(f"--{name}", dest=field, type=typ, default=None,
+                       help=f"{help_} (default {getattr(d, field)})")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="retriever", description=__doc__.splitlines()[0])
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -229,6 +305,26 @@ def build_parser() -> argparse.ArgumentParser:
     pserve.add_argument("--model", default=None, help="text encoder (default: the one the index was built with)")
     pserve.set_defaults(func=cmd_serve)
 
+    pt = sub.add_parser("train", help="train a ColBERT head (or --full encoder) on labelled pairs; writes a "
+                                      "PyLate-layout checkpoint")
+    pt.add_argument("--beir", default=None, help="a BEIR collection directory: pairs from its qrels")
+    pt.add_argument("--split", default="train", help="qrels split to train on (with --beir; default train)")
+    pt.add_argument("--val-split", default=None, help="qrels split to validate on (with --beir; default: "
+                                                      "--val-fraction of the training queries)")
+    pt.add_argument("--pairs", default=None, help='JSON lines {"query", "positive", "negatives"?} (instead of --beir)')
+    pt.add_argument("--corpus", default=None, help="with --pairs: a corpus.jsonl to mine hard negatives from too")
+    _add_train_args(pt)
+    pt.set_defaults(func=cmd_train)
+
+    pa = sub.add_parser("adapt", help="adapt a model to a corpus without labels (inverse-cloze pseudo-pairs, "
+                                      "the same trainer)")
+    pa.add_argument("--corpus", required=True, help="corpus.jsonl[.gz] (BEIR: _id, title, text) or a BEIR directory")
+    pa.add_argument("--max-pairs", type=int, default=2000, help="pseudo-pairs made from the corpus (default 2000)")
+    pa.add_argument("--max-docs", type=int, default=50000,
+                    help="documents encoded for mining and validation (a seeded sample; default 50000)")
+    _add_train_args(pa)
+    pa.set_defaults(func=cmd_adapt)
+
     try:
         from .benchmark import add_bench_parser
     except ImportError:  # pragma: no cover - benchmark module not installed
@@ -245,7 +341,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.getLogger("faiss.loader").setLevel(logging.WARNING)  # its CPU-dispatch chatter is not for users
     try:
         return int(args.func(args) or 0)
-    except (ValueError, TypeError, KeyError, FileNotFoundError) as e:
+    except (ValueError, TypeError, KeyError, FileNotFoundError, FileExistsError) as e:
         log.debug("failed", exc_info=True)
         print(f"error: {e}", file=sys.stderr)
         return 2
