@@ -290,8 +290,8 @@ def add_documents(r: Retriever, documents, doc_ids, *, replace: bool, show_progr
     """Validate, stage and commit new documents (see :meth:`Retriever.add`); returns how many."""
     verb = "upsert" if replace else "add"
     if isinstance(documents, (str, bytes)):
-        raise TypeError(f"documents must be a collection of texts or token embeddings, not a single string "
-                        f"(wrap it in a list)")
+        raise TypeError("documents must be a collection of texts or token embeddings, not a single string "
+                        "(wrap it in a list)")
     if isinstance(doc_ids, (str, bytes)):
         raise TypeError("doc_ids must be a collection of ids, not a single string")
     if _is_embeddings(documents):

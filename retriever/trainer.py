@@ -408,7 +408,6 @@ def train(base: str, data: TrainingData, out: str | Path, config: TrainConfig = 
         Torch device; default ``"cuda"`` when ``config.full`` and a GPU is visible, else ``"cpu"``.
     """
     import torch
-    from tqdm.auto import tqdm
 
     if not isinstance(config, TrainConfig):
         raise TypeError(f"config must be a TrainConfig, got {type(config).__name__}")

@@ -131,7 +131,7 @@ def test_corpus_malformed_lines(tmp_path, line, match):
     root = make_collection(tmp_path / "c", corpus=jsonl(CORPUS[:2]) + line + "\n")
     with pytest.raises(ValueError, match=match) as err:
         list(iter_corpus(root))
-    assert f"corpus.jsonl:3:" in str(err.value)
+    assert "corpus.jsonl:3:" in str(err.value)
 
 
 def test_integer_ids_become_strings(tmp_path):

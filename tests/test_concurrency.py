@@ -9,13 +9,12 @@ import subprocess
 import sys
 import threading
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import numpy as np
 import pytest
 
 from conftest import REPO
-from lifecycle_util import CFG, build, make_docs, make_queries
+from lifecycle_util import build, make_docs, make_queries
 from reader_worker import answers as reader_answers
 from retriever.fde import FDEConfig
 from retriever.index import IndexConfig, Retriever
