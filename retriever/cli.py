@@ -180,10 +180,12 @@ def _train_config(args):
 def _run_training(args, data) -> int:
     from .trainer import train
 
+    from .trainer import _finite
+
     r = train(args.model, data, args.out, _train_config(args), device=args.device, overwrite=args.overwrite,
               show_progress=not args.quiet)
-    print(json.dumps({"checkpoint": str(r.path), "base_metric": round(r.base_metric, 4),
-                      "best_metric": round(r.best_metric, 4), "best_epoch": r.best_epoch,
+    print(json.dumps({"checkpoint": str(r.path), "base_metric": _finite(r.base_metric),
+                      "best_metric": _finite(r.best_metric), "best_epoch": r.best_epoch,
                       "seconds": {k: round(v, 1) for k, v in r.seconds.items()}}))
     return 0
 
@@ -195,18 +197,19 @@ def cmd_train(args) -> int:
         raise SystemExit("error: give exactly one of --beir DIR or --pairs FILE")
     if args.beir is not None:
         data = beir_pairs(args.beir, args.split, val_split=args.val_split, val_fraction=args.val_fraction,
-                          seed=args.seed or 0)
+                          seed=_train_config(args).seed)
     else:
         if args.val_split is not None:
             raise SystemExit("error: --val-split goes with --beir; a pairs file is split by --val-fraction")
-        data = jsonl_pairs(args.pairs, corpus=args.corpus, val_fraction=args.val_fraction, seed=args.seed or 0)
+        data = jsonl_pairs(args.pairs, corpus=args.corpus, val_fraction=args.val_fraction,
+                           seed=_train_config(args).seed)
     return _run_training(args, data)
 
 
 def cmd_adapt(args) -> int:
     from .pairs import inverse_cloze_pairs
 
-    data = inverse_cloze_pairs(_corpus_file(Path(args.corpus)), max_pairs=args.max_pairs, seed=args.seed or 0,
+    data = inverse_cloze_pairs(_corpus_file(Path(args.corpus)), max_pairs=args.max_pairs, seed=_train_config(args).seed,
                                val_fraction=args.val_fraction, max_docs=args.max_docs)
     return _run_training(args, data)
 

@@ -793,7 +793,8 @@ class ColBERTEncoder:
         :meth:`encode_documents` return, before the head and without normalisation.
 
         Training features for a head (``retriever.trainer``): ``normalize(head(h))`` of these rows
-        equals what the encode methods return (the same forward pass).
+        is what the encode methods return (the same forward pass; with ``dtype="bfloat16"`` they
+        apply the head under bf16 autocast too, so the two agree to bf16 rounding, exactly in float32).
         Returns :class:`TokenEmbeddings` with ``dim`` = the backbone's hidden size (with
         ``return_pooled``: ``(TokenEmbeddings, pooled)`` as :meth:`encode_documents`).
         """
@@ -808,9 +809,16 @@ class ColBERTEncoder:
         if not f.is_file():
             return None
         fusion = _read_json(f).get("fusion")
-        if fusion is not None and not isinstance(fusion, dict):
+        if fusion is None:
+            return None
+        if not isinstance(fusion, dict):
             raise ValueError(f"{f}: field 'fusion' must be an object, got {type(fusion).__name__}")
-        return fusion
+        from .hybrid import FusionConfig
+
+        try:
+            return FusionConfig.from_dict(fusion).to_dict()
+        except (TypeError, ValueError) as e:
+            raise ValueError(f"{f}: field 'fusion': {e}") from None
 
     @property
     def _query_cap(self) -> int:

@@ -70,8 +70,9 @@ class TrainingData:
             for i, rows in enumerate(getattr(self, name)):
                 if any(not 0 <= r < n_docs for r in rows):
                     raise ValueError(f"{name}[{i}] refers to a document row outside 0..{n_docs - 1}")
-        if any(not p for p in self.positives):
-            raise ValueError("every query needs at least one positive document")
+        empty = [i for i, p in enumerate(self.positives) if not p]
+        if empty:
+            raise ValueError(f"every query needs at least one positive document: positives[{empty[0]}] is empty")
         if all(self.val):
             raise ValueError("every query is held out for validation: nothing is left to train on")
 
@@ -123,11 +124,14 @@ def beir_pairs(path: str | os.PathLike, split: str = "train", *, val_split: str 
     if n_train == 0:
         raise ValueError(f"{path}: split {split!r} has no query with a relevant document in the corpus")
     if val_split is not None:
+        if val_split == split:
+            raise ValueError(f"val_split={val_split!r} is the training split: choose another split or val_fraction")
         root = Path(path)
         qrels_file = root / "qrels" / f"{val_split}.tsv"
         if not qrels_file.is_file():
             raise FileNotFoundError(f"{path}: no qrels for val_split={val_split!r} ({qrels_file})")
-        n_val = add(read_queries(root), read_qrels(qrels_file))
+        trained = set(ds.queries)  # a query judged in both splits stays a training query only
+        n_val = add({q: t for q, t in read_queries(root).items() if q not in trained}, read_qrels(qrels_file))
         if n_val == 0:
             raise ValueError(f"{path}: val_split {val_split!r} has no query with a relevant document")
         val = (False,) * n_train + (True,) * n_val
@@ -144,7 +148,9 @@ def jsonl_pairs(path: str | os.PathLike, *, corpus: str | os.PathLike | None = N
 
         {"query": "...", "positive": "..." | ["...", ...], "negatives": ["...", ...]}
 
-    ``negatives`` is optional. The document table is every distinct text of the file, plus the
+    ``negatives`` is optional; a query on several lines is one query with the positives and
+    negatives of all of them (a text that is a positive is never its negative). The document table
+    is every distinct text of the file, plus the
     documents of ``corpus`` (a BEIR ``corpus.jsonl``, or a folder holding one) when given, so that
     hard negatives can be mined from a larger collection.
     """
@@ -166,7 +172,10 @@ def jsonl_pairs(path: str | os.PathLike, *, corpus: str | os.PathLike | None = N
     if corpus is not None:
         for did, text in read_corpus_texts(corpus):
             doc(text, did)
-    queries, positives, negatives = [], [], []
+    queries: list[str] = []
+    positives: list[dict] = []  # per query: positive rows (dicts keep first-seen order)
+    negatives: list[dict] = []
+    q_row: dict[str, int] = {}
     with open(path, encoding="utf-8") as fh:
         for lineno, line in enumerate(fh, 1):
             if not line.strip():
@@ -186,14 +195,20 @@ def jsonl_pairs(path: str | os.PathLike, *, corpus: str | os.PathLike | None = N
                 raise ValueError(f"{where}: field 'positive' must be a non-empty string or list of strings")
             if not isinstance(neg, list) or not all(isinstance(n, str) and n.strip() for n in neg):
                 raise ValueError(f"{where}: field 'negatives' must be a list of non-empty strings")
-            p_rows = tuple(sorted({doc(p) for p in pos}))
-            queries.append(q)
-            positives.append(p_rows)
-            negatives.append(tuple(r for r in dict.fromkeys(doc(n) for n in neg) if r not in p_rows))
+            i = q_row.get(q)
+            if i is None:  # a query on several lines is one query with all their positives
+                i = q_row[q] = len(queries)
+                queries.append(q)
+                positives.append({})
+                negatives.append({})
+            positives[i].update(dict.fromkeys(doc(p) for p in pos))
+            negatives[i].update(dict.fromkeys(doc(n) for n in neg))
     if not queries:
         raise ValueError(f"{path}: no pairs")
     n = len(queries)
-    return TrainingData(tuple(doc_ids), tuple(texts), tuple(queries), tuple(positives), tuple(negatives),
+    pos_t = tuple(tuple(sorted(p)) for p in positives)
+    neg_t = tuple(tuple(r for r in ng if r not in p) for ng, p in zip(negatives, positives))
+    return TrainingData(tuple(doc_ids), tuple(texts), tuple(queries), pos_t, neg_t,
                         ((),) * n, _split_val(n, val_fraction, seed), f"pairs {path.name}")
 
 
@@ -220,13 +235,14 @@ def inverse_cloze_pairs(corpus: str | os.PathLike, *, max_pairs: int = 2000, min
     search would return) but is excluded for that query: it contains the sentence verbatim, so it is
     neither a fair negative nor a fair validation target. A document's title is used as the query
     instead, with the whole text as positive, when the document has a title of ``min_words`` words
-    or more and one sentence only.
+    or more but no sentence of ``min_words`` words with another sentence beside it.
 
-    ``max_docs`` caps the document table (a seeded sample, every pseudo-pair's source kept), since
-    the trainer encodes the whole table once.
+    ``max_docs`` caps the corpus documents in the table (a seeded sample, every pseudo-pair's
+    source kept; the pseudo-positives come on top), since the trainer encodes the whole table once.
     """
-    if max_pairs < 1:
-        raise ValueError(f"max_pairs must be >= 1, got {max_pairs!r}")
+    for name, v in (("max_pairs", max_pairs), ("min_words", min_words), ("max_docs", max_docs)):
+        if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
+            raise ValueError(f"{name} must be a positive int, got {v!r}")
     rng = np.random.default_rng(seed)
     docs = [(d["_id"], d["title"], d["text"]) for d in iter_corpus(corpus)]
     if not docs:

@@ -56,6 +56,7 @@ __all__ = ["TrainConfig", "TrainResult", "train", "write_checkpoint"]
 logger = logging.getLogger(__name__)
 
 _PROJECT_ROWS = 1 << 16  # token rows projected per step when the head is applied to the stored features
+_RANK_DEPTH = 100  # documents ranked per validation query (and per signal in the fusion choice)
 _LENGTH_GROUPS = 4  # documents of a batch are padded per group of similar length (see _batch_scores)
 _SIM_ELEMENTS = 1 << 25  # most (query token x document token) similarities held per scoring chunk
 _DENSE_TYPE = "pylate.models.Dense.Dense"
@@ -77,9 +78,10 @@ class TrainConfig:
         Queries per step; each brings its positive and ``negatives`` hard negatives, and every
         document in the batch is a negative for every other query.
     negatives : int
-        Hard negatives sampled per query per step from its mined pool (given negatives first).
+        Hard negatives sampled per query per step, uniformly from its pool.
     mine_depth : int
-        Pool size: the base model's best-ranked ``mine_depth`` documents that are not positives.
+        Pool size: the query's given negatives (if any), then the base model's best-ranked
+        documents that are neither positives nor excluded, ``mine_depth`` in all.
     lr : float
         AdamW learning rate of the head.
     backbone_lr : float
@@ -138,7 +140,9 @@ class TrainConfig:
             raise ValueError(f"max_minutes must be None or a positive number, got {self.max_minutes!r}")
         from .eval import _parse_metrics
 
-        _parse_metrics([self.metric])  # raises ValueError naming an unknown metric
+        (_, _, depth), = _parse_metrics([self.metric])  # raises ValueError naming an unknown metric
+        if depth > _RANK_DEPTH:
+            raise ValueError(f"metric {self.metric!r} looks deeper than the {_RANK_DEPTH} documents validation ranks")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -286,7 +290,8 @@ def _batch_scores(qv, qm, docs: _Features, cols: list, head, device, groups: int
 
 def _maxsim(q, q_mask, d, d_mask):
     """(n_q, n_d) MaxSim scores of padded, masked unit token vectors (differentiable), chunked over
-    documents so the similarity tensor stays under ``_SIM_ELEMENTS``."""
+    documents so each similarity tensor stays under ``_SIM_ELEMENTS`` (this bounds the peak of one
+    product; autograd keeps every chunk's tensor until the backward pass)."""
     import torch
 
     per_doc = q.shape[0] * q.shape[1] * d.shape[1]
@@ -318,7 +323,7 @@ def _mine(data: TrainingData, q_all: TokenEmbeddings, docs: TokenEmbeddings, tra
     pools = []
     for q, row in zip(train_q, ranked):
         banned = set(data.positives[q]) | set(data.exclude[q])
-        pool = list(data.negatives[q])
+        pool = [d for d in data.negatives[q] if d not in banned][:depth]
         seen = set(pool)
         for d in row:
             d = int(d)
@@ -342,7 +347,7 @@ def _metric_of(data: TrainingData, val_q: np.ndarray, ranked: np.ndarray, metric
     run, qrels = {}, {}
     for q, row in zip(val_q, ranked):
         banned = set(data.exclude[q])
-        kept = [int(d) for d in row if d >= 0 and int(d) not in banned][:100]
+        kept = [int(d) for d in row if d >= 0 and int(d) not in banned][:_RANK_DEPTH]
         run[f"q{q}"] = {f"d{d}": float(len(kept) - i) for i, d in enumerate(kept)}
         qrels[f"q{q}"] = {f"d{d}": 1 for d in data.positives[q]}
     return float(evaluate(run, qrels, [metric], ignore_identical_ids=False)[metric])
@@ -365,7 +370,7 @@ def _choose_fusion(data: TrainingData, q_emb: TokenEmbeddings, q_pooled: np.ndar
     from .hybrid import FusionConfig, rank_fused, score_union
     from .lexical import LexicalIndex
 
-    depth = 100
+    depth = _RANK_DEPTH
     extra = max(len(data.exclude[q]) for q in val_q)
     qs = q_emb.select(val_q)
     base = _ranked(qs, d_emb, depth)
@@ -444,8 +449,8 @@ def train(base: str, data: TrainingData, out: str | Path, config: TrainConfig = 
     with torch.no_grad():
         head.weight.copy_(w_best)
     record = {"base_model": base, "data": data.summary(), "config": config.to_dict(), "device": device,
-              "base_metric": base_metric, "best_metric": best_metric, "best_epoch": best_epoch,
-              "history": history}
+              "base_metric": _finite(base_metric), "best_metric": _finite(best_metric), "best_epoch": best_epoch,
+              "history": [{**h, "metric": _finite(h["metric"])} for h in history]}
     val_q = np.flatnonzero(np.asarray(data.val))
     if config.tune_fusion and val_q.size:
         q_emb, q_pooled = queries.project_all(head, device, False, return_pooled=True)
@@ -553,6 +558,11 @@ def _fit(enc, head, docs: _Features, queries: _Features, data: TrainingData, con
 # ---------------------------------------------------------------------------------------------
 # the checkpoint
 # ---------------------------------------------------------------------------------------------
+def _finite(x: float) -> float | None:
+    """JSON has no NaN: a metric not measured (no validation queries) is written as null."""
+    return None if x is None or not math.isfinite(x) else x
+
+
 def _json(path: Path, obj) -> None:
     path.write_text(json.dumps(obj, indent=2) + "\n", encoding="utf-8")
 
@@ -608,6 +618,12 @@ def write_checkpoint(out: str | Path, enc: ColBERTEncoder, head: np.ndarray, rec
         umask = os.umask(0)
         os.umask(umask)
         os.chmod(tmp, 0o777 & ~umask)  # a model folder, readable as any other (mkdtemp makes it private)
+        for f in sorted(tmp.rglob("*"), key=lambda p: -len(p.parts)):  # files first, then their folders
+            if f.is_file():
+                with open(f, "rb") as fh:
+                    os.fsync(fh.fileno())
+            else:
+                fsync_dir(f)
         fsync_dir(tmp)
         if out.exists():
             atomic_replace_dir(tmp, out)

@@ -176,6 +176,10 @@ def test_fusion_is_chosen_for_the_trained_model_and_used_by_its_indexes(tmp_path
     (out / "training.json").write_text(json.dumps(rec))
     with pytest.raises(ValueError, match="'fusion' must be an object"):
         load(out).recommended_fusion
+    rec["fusion"] = {"weights": [1, 0]}
+    (out / "training.json").write_text(json.dumps(rec))
+    with pytest.raises(ValueError, match="training.json: field 'fusion': FusionConfig.weights"):
+        load(out).recommended_fusion
 
 
 def test_training_is_reproducible(tmp_path):
@@ -185,6 +189,21 @@ def test_training_is_reproducible(tmp_path):
     wa = load_file(str(tmp_path / "a" / "1_Dense" / "model.safetensors"))["linear.weight"]
     wb = load_file(str(tmp_path / "b" / "1_Dense" / "model.safetensors"))["linear.weight"]
     np.testing.assert_array_equal(wa, wb)
+
+
+def test_seed_time_limit_and_no_validation(tmp_path):
+    a = train(str(BASE), tiny_data(), tmp_path / "a", FAST, show_progress=False)
+    other = train(str(BASE), tiny_data(), tmp_path / "b", TrainConfig(**{**FAST.to_dict(), "seed": 1}),
+                  show_progress=False)
+    wa, wb = (load_file(str(tmp_path / x / "1_Dense" / "model.safetensors"))["linear.weight"] for x in "ab")
+    assert not np.array_equal(wa, wb) and a.history != other.history
+    r = train(str(BASE), tiny_data(), tmp_path / "c", TrainConfig(**{**FAST.to_dict(), "max_minutes": 1e-9}),
+              show_progress=False)
+    assert len(r.history) == 1  # stopped after the first step, best weights so far written
+    r = train(str(BASE), tiny_data(val=0), tmp_path / "d", FAST, show_progress=False)
+    rec = json.loads((tmp_path / "d" / "training.json").read_text())  # strict JSON: no NaN
+    assert rec["base_metric"] is None and rec["history"][0]["metric"] is None and "fusion" not in rec
+    assert r.best_epoch == len(r.history)
 
 
 def test_a_base_without_head_gets_a_new_one(tmp_path):
@@ -222,7 +241,8 @@ def test_full_training_changes_the_backbone(tmp_path):
 def test_bad_settings_are_named():
     for kw, field in [({"epochs": 0}, "epochs"), ({"lr": -1.0}, "lr"), ({"temperature": float("nan")}, "temperature"),
                       ({"metric": "nope@3"}, "nope"), ({"negatives": -1}, "negatives"),
-                      ({"max_minutes": 0}, "max_minutes"), ({"full": 1}, "full"), ({"tune_fusion": None}, "tune_fusion")]:
+                      ({"max_minutes": 0}, "max_minutes"), ({"full": 1}, "full"), ({"tune_fusion": None}, "tune_fusion"),
+                      ({"metric": "recall@1000"}, "recall@1000")]:
         with pytest.raises(ValueError, match=field):
             TrainConfig(**kw)
     with pytest.raises(ValueError, match="unknown TrainConfig keys"):
@@ -292,6 +312,11 @@ def test_beir_pairs(tmp_path):
     assert d.queries == ("one", "three", "four") and d.val == (False, False, True)
     with pytest.raises(FileNotFoundError, match="val_split='test'"):
         beir_pairs(root, "train", val_split="test")
+    with pytest.raises(ValueError, match="val_split='train' is the training split"):
+        beir_pairs(root, "train", val_split="train")
+    with open(root / "qrels" / "dev.tsv", "a") as fh:
+        fh.write("q1\tc\t1\n")  # judged in both splits: stays a training query only
+    assert beir_pairs(root, "train", val_split="dev").queries == ("one", "three", "four")
     with pytest.raises(ValueError, match="val_fraction"):
         beir_pairs(root, "train", val_fraction=1.0)
 
@@ -302,6 +327,14 @@ def test_jsonl_pairs_and_their_errors(tmp_path):
                  '{"query": "q2", "positive": ["doc b", "doc c"]}\n')
     d = jsonl_pairs(f, val_fraction=0.0)
     assert d.doc_texts == ("doc a", "doc b", "doc c") and d.positives == ((0,), (1, 2)) and d.negatives == ((1,), ())
+    # a query repeated on several lines is one query: its positives are never its negatives
+    f.write_text('{"query": "q1", "positive": "doc a", "negatives": ["doc b"]}\n'
+                 '{"query": "q1", "positive": "doc b", "negatives": ["doc c"]}\n'
+                 '{"query": "q2", "positive": "doc c"}\n')
+    d = jsonl_pairs(f, val_fraction=0.0)
+    assert d.queries == ("q1", "q2") and d.positives == ((0, 1), (2,)) and d.negatives == ((2,), ())
+    f.write_text('{"query": "q1", "positive": "doc a", "negatives": ["doc b"]}\n'
+                 '{"query": "q2", "positive": ["doc b", "doc c"]}\n')
     corpus = write_beir(tmp_path / "c", {"x": ("", "doc a"), "y": ("", "other")}, {}, {})
     d = jsonl_pairs(f, corpus=corpus, val_fraction=0.0)
     assert d.doc_ids[:2] == ("x", "y") and d.positives[0] == (0,)  # a pair's text that is a corpus document
@@ -329,10 +362,12 @@ def test_inverse_cloze_pairs(tmp_path):
     assert len(capped.doc_texts) == 6 + 4
     with pytest.raises(ValueError, match="no document"):
         inverse_cloze_pairs(write_beir(tmp_path / "e", {"a": ("", "tiny")}, {}, {}))
+    with pytest.raises(ValueError, match="max_docs must be a positive int"):
+        inverse_cloze_pairs(root, max_docs=0)
 
 
 def test_training_data_checks():
-    with pytest.raises(ValueError, match="at least one positive"):
+    with pytest.raises(ValueError, match="positives\\[0\\] is empty"):
         TrainingData(("a",), ("x",), ("q",), ((),), ((),), ((),), (False,), "t")
     with pytest.raises(ValueError, match="positives\\[0\\] refers"):
         TrainingData(("a",), ("x",), ("q",), ((3,),), ((),), ((),), (False,), "t")
