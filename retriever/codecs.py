@@ -40,6 +40,8 @@ import numpy as np
 
 from kernels.codes import Int8Rows, ResidualRows, decode_rows, int8_encode, residual_lut, residual_pack
 
+from .configs import check_keys
+
 log = logging.getLogger(__name__)
 
 __all__ = ["CodecConfig", "TokenCodec", "auto_n_centroids", "CODEC_KINDS"]
@@ -100,9 +102,7 @@ class CodecConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> "CodecConfig":
-        unknown = set(d) - {"kind", "nbits", "n_centroids", "max_train_bytes", "seed"}
-        if unknown:
-            raise ValueError(f"unknown CodecConfig keys: {sorted(unknown)}")
+        check_keys(cls, d)
         return cls(**d)
 
     @classmethod

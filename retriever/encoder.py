@@ -44,6 +44,7 @@ from typing import Any, Iterator, Mapping, Sequence
 
 import numpy as np
 
+from .configs import check_keys
 from .memory import release_freed_memory
 from .tokens import TokenEmbeddings
 
@@ -206,10 +207,7 @@ class EncoderConfig:
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> "EncoderConfig":
         """Inverse of :meth:`to_dict`; unknown keys raise ``ValueError`` naming them."""
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ValueError(f"unknown EncoderConfig keys {unknown}; known keys are {sorted(known)}")
+        check_keys(cls, d)
         kw = dict(d)
         if "skiplist_words" in kw and isinstance(kw["skiplist_words"], list):
             kw["skiplist_words"] = tuple(kw["skiplist_words"])

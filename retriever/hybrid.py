@@ -35,6 +35,7 @@ import numpy as np
 from kernels.dense import dense_scores_rows, dense_topk
 from kernels.maxsim import maxsim_scores_batch
 
+from .configs import check_keys
 from .lexical import BM25Config, LexicalIndex
 from .tokens import TokenEmbeddings
 
@@ -84,9 +85,7 @@ class FusionConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> "FusionConfig":
-        unknown = set(d) - {"method", "weights", "depth", "rrf_k"}
-        if unknown:
-            raise ValueError(f"unknown FusionConfig keys: {sorted(unknown)}")
+        check_keys(cls, d)
         return cls(**d)
 
 
@@ -129,9 +128,7 @@ class HybridConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> "HybridConfig":
-        unknown = set(d) - {"signals", "bm25", "fusion"}
-        if unknown:
-            raise ValueError(f"unknown HybridConfig keys: {sorted(unknown)}")
+        check_keys(cls, d)
         kw = dict(d)
         if "bm25" in kw:
             kw["bm25"] = BM25Config.from_dict(kw["bm25"])

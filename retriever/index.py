@@ -23,6 +23,7 @@ from tqdm.auto import tqdm
 
 from . import format as fmt
 from .codecs import CodecConfig, TokenCodec
+from .configs import check_keys
 from .fde import FDEConfig, FDEEncoder
 from .hybrid import NONE as NO_HYBRID, FusionConfig, HybridConfig, rank_fused, score_union
 from .lexical import LexicalIndex
@@ -144,9 +145,7 @@ class IndexConfig:
     @classmethod
     def from_dict(cls, d: dict) -> "IndexConfig":
         """Inverse of :meth:`to_dict`; ``codec``, the pooling fields and ``hybrid`` default as before they existed."""
-        unknown = set(d) - {"fde", "faiss_factory", "codec", "pool_factor", "word_pooling", "hybrid"}
-        if unknown:
-            raise ValueError(f"unknown IndexConfig keys: {sorted(unknown)}")
+        check_keys(cls, d)
         kw = dict(d)
         if "fde" in kw:
             kw["fde"] = FDEConfig.from_dict(kw["fde"])

@@ -26,6 +26,8 @@ from typing import Sequence
 
 import numpy as np
 
+from .configs import check_keys
+
 __all__ = ["BM25Config", "LexicalIndex", "Analyzer", "ENGLISH_STOPWORDS"]
 
 #: Lucene's English stop set (``EnglishAnalyzer.ENGLISH_STOP_WORDS_SET``), the analyzer behind the
@@ -74,9 +76,7 @@ class BM25Config:
 
     @classmethod
     def from_dict(cls, d: dict) -> "BM25Config":
-        unknown = set(d) - {"k1", "b", "stopwords", "stemmer"}
-        if unknown:
-            raise ValueError(f"unknown BM25Config keys: {sorted(unknown)}")
+        check_keys(cls, d)
         return cls(**d)
 
 

@@ -45,6 +45,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
+from .configs import check_keys
 from .encoder import ColBERTEncoder
 from .eval import evaluate
 from .pairs import TrainingData
@@ -149,10 +150,7 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> "TrainConfig":
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ValueError(f"unknown TrainConfig keys {unknown}; known keys are {sorted(known)}")
+        check_keys(cls, d)
         return cls(**d)
 
 
