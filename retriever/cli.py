@@ -168,21 +168,35 @@ def cmd_verify(args) -> int:
     return 0
 
 
+# TrainConfig fields the train / adapt commands expose as --options (None: the TrainConfig default)
+_TRAIN_OPTIONS = [
+    ("epochs", int, "most passes over the training queries"),
+    ("batch-size", int, "queries per step"),
+    ("negatives", int, "hard negatives per query per step"),
+    ("mine-depth", int, "hard-negative pool: the base model's top documents that are not positives"),
+    ("lr", float, "head learning rate"),
+    ("backbone-lr", float, "backbone learning rate (--full)"),
+    ("temperature", float, "softmax temperature on MaxSim scores"),
+    ("patience", int, "stop after this many epochs without a validation gain"),
+    ("metric", str, "validation metric"),
+    ("seed", int, "random seed (data split, sampling, new head)"),
+    ("dim", int, "output width of a new head (a base model without one)"),
+    ("max-minutes", float, "stop training after this long (best weights kept)"),
+]
+
+
 def _train_config(args):
     from .trainer import TrainConfig
 
-    fields = ("epochs", "batch_size", "negatives", "mine_depth", "lr", "backbone_lr", "temperature", "patience",
-              "metric", "seed", "dim", "max_minutes")
+    fields = [name.replace("-", "_") for name, _, _ in _TRAIN_OPTIONS]
     kw = {f: getattr(args, f) for f in fields if getattr(args, f) is not None}
-    return TrainConfig(full=bool(getattr(args, "full", False)), tune_fusion=not args.no_tune_fusion, **kw)
+    return TrainConfig(full=args.full, tune_fusion=not args.no_tune_fusion, **kw)
 
 
-def _run_training(args, data) -> int:
-    from .trainer import train
+def _run_training(args, data, config) -> int:
+    from .trainer import _finite, train
 
-    from .trainer import _finite
-
-    r = train(args.model, data, args.out, _train_config(args), device=args.device, overwrite=args.overwrite,
+    r = train(args.model, data, args.out, config, device=args.device, overwrite=args.overwrite,
               show_progress=not args.quiet)
     print(json.dumps({"checkpoint": str(r.path), "base_metric": _finite(r.base_metric),
                       "best_metric": _finite(r.best_metric), "best_epoch": r.best_epoch,
@@ -195,23 +209,24 @@ def cmd_train(args) -> int:
 
     if (args.beir is None) == (args.pairs is None):
         raise SystemExit("error: give exactly one of --beir DIR or --pairs FILE")
+    config = _train_config(args)
     if args.beir is not None:
         data = beir_pairs(args.beir, args.split, val_split=args.val_split, val_fraction=args.val_fraction,
-                          seed=_train_config(args).seed)
+                          seed=config.seed)
     else:
         if args.val_split is not None:
             raise SystemExit("error: --val-split goes with --beir; a pairs file is split by --val-fraction")
-        data = jsonl_pairs(args.pairs, corpus=args.corpus, val_fraction=args.val_fraction,
-                           seed=_train_config(args).seed)
-    return _run_training(args, data)
+        data = jsonl_pairs(args.pairs, corpus=args.corpus, val_fraction=args.val_fraction, seed=config.seed)
+    return _run_training(args, data, config)
 
 
 def cmd_adapt(args) -> int:
     from .pairs import inverse_cloze_pairs
 
-    data = inverse_cloze_pairs(_corpus_file(Path(args.corpus)), max_pairs=args.max_pairs, seed=_train_config(args).seed,
+    config = _train_config(args)
+    data = inverse_cloze_pairs(_corpus_file(Path(args.corpus)), max_pairs=args.max_pairs, seed=config.seed,
                                val_fraction=args.val_fraction, max_docs=args.max_docs)
-    return _run_training(args, data)
+    return _run_training(args, data, config)
 
 
 def _add_train_args(p) -> None:
@@ -228,20 +243,7 @@ def _add_train_args(p) -> None:
                         "on the validation queries")
     p.add_argument("--val-fraction", type=float, default=0.1,
                    help="share of the queries held out for validation / early stopping (default 0.1)")
-    for name, typ, help_ in [
-        ("epochs", int, "most passes over the training queries"),
-        ("batch-size", int, "queries per step"),
-        ("negatives", int, "hard negatives per query per step"),
-        ("mine-depth", int, "hard-negative pool: the base model's top documents that are not positives"),
-        ("lr", float, "head learning rate"),
-        ("backbone-lr", float, "backbone learning rate (--full)"),
-        ("temperature", float, "softmax temperature on MaxSim scores"),
-        ("patience", int, "stop after this many epochs without a validation gain"),
-        ("metric", str, "validation metric"),
-        ("seed", int, "random seed (data split, sampling, new head)"),
-        ("dim", int, "output width of a new head (a base model without one)"),
-        ("max-minutes", float, "stop training after this long (best weights kept)"),
-    ]:
+    for name, typ, help_ in _TRAIN_OPTIONS:
         field = name.replace("-", "_")
         p.add_argument(f"--{name}", dest=field, type=typ, default=None,
                        help=f"{help_} (default {getattr(d, field)})")

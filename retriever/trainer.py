@@ -238,8 +238,9 @@ class _Features:
         return F.normalize(head(torch.from_numpy(x).to(device)), p=2, dim=-1) * mask_t[..., None], mask_t
 
     def project_all(self, head, device, show_progress: bool, return_pooled: bool = False):
-        """Every text's final token vectors with the current weights (exact search input); with
-        ``return_pooled`` also the backbone's single vectors, ``(TokenEmbeddings, pooled)``."""
+        """Every text's final token vectors with the current weights (exact search input: float16
+        for documents, the store dtype of the search, float32 for queries); with ``return_pooled``
+        also the backbone's single vectors, ``(TokenEmbeddings, pooled)``."""
         import torch
         import torch.nn.functional as F
 
@@ -252,11 +253,15 @@ class _Features:
             self.enc.backbone.eval()
             try:
                 fn = self.enc.encode_queries if self.is_query else self.enc.encode_documents
-                return fn(list(self.texts), show_progress=show_progress, return_pooled=return_pooled)
+                emb, pooled = fn(list(self.texts), show_progress=show_progress, return_pooled=True)
             finally:
                 self.enc._head = saved
                 self.enc.backbone.train(was_training)
-        out = np.empty((self.vectors.shape[0], head.out_features), dtype=np.float32)
+            if not self.is_query:
+                emb = TokenEmbeddings(emb.vectors.astype(np.float16), emb.offsets)
+            return (emb, pooled) if return_pooled else emb
+        dtype = np.float32 if self.is_query else np.float16
+        out = np.empty((self.vectors.shape[0], head.out_features), dtype=dtype)
         with torch.inference_mode():
             w = head.weight.detach().to("cpu", torch.float32)
             for s in range(0, out.shape[0], _PROJECT_ROWS):
@@ -308,7 +313,7 @@ def _maxsim(q, q_mask, d, d_mask):
 def _ranked(queries: TokenEmbeddings, docs: TokenEmbeddings, k: int) -> np.ndarray:
     from .search import search_exact
 
-    rows, _ = search_exact(queries, docs.vectors.astype(np.float16), docs.offsets, k=min(k, len(docs)))
+    rows, _ = search_exact(queries, docs.vectors.astype(np.float16, copy=False), docs.offsets, k=min(k, len(docs)))
     return rows
 
 
@@ -338,7 +343,7 @@ def _validate(data: TrainingData, q_all: TokenEmbeddings, docs: TokenEmbeddings,
               metric: str) -> float:
     """Mean ``metric`` of the validation queries ranking the whole table (excluded rows left out)."""
     extra = max(len(data.exclude[q]) for q in val_q)
-    return _metric_of(data, val_q, _ranked(q_all.select(val_q), docs, 100 + extra), metric)
+    return _metric_of(data, val_q, _ranked(q_all.select(val_q), docs, _RANK_DEPTH + extra), metric)
 
 
 def _metric_of(data: TrainingData, val_q: np.ndarray, ranked: np.ndarray, metric: str) -> float:
@@ -372,7 +377,7 @@ def _choose_fusion(data: TrainingData, q_emb: TokenEmbeddings, q_pooled: np.ndar
     extra = max(len(data.exclude[q]) for q in val_q)
     qs = q_emb.select(val_q)
     base = _ranked(qs, d_emb, depth)
-    scored = score_union(qs, base, d_emb.vectors.astype(np.float16), d_emb.offsets, depth=depth,
+    scored = score_union(qs, base, d_emb.vectors.astype(np.float16, copy=False), d_emb.offsets, depth=depth,
                          dense=d_pooled.astype(np.float16), q_pooled=np.ascontiguousarray(q_pooled[val_q]),
                          lexical=LexicalIndex.from_texts(data.doc_texts), q_texts=[data.queries[q] for q in val_q])
     results = {}
