@@ -11,6 +11,7 @@ import pytest
 import torch
 from safetensors.numpy import load_file
 
+from make_trained_fixture import PAIRS as FIXTURE_PAIRS
 from retriever import trainer as T
 from retriever.cli import main as cli_main
 from retriever.encoder import ColBERTEncoder
@@ -23,15 +24,7 @@ TRAINED = HERE / "fixtures" / "trained"
 BASE = FIX / "bert_pylate"
 TEXTS = json.loads((FIX / "texts.json").read_text())
 
-PAIRS = [
-    ("what is a cell", "A cell is the unit of life."),
-    ("vitamin d and cancer risk", "Vitamin D levels were increased after treatment; the risk of cancer decreased."),
-    ("mice protein gene", "Mice and human cells: protein, gene & blood data."),
-    ("hello world", "hello world"),
-    ("brain dose study", "The brain study used a high dose."),
-    ("blood level test", "A blood test of the level of vitamin."),
-    ("new model data", "New data for two models were used."),
-    ("low risk patients", "Patients at low risk had reduced disease."),
+PAIRS = FIXTURE_PAIRS + [  # the pairs the parity fixture was trained on, and two more
     ("human brain cells", "Human brain cells in mice."),
     ("gene test results", "The results of the gene test."),
 ]
