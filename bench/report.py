@@ -77,6 +77,9 @@ def label(r: dict) -> str:
     m = r["method"]
     if m == "fde":
         c = r["config"]
+        if c.get("mode") == "centroids":
+            cc = c["index"].get("centroids") or {}
+            return f"token centroids (nprobe {cc.get('nprobe')}) N={c['n_candidates']}"
         extra = "" if c["index"]["faiss_factory"] == "Flat" else f" {c['index']['faiss_factory']}"
         return f"FDE {fde_label(c)}{extra} N={c['n_candidates']}"
     if m == "hybrid":

@@ -50,6 +50,7 @@ from bench_build_memory import rss_bytes as rss  # noqa: E402
 from datasets import ROOT, collection_dir  # noqa: E402
 
 from retriever.cli_args import n_candidates_arg  # noqa: E402
+from retriever.centroids import auto_candidates  # noqa: E402
 from retriever.search import auto_n_candidates  # noqa: E402
 
 log = logging.getLogger("bench.scale")
@@ -63,8 +64,13 @@ def peak_rss() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
-def index_dir(n_docs: int, codec: str, seed: int) -> Path:
-    return OUT / f"synth-{n_docs}-{codec}-s{seed}"
+def index_dir(n_docs: int, codec: str, seed: int, centroids: str = "auto") -> Path:
+    """Cached synthetic index; ``-ivf`` marks builds with the token centroid stage allowed (auto / on)."""
+    return OUT / f"synth-{n_docs}-{codec}-s{seed}{'' if centroids == 'off' else '-ivf'}"
+
+
+def centroids_arg(spec: str):
+    return {"auto": "auto", "on": True, "off": False}[spec]
 
 
 def queries(split: str):
@@ -103,8 +109,8 @@ def child_build(args) -> dict:
     from retriever import IndexConfig, Retriever
 
     src = TokenSources(find_sources(ROOT / "index_data" / "bench"))
-    path = index_dir(args.n, args.codec, args.seed)
-    config = IndexConfig(codec=args.codec, faiss_factory=args.faiss_factory)
+    path = index_dir(args.n, args.codec, args.seed, args.centroids)
+    config = IndexConfig(codec=args.codec, faiss_factory=args.faiss_factory, centroids=centroids_arg(args.centroids))
     gen_s = 0.0
 
     def batches():
@@ -138,7 +144,7 @@ def child_search(args) -> list[dict]:
     from retriever import Retriever
     from retriever.index import _warmup
 
-    path = args.index_dir or index_dir(args.n, args.codec, args.seed)
+    path = args.index_dir or index_dir(args.n, args.codec, args.seed, args.centroids)
     if args.queries_file:
         from retriever.tokens import TokenEmbeddings
 
@@ -170,22 +176,27 @@ def child_search(args) -> list[dict]:
     rows = []
     q_t = q_all.select(range(min(args.timed, len(q_all))))
     singles = [q_t.select([i]) for i in range(len(q_t))]  # one query per call, split before any timing
-    for n_spec in args.n_candidates:
-        n_cand = auto_n_candidates(r.n_docs, 10) if n_spec == "auto" else n_spec
-        res = r.search(q_gt, k=10, n_candidates=n_cand, mode="fde")
+    stage = args.stage if args.stage != "auto" else ("centroids" if r.centroid_stage is not None else "fde")
+    probes = args.nprobe if stage == "centroids" else [None]
+    for n_spec, nprobe in [(n, p) for p in probes for n in args.n_candidates]:
+        rule = auto_candidates if stage == "centroids" else auto_n_candidates
+        n_cand = rule(r.n_docs, 10) if n_spec == "auto" else n_spec
+        kw = dict(k=10, n_candidates=n_cand, mode=stage, nprobe=nprobe)
+        res = r.search(q_gt, **kw)
         recall = float(np.mean([len(set(a) & set(b)) / 10 for a, b in zip(res.rows, gt)]))
         for one in singles[:10]:  # warm-up
-            r.search(one, k=10, n_candidates=n_cand, mode="fde")
+            r.search(one, **kw)
         lat = []
         for one in singles:
             t = time.perf_counter()
-            r.search(one, k=10, n_candidates=n_cand, mode="fde")
+            r.search(one, **kw)
             lat.append(time.perf_counter() - t)
         t = time.perf_counter()
-        r.search(q_t, k=10, n_candidates=n_cand, mode="fde")
+        r.search(q_t, **kw)
         qps = len(q_t) / (time.perf_counter() - t)
         lat = np.array(lat) * 1e3
-        rows.append({"n_candidates": n_cand, "n_candidates_auto": n_spec == "auto",
+        rows.append({"candidate_stage": stage, "nprobe": nprobe if stage == "fde" else (nprobe or r.config.centroids.nprobe),
+                     "n_candidates": n_cand, "n_candidates_auto": n_spec == "auto",
                      "chamfer_recall_at_10": round(recall, 4),
                      "p50_ms": round(float(np.median(lat)), 2), "p99_ms": round(float(np.percentile(lat, 99)), 2),
                      "batch_qps": round(qps, 1)})
@@ -197,6 +208,7 @@ def child_search(args) -> list[dict]:
               "rss_before_load_gb": round(rss0 / 1e9, 2), "rss_loaded_gb": round(rss_loaded / 1e9, 2),
               "rss_after_gb": round(rss_after / 1e9, 2),
               "resident_bytes_per_doc": round((rss_after - rss0) / r.n_docs),
+              "centroid_stage_bytes_per_doc": round(r.centroid_stage.nbytes_resident() / r.n_docs) if r.centroid_stage else 0,
               "faiss_bytes_per_doc": round(r.faiss_index.sa_code_size() if hasattr(r.faiss_index, "sa_code_size") else 0)}
     return [dict(common, **row) for row in rows]
 
@@ -234,6 +246,12 @@ def main(argv=None) -> int:
     ap.add_argument("--index-dir", type=Path, help="measure this (already built) index instead of synthetic ones")
     ap.add_argument("--queries-file", type=Path, help="query token embeddings (.npz: vectors, offsets) for --index-dir")
     ap.add_argument("--corpus-name", default="synthetic")
+    ap.add_argument("--centroids", choices=["auto", "on", "off"], default="auto",
+                    help="build with the token centroid stage (IndexConfig.centroids); 'off' = the FDE-only indexes")
+    ap.add_argument("--stage", choices=["auto", "fde", "centroids"], default="auto",
+                    help="candidate stage searched (auto: the centroid stage when the index has one)")
+    ap.add_argument("--nprobe", type=int, nargs="+", default=[None],
+                    help="centroid stage: lists probed per query token (default: the index's)")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s", stream=sys.stderr)
     if args.child == "build":
@@ -247,15 +265,15 @@ def main(argv=None) -> int:
         report(args.results, args.split, args.target)
         return 0
     common = ["--codec", args.codec, "--faiss-factory", args.faiss_factory, "--seed", str(args.seed),
-              "--corpus-name", args.corpus_name]
+              "--corpus-name", args.corpus_name, "--centroids", args.centroids]
     if args.index_dir:
         common += ["--index-dir", str(args.index_dir), "--queries-file", str(args.queries_file)]
     for n in [0] if args.index_dir else args.sizes:
-        if args.rebuild and not args.index_dir and index_dir(n, args.codec, args.seed).is_dir():
+        if args.rebuild and not args.index_dir and index_dir(n, args.codec, args.seed, args.centroids).is_dir():
             import shutil
 
-            shutil.rmtree(index_dir(n, args.codec, args.seed))  # ground truth is keyed by the store's sha256
-        if not args.index_dir and not (index_dir(n, args.codec, args.seed) / "manifest.json").is_file():
+            shutil.rmtree(index_dir(n, args.codec, args.seed, args.centroids))  # ground truth is keyed by the store's sha256
+        if not args.index_dir and not (index_dir(n, args.codec, args.seed, args.centroids) / "manifest.json").is_file():
             m0 = machine()
             for row in run_child(["--child", "build", "--n", str(n), *common]):
                 row.update(machine=m0, load_after=machine()["load_1m"], time=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
@@ -267,7 +285,8 @@ def main(argv=None) -> int:
         rows = run_child(["--child", "search", "--n", str(n), *common, "--split", args.split,
                           "--gt-queries", str(args.gt_queries), "--timed", str(args.timed),
                           "--timed-exact", str(args.timed_exact),
-                          "--n-candidates", *map(str, args.n_candidates)])
+                          "--stage", args.stage, "--n-candidates", *map(str, args.n_candidates),
+                          *(["--nprobe", *map(str, args.nprobe)] if args.nprobe != [None] else [])])
         for row in rows:
             row.update(machine=m0, load_after=machine()["load_1m"], time=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
             append(args.results, row)

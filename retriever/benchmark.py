@@ -4,8 +4,9 @@ For one collection and qrels split, :func:`run_benchmark` builds or reuses an in
 ``cache_dir/<dataset>-<hash of index config, encoder identity and corpus>``), encodes the queries,
 and appends rows to a JSONL results file:
 
-- ``"fde"``, one row per ``n_candidates``: the pipeline (FDE candidates from FAISS, exact MaxSim
-  rerank);
+- ``"fde"``, one row per ``n_candidates``: the pipeline (candidates from FAISS over the FDEs, or
+  from the token centroid stage when the index has one: ``config["mode"]`` says which; exact
+  MaxSim rerank);
 - ``"exhaustive"``: exact MaxSim over every document (the ceiling, and the latency the pipeline's
   speed-up is measured against, in the same run on the same queries);
 - ``"single_vector"``: the backbone's own use (attention-masked mean of the last hidden states,
@@ -49,6 +50,7 @@ from .cli_args import (
 )
 from .eval import DEFAULT_METRICS, chamfer_recall, evaluate, run_from_arrays
 from .index import IndexConfig, Retriever
+from .centroids import auto_candidates
 from .search import auto_n_candidates
 from .storage import file_sha256
 from .tokens import TokenEmbeddings
@@ -618,18 +620,22 @@ def run_benchmark(
                 add("exhaustive", {"mode": "exact", "index": info["index_config"]}, quality, m, enc, info["build"],
                     extra["store_bytes"], extra)
         store_extra = _store_extra(r, info)
+        # the pipeline's candidate stage: the token centroid stage when the index has one, else the FDEs
+        stage = "centroids" if r.centroid_stage is not None else "fde"
         for n_spec in settings.n_candidates:
-            n_cand = auto_n_candidates(r.n_docs, k) if n_spec == "auto" else n_spec
-            log.info("%s/%s: timing the FDE pipeline, N=%d (%s)", data.name, split, n_cand, r.config.faiss_factory)
-            m = _measure(lambda i: r.search(singles[i], k=k, n_candidates=n_cand, mode="fde"),
-                         lambda ix: r.search(subset, k=k, n_candidates=n_cand, mode="fde"), timed, warm)
-            res = r.search(q, k=k, n_candidates=n_cand, mode="fde")  # the pipeline, even where exhaustive is cheaper
+            rule = auto_candidates if stage == "centroids" else auto_n_candidates
+            n_cand = rule(r.n_docs, k) if n_spec == "auto" else n_spec
+            log.info("%s/%s: timing the pipeline (%s candidates), N=%d (%s)", data.name, split, stage, n_cand,
+                     r.config.faiss_factory)
+            m = _measure(lambda i: r.search(singles[i], k=k, n_candidates=n_cand, mode=stage),
+                         lambda ix: r.search(subset, k=k, n_candidates=n_cand, mode=stage), timed, warm)
+            res = r.search(q, k=k, n_candidates=n_cand, mode=stage)  # the pipeline, even where exhaustive is cheaper
             quality = _quality(qids, res.ids, res.scores, data.qrels, exact_ids, k, True)
             extra = {"index_name": info["name"], "index_cached": info["cached"], **store_extra}
             if exh is not None:
                 extra["speedup_vs_exhaustive"] = {"p50": round(exh["_p50_s"] / m["_p50_s"], 3),
                                                   "qps": round(exh["_batch_s"] / m["_batch_s"], 3)}
-            config = {"mode": "fde", "n_candidates": n_cand, "index": info["index_config"]}
+            config = {"mode": stage, "n_candidates": n_cand, "index": info["index_config"]}
             if n_spec == "auto":
                 config["n_candidates_auto"] = True
             add("fde", config, quality, m, enc, info["build"], info["index_bytes"], extra)
@@ -640,7 +646,7 @@ def run_benchmark(
                          "+".join(r.config.hybrid.signals))
                 if qp is None:
                     _, qp = encoder.encode_queries(texts, return_pooled=True)
-                hkw = dict(k=k, n_candidates=n_cand, mode="fde")
+                hkw = dict(k=k, n_candidates=n_cand, mode=stage)
                 hm = _measure(lambda i: r.search(singles[i], query_texts=[texts[i]], query_pooled=qp[i : i + 1], **hkw),
                               lambda ix: r.search(subset, query_texts=[texts[i] for i in ix], query_pooled=qp[ix], **hkw),
                               timed, warm)
@@ -665,8 +671,8 @@ def add_bench_parser(subparsers) -> None:
     p.add_argument("--split", default="test", help="qrels split whose queries are run (default: test)")
     p.add_argument("--k", type=int, default=100, help="results per query (default: 100)")
     p.add_argument("--n-candidates", type=n_candidates_arg, nargs="+", default=["auto"],
-                   help="FDE candidates reranked per query, or 'auto' (20 sqrt(n_docs), at least 10 k); one row each "
-                        "(default: auto)")
+                   help="candidates reranked per query, or 'auto' (FDEs: 20 sqrt(n_docs); token centroid stage: "
+                        "40 n_docs^0.25; at least 10 k); one row each (default: auto)")
     p.add_argument("--results", default=str(DEFAULT_RESULTS), help="JSONL file to append rows to")
     p.add_argument("--cache-dir", default=str(DEFAULT_CACHE_DIR), help="cached indexes and exact results")
     p.add_argument("--baselines", default=",".join(BASELINES),

@@ -19,6 +19,7 @@ from tqdm.auto import tqdm
 
 from . import format as fmt
 from .ann import add_rows, make_faiss_index, resolve_factory, train_index
+from .centroids import CentroidConfig, CentroidIndex
 from .codecs import TokenCodec
 from .fde import FDEEncoder
 from .lexical import LexicalAppender, LexicalIndex
@@ -159,6 +160,8 @@ class _Builder:
         else:
             self.tokens = NpyAppender(workdir / _TOKEN_SPOOL, dim, np.float16)
         self.factory: str | None = None  # the FAISS factory finish() built ("auto" resolved)
+        self.centroid_config: CentroidConfig | None = None  # finish(): "auto" resolved
+        self.centroid_index: CentroidIndex | None = None
         self.lengths: list[np.ndarray] = []
         self.ids: list = []
         self.id_set: set = set()
@@ -262,6 +265,12 @@ class _Builder:
                        seed=self.config.fde.seed, timings=self.timings, show_progress=self.show_progress)
         release_freed_memory()
         self.factory = factory
+        self.centroid_config = self.config.centroids.resolved(len(self.ids))
+        if self.centroid_config.enabled:
+            with NpyRowReader(self.workdir / fmt.TOKENS) as store:
+                self.centroid_index = fill_centroids(self.centroid_config, self.codec, store, offsets, self.workdir,
+                                                     timings=self.timings, show_progress=self.show_progress)
+            release_freed_memory()
         if self.dense is not None:
             self.dense.close()
         if self._lexical_app is not None:
@@ -352,6 +361,39 @@ def fill_faiss(index, factory: str, codec: TokenCodec, fde_encoder: FDEEncoder, 
         add_rows(index, blocks(), int(docs.size))
     timings["fde_s"] = timings.get("fde_s", 0.0) + fde_s
     timings["faiss_s"] = timings.get("faiss_s", 0.0) + time.perf_counter() - t0 - fde_s
+
+
+def fill_centroids(config: CentroidConfig, codec: TokenCodec, store, offsets: np.ndarray, workdir: Path, *,
+                   centroids: CentroidIndex | None = None, timings: dict | None = None,
+                   show_progress: bool = False) -> CentroidIndex:
+    """The token centroid stage of a token store: trained on a random sample of its decoded tokens
+    (at most ``config.max_train_bytes`` of float32) unless ``centroids`` are given, then every token
+    assigned block by block into ``workdir / ivf_codes.npy`` (memory-mapped into the result, with
+    the inverted lists built)."""
+    timings = timings if timings is not None else {}
+    t0 = time.perf_counter()
+    n_tokens = int(offsets[-1])
+    if centroids is None:
+        budget = max(1, config.max_train_bytes // (4 * codec.dim))
+        rows = np.arange(n_tokens)
+        if n_tokens > budget:
+            rows = np.sort(np.random.default_rng(config.seed).choice(n_tokens, budget, replace=False))
+        sample = np.concatenate([codec.decode(np.asarray(store[rows[s : s + _CODE_ROWS]]))
+                                 for s in range(0, rows.size, _CODE_ROWS)])
+        centroids = CentroidIndex.train(sample, n_tokens, config)
+        del sample
+    out = CentroidIndex(centroids.centroids, centroids.coarse, centroids.cells)
+    path = workdir / fmt.IVF_CODES
+    bar = tqdm(total=n_tokens, desc=f"token centroids ({out.n_centroids})", unit="tok", unit_scale=True,
+               disable=not show_progress)
+    with NpyAppender(path, 1, out.code_dtype) as w, bar:
+        for s in range(0, n_tokens, 4 * _CODE_ROWS):
+            block = np.asarray(store[s : min(n_tokens, s + 4 * _CODE_ROWS)])
+            w.append(out.assign(codec.decode(block))[:, None])
+            bar.update(block.shape[0])
+    out.set_codes(fmt.load_array(workdir, fmt.IVF_CODES, True, out.code_dtype, (n_tokens, 1)).reshape(-1), offsets)
+    timings["centroids_s"] = timings.get("centroids_s", 0.0) + time.perf_counter() - t0
+    return out
 
 
 def _peek(iterable) -> tuple[object, Iterator]:

@@ -279,11 +279,14 @@ def build_parser() -> argparse.ArgumentParser:
     ps.add_argument("--query", help="one query text (hits are printed)")
     ps.add_argument("--k", type=int, default=10)
     ps.add_argument("--n-candidates", type=n_candidates_arg, default="auto",
-                    help="FDE candidates reranked per query, or 'auto' (default: 20 sqrt(n_docs), at least 10 k)")
-    ps.add_argument("--mode", choices=["auto", "fde", "exact"], default="auto",
-                    help="auto (default): FDE candidates + rerank, or exhaustive where that is cheaper")
+                    help="candidates reranked per query, or 'auto' (default: 20 sqrt(n_docs) FDE candidates, "
+                         "40 n_docs^0.25 from the centroid stage; at least 10 k)")
+    ps.add_argument("--mode", choices=["auto", "fde", "centroids", "exact"], default="auto",
+                    help="auto (default): candidates from the centroid stage when the index has one, else the "
+                         "FDEs, then exact rerank; or exhaustive where that is cheaper")
     ps.add_argument("--ef-search", type=int, default=None)
-    ps.add_argument("--nprobe", type=int, default=None)
+    ps.add_argument("--nprobe", type=int, default=None,
+                    help="lists probed: per query token (centroid stage), per query (IVF FDE index)")
     ps.add_argument("--hybrid", choices=["auto", "on", "off"], default="auto",
                     help="fuse MaxSim with the index's stored dense / BM25 signals (auto: when it stores any; "
                          "off: MaxSim alone)")

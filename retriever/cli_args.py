@@ -35,6 +35,13 @@ def add_index_config_args(p) -> None:
                    help="token pooling at index time: keep ~1/N of each document's vectors (default 1 = off)")
     p.add_argument("--word-pooling", dest="word_pooling", action="store_true",
                    help="one vector per whole word (mean of its sub-word tokens) before --pool-factor")
+    p.add_argument("--centroids", dest="centroids", default="auto", choices=["auto", "on", "off"],
+                   help="token centroid candidate stage (PLAID-style lists; default auto: built for corpora of "
+                        "50,000+ documents)")
+    p.add_argument("--ivf-centroids", dest="ivf_centroids", type=int, default=None,
+                   help="centroids of the token centroid stage (default: chosen from the corpus's token count)")
+    p.add_argument("--ivf-nprobe", dest="ivf_nprobe", type=int, default=16,
+                   help="token centroid stage: lists probed per query token by default (16)")
     p.add_argument("--hybrid", dest="hybrid", default="auto", type=_hybrid_arg,
                    help="signals stored for hybrid scoring: auto (default: dense and bm25 for text), none, dense, "
                         "bm25 or dense,bm25")
@@ -61,8 +68,13 @@ def index_config_from_args(args):
         from .hybrid import HybridConfig
 
         hybrid = HybridConfig(signals=hybrid)
+    from .centroids import CentroidConfig
+
+    centroids = CentroidConfig(enabled={"auto": "auto", "on": True, "off": False}[args.centroids],
+                               n_centroids=args.ivf_centroids, nprobe=args.ivf_nprobe)
     return IndexConfig(fde=FDEConfig(**fde_kwargs), faiss_factory=args.faiss_factory, codec=codec,
-                       pool_factor=args.pool_factor, word_pooling=args.word_pooling, hybrid=hybrid)
+                       pool_factor=args.pool_factor, word_pooling=args.word_pooling, hybrid=hybrid,
+                       centroids=centroids)
 
 
 def _hybrid_arg(text: str):

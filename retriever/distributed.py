@@ -98,7 +98,8 @@ class _ShardServer:
         self.r = Retriever.load(shard_dir)
 
     def info(self) -> dict:
-        return {"n_docs": self.r.n_docs, "hybrid": self.r.config.hybrid.to_dict(), "pid": os.getpid()}
+        return {"n_docs": self.r.n_docs, "hybrid": self.r.config.hybrid.to_dict(), "pid": os.getpid(),
+                "centroids": self.r.centroid_stage is not None}
 
     def search(self, queries, kw: dict) -> SearchResults:
         return self.r.search(queries, **kw)
@@ -137,6 +138,7 @@ class RayShardedRetriever:
         from .hybrid import HybridConfig
 
         self.hybrid = HybridConfig.from_dict(infos[0]["hybrid"])
+        self.has_centroids = all(i["centroids"] for i in infos)
         self._encoder = encoder
         self._next = 0
         log.info("serving %d shards x %d replicas of %s on Ray", len(self.actors), replicas, self.path)
@@ -220,7 +222,8 @@ class RayShardedRetriever:
                                    f"pass allow_partial=True to search the other shards")
             return out
 
-        return sharded_search(call, lambda: self.encoder, self.hybrid, self.live, queries, k, **kwargs)
+        return sharded_search(call, lambda: self.encoder, self.hybrid, self.live, queries, k,
+                              has_centroids=self.has_centroids, **kwargs)
 
     def close(self) -> None:
         """Stop the shard actors (the Ray instance stays up)."""

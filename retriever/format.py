@@ -11,6 +11,10 @@ An index is a directory of plain files::
     doc_ids.txt       one external document id per line; line i = document row i
     fde.faiss         FAISS inner-product index over the documents' FDE vectors (row i = document i)
     deleted.npy       (n_docs,) uint8, 1 = deleted (only when documents were deleted)
+    ivf_*.npy         the token centroid candidate stage (retriever/centroids.py), when built:
+                      fine centroids (float32, grouped by coarse cell), coarse centroids, the
+                      CSR offsets of each cell's fine centroids, and ivf_codes.npy: the fine
+                      centroid of every stored token (row t = token t of tokens.npy)
     dense.npy         hybrid indexes with the "dense" signal: (n_docs, d) float16 pooled single
                       vectors of the documents (row i = document i)
     bm25_*.npy, bm25_vocab.txt
@@ -47,6 +51,10 @@ DELETED = "deleted.npy"
 # trained token codec parameters (residual codes only; see retriever/codecs.py)
 CODEC_FILES = {"centroids": "codec_centroids.npy", "cutoffs": "codec_cutoffs.npy", "weights": "codec_weights.npy"}
 
+# the token centroid stage (see retriever/centroids.py)
+IVF_FILES = {"centroids": "ivf_centroids.npy", "coarse": "ivf_coarse.npy", "cells": "ivf_cells.npy"}
+IVF_CODES = "ivf_codes.npy"
+
 DENSE = "dense.npy"
 BM25_VOCAB = "bm25_vocab.txt"
 BM25_FILES = {"term_offsets": "bm25_term_offsets.npy", "post_rows": "bm25_post_rows.npy",
@@ -54,7 +62,7 @@ BM25_FILES = {"term_offsets": "bm25_term_offsets.npy", "post_rows": "bm25_post_r
 
 # Files whose checksum load() always checks (small); tokens.npy and fde.faiss are checked
 # by size and header at load and by checksum in verify().
-SMALL_FILES = (DOC_OFFSETS, DOC_IDS, DELETED, *CODEC_FILES.values(), BM25_VOCAB, BM25_FILES["term_offsets"],
+SMALL_FILES = (DOC_OFFSETS, DOC_IDS, DELETED, *CODEC_FILES.values(), *IVF_FILES.values(), BM25_VOCAB, BM25_FILES["term_offsets"],
                BM25_FILES["doc_len"])
 
 
@@ -74,7 +82,7 @@ def describe_files(directory: Path, names: list[str], checksum: bool = True) -> 
 
 
 REQUIRED_FILES = (TOKENS, DOC_OFFSETS, DOC_IDS, FAISS)
-KNOWN_FILES = REQUIRED_FILES + (DELETED, *CODEC_FILES.values(), DENSE, BM25_VOCAB, *BM25_FILES.values())
+KNOWN_FILES = REQUIRED_FILES + (DELETED, *CODEC_FILES.values(), *IVF_FILES.values(), IVF_CODES, DENSE, BM25_VOCAB, *BM25_FILES.values())
 CHECKSUM_FIELD = "manifest_sha256"
 _COUNT_FIELDS = ("n_docs", "n_tokens", "dim", "fde_dim")
 

@@ -22,6 +22,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from . import format as fmt
+from .centroids import CentroidConfig, CentroidIndex, auto_candidates
 from .codecs import CodecConfig, TokenCodec
 from .configs import check_keys
 from .fde import FDEConfig, FDEEncoder
@@ -40,7 +41,7 @@ from .builder import (
     stream_texts,
 )
 from .ann import faiss_search
-from .search import SearchResults, auto_n_candidates, exhaustive_is_cheaper, search_exact, search_fde
+from .search import SearchResults, auto_n_candidates, exhaustive_is_cheaper, search_candidates, search_exact
 from .storage import NpyAppender, atomic_replace_dir, make_temp_dir_beside, recover_interrupted_swap
 from .tokens import TokenEmbeddings, as_token_embeddings
 
@@ -88,6 +89,12 @@ class IndexConfig:
         text, and how searches fuse them with MaxSim. ``"auto"`` (default): both for text builds,
         none for builds from token embeddings; the built index's config holds the choice.
         ``HybridConfig(signals=())`` builds a plain late-interaction index from text.
+    centroids : CentroidConfig or bool or "auto"
+        The token centroid candidate stage (``retriever.centroids``, PLAID-style inverted lists
+        of documents per token centroid): sub-linear candidates for large corpora, used in place
+        of the FDE scan by ``search(mode="auto")``. ``"auto"`` (default): built for corpora of at
+        least ``retriever.centroids.AUTO_MIN_DOCS`` documents; True / False force it. The built
+        index's config holds the decision.
     """
 
     fde: FDEConfig = field(default_factory=FDEConfig)
@@ -96,8 +103,14 @@ class IndexConfig:
     pool_factor: int = 1
     word_pooling: bool = False
     hybrid: HybridConfig | str = "auto"
+    centroids: CentroidConfig = field(default_factory=CentroidConfig)
 
     def __post_init__(self) -> None:
+        if isinstance(self.centroids, (bool, np.bool_, str)):
+            object.__setattr__(self, "centroids", CentroidConfig(enabled=self.centroids))
+        if not isinstance(self.centroids, CentroidConfig):
+            raise TypeError(f"IndexConfig.centroids must be a CentroidConfig, a bool or 'auto', got "
+                            f"{type(self.centroids).__name__}")
         if not isinstance(self.fde, FDEConfig):
             raise TypeError(f"IndexConfig.fde must be an FDEConfig, got {type(self.fde).__name__}")
         if not isinstance(self.faiss_factory, str) or not self.faiss_factory.strip():
@@ -140,7 +153,8 @@ class IndexConfig:
     def to_dict(self) -> dict:
         return {"fde": self.fde.to_dict(), "faiss_factory": self.faiss_factory, "codec": self.codec.to_dict(),
                 "pool_factor": int(self.pool_factor), "word_pooling": bool(self.word_pooling),
-                "hybrid": self.hybrid if isinstance(self.hybrid, str) else self.hybrid.to_dict()}
+                "hybrid": self.hybrid if isinstance(self.hybrid, str) else self.hybrid.to_dict(),
+                "centroids": self.centroids.to_dict()}
 
     @classmethod
     def from_dict(cls, d: dict) -> "IndexConfig":
@@ -157,6 +171,10 @@ class IndexConfig:
             kw["hybrid"] = HybridConfig.from_dict(kw["hybrid"])
         elif "hybrid" not in kw:
             kw["hybrid"] = NO_HYBRID  # written before hybrid scoring existed
+        if isinstance(kw.get("centroids"), dict):
+            kw["centroids"] = CentroidConfig.from_dict(kw["centroids"])
+        elif "centroids" not in kw:
+            kw["centroids"] = CentroidConfig(enabled=False)  # written before the centroid stage existed
         return cls(**kw)
 
 
@@ -196,6 +214,7 @@ class Retriever:
         build_timings: dict | None = None,
         dense: np.ndarray | None = None,
         lexical: LexicalIndex | None = None,
+        centroid_stage: CentroidIndex | None = None,
     ) -> None:
         if config.hybrid == "auto":
             config = config.resolved(texts=False, pooled=False)
@@ -215,6 +234,7 @@ class Retriever:
         self.build_timings = build_timings or {}
         self.dense = dense  # hybrid "dense" signal: (n_rows, d) float16 pooled vectors (dense.npy)
         self.lexical = lexical  # hybrid "bm25" signal
+        self.centroid_stage = centroid_stage  # token centroid candidates (retriever.centroids), or None
         self._row_of: dict | None = None  # external id -> live row, built on first use
         self._ids_lock = threading.Lock()  # guards _row_of
         self._write_lock = threading.RLock()  # serialises add/upsert/delete/compact/save
@@ -365,6 +385,7 @@ class Retriever:
             if builder.factory != config.faiss_factory:
                 log.info("faiss_factory=%r chose %r for %d documents", config.faiss_factory, builder.factory, len(ids_arr))
                 config = dataclasses.replace(config, faiss_factory=builder.factory)
+            config = dataclasses.replace(config, centroids=builder.centroid_config)
             codec = builder.codec
             tokens = fmt.load_array(workdir, fmt.TOKENS, True, codec.row_dtype, (int(offsets[-1]), codec.row_width))
             r = cls(
@@ -381,11 +402,14 @@ class Retriever:
                 build_timings=builder.timings,
                 dense=_built_dense(workdir, builder, len(ids_arr)),
                 lexical=builder.lexical,
+                centroid_stage=builder.centroid_index,
             )
             if target is not None:
                 r._write_into(workdir, tokens_in_place=True)
                 atomic_replace_dir(workdir, target)
                 r.tokens = fmt.load_array(target, fmt.TOKENS, True, codec.row_dtype, tokens.shape)
+                if r.centroid_stage is not None:  # the same bytes, mapped from their final place
+                    r.centroid_stage.codes = _load_codes(target, r.centroid_stage, r.n_tokens)
                 if r.dense is not None:
                     r.dense = fmt.load_array(target, fmt.DENSE, True, np.float16, r.dense.shape)
             log.info("built %r (timings %s)", r, {k: round(v, 2) for k, v in builder.timings.items()})
@@ -419,17 +443,20 @@ class Retriever:
             encoded with the index's encoder).
         k : int in [1, MAX_K] (100,000: results are (n_queries, k) arrays, padded past the corpus)
         n_candidates : int >= k, or "auto" (default; ``None`` means the same)
-            Documents fetched by FDE inner product and reranked exactly (``mode="fde"``).
-            ``"auto"``: :func:`retriever.search.auto_n_candidates` of the number of searchable
-            documents (live, and in ``subset`` when given) and ``k``: ``20 * sqrt(n)``, at least
-            ``10 * k``.
-        mode : "auto" (default), "fde" or "exact"
-            "fde": FAISS candidates + exact rerank; "exact": exhaustive MaxSim, the ground truth;
-            "auto": "fde", unless scoring every document costs less than reranking the candidates
-            (:func:`retriever.search.exhaustive_is_cheaper`: large batches of short queries on small
-            corpora), in which case the answer is the exact one.
-        ef_search : HNSW search depth (HNSW indexes only)
-        nprobe : IVF lists visited (IVF indexes only)
+            Documents fetched by the candidate stage and reranked exactly. ``"auto"``: for the
+            FDE stage :func:`retriever.search.auto_n_candidates` (``20 * sqrt(n)``), for the
+            centroid stage :func:`retriever.centroids.auto_candidates` (``40 * n ** 0.25``), of the
+            number of searchable documents (live, and in ``subset`` when given); at least ``10 * k``.
+        mode : "auto" (default), "fde", "centroids" or "exact"
+            "fde": FAISS candidates by FDE inner product + exact rerank; "centroids": candidates
+            from the token centroid stage (indexes built with it) + exact rerank; "exact":
+            exhaustive MaxSim, the ground truth; "auto": the centroid stage when the index has
+            it, else the FDEs, unless scoring every document costs less than reranking the
+            candidates (:func:`retriever.search.exhaustive_is_cheaper`: large batches of short
+            queries on small corpora), in which case the answer is the exact one.
+        ef_search : HNSW search depth (HNSW FDE indexes only)
+        nprobe : lists visited: per query token for the centroid stage (default
+            ``IndexConfig.centroids.nprobe``), per query for IVF FDE indexes
         subset : optional collection of external ids; only these documents are returned
         hybrid : None (default), True, False or a FusionConfig
             Fuse MaxSim with the index's stored hybrid signals (dense single vector, BM25; see
@@ -466,8 +493,17 @@ class Retriever:
                 hybrid=None, query_texts=None, query_pooled=None, union_only=False):
         if not isinstance(k, (int, np.integer)) or isinstance(k, bool) or not 1 <= k <= MAX_K:
             raise ValueError(f"k must be an integer in [1, {MAX_K}], got {k!r}")
-        if mode not in ("auto", "fde", "exact"):
-            raise ValueError(f"mode must be 'auto', 'fde' or 'exact', got {mode!r}")
+        if mode not in ("auto", "fde", "centroids", "exact"):
+            raise ValueError(f"mode must be 'auto', 'fde', 'centroids' or 'exact', got {mode!r}")
+        if mode == "centroids" and self.centroid_stage is None:
+            raise ValueError("mode='centroids' needs an index built with the token centroid stage "
+                             "(IndexConfig.centroids); this one has none")
+        stage = "centroids" if self.centroid_stage is not None and mode in ("auto", "centroids") else "fde"
+        if stage == "centroids" and ef_search is not None:
+            raise ValueError("ef_search applies to HNSW FDE indexes; this search uses the centroid stage "
+                             "(pass mode='fde' to search the FDEs)")
+        if nprobe is not None and (not isinstance(nprobe, (int, np.integer)) or isinstance(nprobe, bool) or nprobe < 1):
+            raise ValueError(f"nprobe must be a positive integer, got {nprobe!r}")
         auto = n_candidates is None or (isinstance(n_candidates, str) and n_candidates == "auto")
         if not auto and (not isinstance(n_candidates, (int, np.integer)) or isinstance(n_candidates, bool)
                          or n_candidates < k):
@@ -490,15 +526,15 @@ class Retriever:
         allowed = self._allowed_mask(subset)
         n_allowed = int(allowed.sum()) if allowed is not None else len(self.doc_ids)
         if auto:
-            n_candidates = max(int(k), auto_n_candidates(n_allowed, int(k)))
+            rule = auto_candidates if stage == "centroids" else auto_n_candidates
+            n_candidates = max(int(k), rule(n_allowed, int(k)))
         exhaustive = (mode == "exact" or n_candidates >= n_allowed
                       or (mode == "auto" and exhaustive_is_cheaper(q.lengths, n_candidates, n_allowed)))
         if fusion is not None:
             if exhaustive:
                 base, _ = search_exact(q, self.store, self.doc_offsets, k=max(int(k), fusion.depth), allowed=allowed)
             else:
-                base = faiss_search(self.faiss_index, self.fde_encoder.encode_queries(q), int(n_candidates),
-                                    ef_search=ef_search, nprobe=nprobe, allowed=allowed)
+                base = self._candidates(q, int(n_candidates), stage, ef_search, nprobe, allowed)
             scored = score_union(
                 q, base, self.store, self.doc_offsets, depth=max(int(k), fusion.depth),
                 dense=self.dense if q_pooled is not None else None, q_pooled=q_pooled,
@@ -513,12 +549,17 @@ class Retriever:
             # exhaustive scoring of every allowed document is exact and (by the kernels' cost model) cheaper
             rows, scores = search_exact(q, self.store, self.doc_offsets, k=int(k), allowed=allowed)
         else:
-            qf = self.fde_encoder.encode_queries(q)
-            rows, scores = search_fde(
-                q, qf, self.faiss_index, self.store, self.doc_offsets, k=int(k), n_candidates=int(n_candidates),
-                ef_search=ef_search, nprobe=nprobe, allowed=allowed,
-            )
+            cand = self._candidates(q, int(n_candidates), stage, ef_search, nprobe, allowed)
+            rows, scores = search_candidates(q, cand, self.store, self.doc_offsets, k=int(k))
         return SearchResults(ids=self._ids_of(rows), scores=scores, rows=rows)
+
+    def _candidates(self, q: TokenEmbeddings, n: int, stage: str, ef_search, nprobe, allowed) -> np.ndarray:
+        """int64 (n_q, n) candidate rows (-1 padded) from the centroid stage or the FDE index."""
+        if stage == "centroids":
+            return self.centroid_stage.candidates(q.vectors, q.offsets, n, int(nprobe or self.config.centroids.nprobe),
+                                                  allowed=allowed)
+        return faiss_search(self.faiss_index, self.fde_encoder.encode_queries(q), n, ef_search=ef_search,
+                            nprobe=nprobe, allowed=allowed)
 
     def _hybrid_query_side(self, n_q: int, query_texts, query_pooled):
         """Validated (texts, pooled) of query embeddings for a hybrid search."""
@@ -741,6 +782,16 @@ class Retriever:
         for key, arr in self.codec.arrays().items():
             np.save(directory / fmt.CODEC_FILES[key], arr, allow_pickle=False)
             names.append(fmt.CODEC_FILES[key])
+        stage = self.centroid_stage
+        if stage is not None:
+            for key, arr in stage.arrays().items():
+                np.save(directory / fmt.IVF_FILES[key], arr, allow_pickle=False)
+                names.append(fmt.IVF_FILES[key])
+            if not (tokens_in_place and (directory / fmt.IVF_CODES).is_file()):
+                with NpyAppender(directory / fmt.IVF_CODES, 1, stage.code_dtype) as w:
+                    for s in range(0, self.n_tokens, 1 << 22):
+                        w.append(np.asarray(stage.codes[s : s + (1 << 22)])[:, None])
+            names.append(fmt.IVF_CODES)
         hybrid = {}
         if self.dense is not None:
             if not tokens_in_place:  # (a build wrote it in place already)
@@ -776,6 +827,7 @@ class Retriever:
             "dtypes": {"tokens": self.codec.row_dtype.name, "doc_offsets": "int64"},
             "codec": self.codec.describe(),
             "hybrid": hybrid,
+            "centroids": {"n_centroids": stage.n_centroids, "n_coarse": int(stage.coarse.shape[0])} if stage else None,
             "files": fmt.describe_files(directory, names),
         }
         fmt.write_manifest(directory, manifest)
@@ -827,10 +879,11 @@ class Retriever:
                 f"the manifest says {n_docs} of dim {m['fde_dim']}"
             )
         dense, lexical = _load_hybrid(path, m, config, n_docs, mmap)
+        stage = _load_centroid_stage(path, m, config, dim, n_tokens, offsets)
         r = cls(
             tokens=tokens, doc_offsets=offsets, doc_ids=ids, id_type=id_type, faiss_index=index,
             config=config, codec=codec, encoder_info=m.get("encoder"), deleted=deleted,
-            dense=dense, lexical=lexical,
+            dense=dense, lexical=lexical, centroid_stage=stage,
         )
         if r.fde_encoder.output_dim != int(m["fde_dim"]):
             raise fmt.IndexFormatError(f"{path / fmt.MANIFEST}: fde_dim {m['fde_dim']} does not match its FDE config")
@@ -945,6 +998,46 @@ def _load_codec(path: Path, m: dict, config: IndexConfig, dim: int) -> TokenCode
         return TokenCodec.from_arrays(config.codec, dim, arrays)
     except ValueError as e:
         raise fmt.IndexFormatError(f"{path}: bad codec: {e}") from None
+
+
+def _load_codes(path: Path, stage: CentroidIndex, n_tokens: int) -> np.ndarray:
+    """The memory-mapped per-token centroid ids (n_tokens,) of an index directory."""
+    return fmt.load_array(path, fmt.IVF_CODES, True, stage.code_dtype, (n_tokens, 1)).reshape(-1)
+
+
+def _load_centroid_stage(path: Path, m: dict, config: IndexConfig, dim: int, n_tokens: int,
+                         offsets: np.ndarray) -> CentroidIndex | None:
+    """The token centroid stage of an index directory (lists built from its codes), or None."""
+    if not config.centroids.enabled:
+        return None
+    if config.centroids.enabled == "auto":
+        raise fmt.IndexFormatError(f"{path / fmt.MANIFEST}: config.centroids.enabled must be decided (true or false), "
+                                   f"not 'auto'")
+    info = m.get("centroids") or {}
+    k, k1 = info.get("n_centroids"), info.get("n_coarse")
+    if any(isinstance(v, bool) or not isinstance(v, int) or v < 1 for v in (k, k1)):
+        raise fmt.IndexFormatError(f"{path / fmt.MANIFEST}: centroids.n_centroids and centroids.n_coarse must be positive "
+                                   f"integers, got {k!r} and {k1!r}")
+    shapes = {"centroids": ((k, dim), np.float32), "coarse": ((k1, dim), np.float32), "cells": ((k1 + 1,), np.int64)}
+    arrays = {}
+    for key, name in fmt.IVF_FILES.items():
+        if name not in m["files"]:
+            raise fmt.IndexFormatError(f"{path / fmt.MANIFEST}: the centroid stage needs {name!r}, which is not listed")
+        arrays[key] = fmt.load_array(path, name, False, shapes[key][1], shapes[key][0])
+        if not np.isfinite(arrays[key]).all():
+            raise fmt.IndexFormatError(f"{path / name} holds NaN or infinite values")
+    if fmt.IVF_CODES not in m["files"]:
+        raise fmt.IndexFormatError(f"{path / fmt.MANIFEST}: the centroid stage needs {fmt.IVF_CODES!r}, which is not listed")
+    try:
+        stage = CentroidIndex(arrays["centroids"], arrays["coarse"], arrays["cells"])
+    except ValueError as e:
+        raise fmt.IndexFormatError(f"{path}: bad centroid stage: {e}") from None
+    codes = _load_codes(path, stage, n_tokens)
+    top = int(codes.max(initial=0))
+    if top >= k:
+        raise fmt.IndexFormatError(f"{path / fmt.IVF_CODES}: a token names centroid {top}, the stage has {k}")
+    stage.set_codes(codes, offsets)
+    return stage
 
 
 def _warmup(kind: str = "float16") -> None:

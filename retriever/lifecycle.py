@@ -55,9 +55,11 @@ from .builder import (
     _text_items,
     _validate_batch,
     check_signals,
+    fill_centroids,
     fill_faiss,
     stream_texts,
 )
+from .centroids import CentroidIndex
 from .lexical import LexicalAppender
 from .storage import NpyAppender
 from .tokens import TokenEmbeddings, as_token_embeddings
@@ -186,6 +188,7 @@ class _Stager:
         self.hybrid = r.config.hybrid
         self.pooled: list[np.ndarray] = []
         self.lexical_app = LexicalAppender(r.lexical) if r.lexical is not None else None
+        self.codes: list[np.ndarray] = []  # token centroid ids of the new tokens (centroid stage)
 
     def add(self, emb: TokenEmbeddings, ids: list, pooled: np.ndarray | None = None,
             texts: list[str] | None = None) -> None:
@@ -206,6 +209,11 @@ class _Stager:
         rows = r.codec.encode(emb.vectors)  # a trained codec is kept as it is
         t2 = time.perf_counter()
         self.timings["codec_s"] += t2 - t1
+        if r.centroid_stage is not None:  # assigned from the stored (decoded) vectors, as a build does
+            self.codes.append(r.centroid_stage.assign(r.codec.decode(rows)))
+            t3 = time.perf_counter()
+            self.timings["centroids_s"] = self.timings.get("centroids_s", 0.0) + t3 - t2
+            t2 = t3
         if self.sink is None:
             self.sink = _TokenSink(r)
         self.sink.append(rows)
@@ -242,6 +250,11 @@ class _Stager:
         dense = None
         if r.dense is not None:  # in memory (a loaded index's file belongs to its directory until save)
             dense = np.concatenate([np.asarray(r.dense), *(p.astype(np.float16) for p in self.pooled)])
+        stage = None
+        if r.centroid_stage is not None:  # the lists of the grown store (built before anything changes)
+            old = r.centroid_stage
+            stage = CentroidIndex(old.centroids, old.coarse, old.cells,
+                                  codes=np.concatenate([np.asarray(old.codes), *self.codes]), doc_offsets=offsets)
         index = r.faiss_index
         ntotal = index.ntotal
         try:  # FDEs of the new rows, computed from the grown store as a build computes them
@@ -253,6 +266,8 @@ class _Stager:
             raise
         # swap in (plain attribute assignments: nothing below can fail)
         r.tokens = tokens
+        if stage is not None:
+            r.centroid_stage = stage
         r.doc_offsets = offsets
         r.doc_ids = doc_ids
         r.deleted = deleted
@@ -403,6 +418,22 @@ def _compacted_faiss(r: Retriever, live: np.ndarray, tokens: np.ndarray, offsets
     return index
 
 
+def _compacted_centroids(r: Retriever, live: np.ndarray, tokens, offsets: np.ndarray, retrain: bool, codec,
+                         workdir: Path):
+    """The centroid stage of the compacted store (None without one): the kept tokens' codes, or with
+    ``retrain`` centroids trained afresh on the compacted store and every token assigned again."""
+    old = r.centroid_stage
+    if old is None:
+        return None
+    if retrain:
+        stage = fill_centroids(r.config.centroids, codec, tokens, offsets, workdir)
+        stage.codes = np.array(stage.codes)  # in memory: the work directory may not outlive the call
+        return stage
+    src = r.doc_offsets
+    codes = np.concatenate([np.asarray(old.codes[int(src[a]) : int(src[b])]) for a, b in _runs(live)])
+    return CentroidIndex(old.centroids, old.coarse, old.cells, codes=codes, doc_offsets=offsets)
+
+
 _RETRAIN_SAMPLE_DOCS = 4096  # documents whose (decoded) tokens a codec retraining samples at most
 
 
@@ -453,6 +484,7 @@ def compact_index(r: Retriever, *, retrain: bool = False) -> int:
         else:
             tokens = np.concatenate([r.tokens[int(src_off[a]) : int(src_off[b])] for a, b in _runs(live)], axis=0)
         index = _compacted_faiss(r, live, tokens, offsets, retrain, codec)
+        stage = _compacted_centroids(r, live, tokens, offsets, retrain, codec, workdir)
         dense = np.asarray(r.dense[live]) if r.dense is not None else None
         lexical = r.lexical.select(live) if r.lexical is not None else None
     except BaseException:
@@ -465,6 +497,7 @@ def compact_index(r: Retriever, *, retrain: bool = False) -> int:
         r.doc_ids = r.doc_ids[live]
         r.deleted = np.zeros(live.size, dtype=np.uint8)
         r.faiss_index = index
+        r.centroid_stage = stage
         r.dense = dense
         r.lexical = lexical
         r._row_of = None
@@ -479,6 +512,25 @@ def compact_index(r: Retriever, *, retrain: bool = False) -> int:
 # -- deep checks ---------------------------------------------------------------------------------
 
 _FDE_SAMPLE = 64  # documents whose stored FDE verify() compares with a fresh encoding
+
+
+_CODE_SAMPLE = 4096  # stored tokens whose centroid id verify() compares with a fresh assignment
+
+
+def _check_centroid_codes(r: Retriever, path: Path) -> None:
+    """The centroid ids of a sample of stored tokens are those a fresh assignment gives (up to float ties)."""
+    stage = r.centroid_stage
+    rows = np.unique(np.linspace(0, r.n_tokens - 1, min(_CODE_SAMPLE, r.n_tokens)).astype(np.int64))
+    x = r.codec.decode(np.asarray(r.tokens[rows]))
+    stored = np.asarray(stage.codes[rows]).astype(np.int64)
+    fresh = stage.assign(x).astype(np.int64)
+    s_stored = np.einsum("ij,ij->i", x, stage.centroids[stored])
+    s_fresh = np.einsum("ij,ij->i", x, stage.centroids[fresh])
+    bad = np.flatnonzero((stored != fresh) & (s_stored < s_fresh - 1e-4))
+    if bad.size:
+        raise fmt.IndexFormatError(
+            f"{path / fmt.IVF_CODES}: the centroid ids of {bad.size} of {rows.size} sampled tokens (e.g. token "
+            f"{int(rows[bad[0]])}) are not those of their stored vectors")
 
 
 def check_consistency(r: Retriever, path: Path) -> None:
@@ -504,6 +556,8 @@ def check_consistency(r: Retriever, path: Path) -> None:
             if bad.size:
                 raise fmt.IndexFormatError(f"{path / fmt.TOKENS}: token row {s + int(bad[0])} names centroid "
                                            f"{int(ids.view('<u4')[bad[0], 0])}, the codec has {n_cent}")
+    if r.centroid_stage is not None and r.n_tokens:
+        _check_centroid_codes(r, path)
     if not _stores_exact_vectors(r.faiss_index) or live.size == 0:
         return
     rows = np.unique(live[np.linspace(0, live.size - 1, min(_FDE_SAMPLE, live.size)).astype(np.int64)])

@@ -15,7 +15,7 @@ from kernels.topk import topk_candidates
 from .ann import faiss_search
 from .tokens import TokenEmbeddings
 
-__all__ = ["SearchResults", "search_fde", "search_exact", "auto_n_candidates", "AUTO_N_SCALE", "exhaustive_is_cheaper"]
+__all__ = ["SearchResults", "search_fde", "search_candidates", "search_exact", "auto_n_candidates", "AUTO_N_SCALE", "exhaustive_is_cheaper"]
 
 #: ``n_candidates="auto"`` fetches ``AUTO_N_SCALE * sqrt(n_docs)`` documents (at least ``10 * k``, at
 #: most every document). FDE candidate recall falls as the corpus grows, so N must grow, but
@@ -118,8 +118,14 @@ def search_fde(
     Returns (rows int64 (n_q, k), scores float32 (n_q, k)), padded with -1 / -inf.
     """
     cand = faiss_search(faiss_index, query_fdes, n_candidates, ef_search=ef_search, nprobe=nprobe, allowed=allowed)
-    scores = maxsim_scores_batch(queries.vectors, queries.offsets, tokens, doc_offsets, cand)
-    return topk_candidates(cand, scores, k)
+    return search_candidates(queries, cand, tokens, doc_offsets, k=k)
+
+
+def search_candidates(queries: TokenEmbeddings, candidates: np.ndarray, tokens: np.ndarray, doc_offsets: np.ndarray,
+                      *, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Exact MaxSim rerank of candidate rows (int64 (n_q, N), -1 padded) down to the top ``k``."""
+    scores = maxsim_scores_batch(queries.vectors, queries.offsets, tokens, doc_offsets, candidates)
+    return topk_candidates(candidates, scores, k)
 
 
 def search_exact(

@@ -362,7 +362,7 @@ def create_app(service: SearchService, *, api_key: str | None = None):
         embeddings: list[list[list[Num]]] | None = Field(None, description="per query, its token vectors")
         k: StrictInt = Field(10, ge=1, le=lim.max_k)
         n_candidates: StrictInt | Literal["auto"] = Field("auto", description="FDE candidates reranked, or 'auto'")
-        mode: Literal["auto", "fde", "exact"] = "auto"
+        mode: Literal["auto", "fde", "centroids", "exact"] = "auto"
         subset: list[Id] | None = Field(None, description="only these document ids may be returned")
         hybrid: StrictBool | None = Field(None, description="fuse with the index's dense / BM25 signals "
                                           "(default: when it stores any and the queries are texts)")

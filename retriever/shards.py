@@ -37,6 +37,7 @@ from . import format as fmt
 from .builder import _is_batch_item, _is_embeddings, _is_text_item, _py, _text_items
 from .hybrid import fuse
 from .index import IndexConfig, Retriever, _query_texts
+from .centroids import auto_candidates
 from .search import SearchResults, auto_n_candidates
 from .storage import atomic_replace_dir, make_temp_dir_beside, recover_interrupted_swap
 from .tokens import TokenEmbeddings, as_token_embeddings
@@ -207,8 +208,9 @@ class ShardedRetriever:
         """Top-``k`` over every shard, merged by (score descending, shard, row).
 
         Arguments as for :meth:`Retriever.search`. Text queries are encoded once.
-        ``n_candidates="auto"`` splits the single index's rule over the shards: the FDE candidates
-        of ``auto_n_candidates(live documents, k)`` shared in proportion to each shard's live
+        ``n_candidates="auto"`` splits the single index's rule over the shards: the candidates
+        of ``auto_n_candidates(live documents, k)`` (``auto_candidates`` when every shard has the
+        token centroid stage and ``mode`` uses it) shared in proportion to each shard's live
         documents (at least ``k`` each), so a sharded search reranks about as many documents as the
         single one; an explicit number applies to every shard. A hybrid search fuses with each
         signal's top list taken over all shards (as one index would), then merges. The result's
@@ -223,7 +225,8 @@ class ShardedRetriever:
             return out
 
         return sharded_search(call, lambda: self.encoder, first.config.hybrid, [s.n_docs for s in self.shards],
-                              queries, k, hybrid=hybrid, n_candidates=n_candidates, **kwargs)
+                              queries, k, hybrid=hybrid, n_candidates=n_candidates,
+                              has_centroids=all(s.centroid_stage is not None for s in self.shards), **kwargs)
 
     # -- lifecycle -------------------------------------------------------------------------
     def _route(self, ids: list) -> np.ndarray:
@@ -455,7 +458,13 @@ def _restore(shard: Retriever, n_rows: int, deleted: np.ndarray) -> None:
         shard._row_of = None
 
 
-def shard_candidates(n_candidates, k, subset, live: list[int]) -> list:
+def candidate_rule(has_centroids: bool, mode) -> object:
+    """The single index's ``n_candidates="auto"`` rule a sharded search splits: the centroid stage's
+    when the shards have one and ``mode`` uses it, else the FDE stage's."""
+    return auto_candidates if has_centroids and mode in ("auto", "centroids") else auto_n_candidates
+
+
+def shard_candidates(n_candidates, k, subset, live: list[int], rule=auto_n_candidates) -> list:
     """Per-shard ``n_candidates`` of a sharded search (see :meth:`ShardedRetriever.search`)."""
     n = len(live)
     if not (n_candidates is None or (isinstance(n_candidates, str) and n_candidates == "auto")):
@@ -465,12 +474,12 @@ def shard_candidates(n_candidates, k, subset, live: list[int]) -> list:
     counts = np.asarray(live, dtype=np.float64)
     if subset is not None or counts.sum() == 0:
         return ["auto"] * n
-    total = auto_n_candidates(int(counts.sum()), int(k))
+    total = rule(int(counts.sum()), int(k))
     return [max(int(k), int(np.ceil(total * c / counts.sum()))) for c in counts]
 
 
 def sharded_search(call, get_encoder, hybrid_config, live: list[int], queries, k, *, hybrid=None,
-                   n_candidates="auto", **kwargs) -> SearchResults:
+                   n_candidates="auto", has_centroids: bool = False, **kwargs) -> SearchResults:
     """The search of a sharded index over any backend.
 
     ``call(method, per_shard_kwargs)`` runs ``method`` ("search" or "hybrid_union") on every shard
@@ -492,7 +501,8 @@ def sharded_search(call, get_encoder, hybrid_config, live: list[int], queries, k
                 base_kw.update(query_texts=texts)
         queries = q
     fused = fused and base_kw.get("query_texts") is not None
-    cands = shard_candidates(n_candidates, k, kwargs.get("subset"), live)
+    cands = shard_candidates(n_candidates, k, kwargs.get("subset"), live,
+                             candidate_rule(has_centroids, kwargs.get("mode", "auto")))
     per_shard = [dict(base_kw, queries=queries, k=k, n_candidates=n) for n in cands]
     method = "hybrid_union" if fused else "search"
     answers = call(method, per_shard)

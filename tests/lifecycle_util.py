@@ -76,6 +76,8 @@ def state_of(r: Retriever) -> dict:
         "workdir": str(r._workdir),
         "workdir_files": _dir_files(r._workdir) if r._workdir is not None else None,
         "n_docs": r.n_docs,
+        "centroid_codes": None if r.centroid_stage is None else
+        hashlib.sha256(np.ascontiguousarray(r.centroid_stage.codes).tobytes()).hexdigest(),
     }
 
 

@@ -178,9 +178,9 @@ def test_index_config_round_trips_and_reads_old_manifests():
     cfg = _cfg("residual4", pool_factor=3)
     assert IndexConfig.from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg
     old = {"fde": CFG.fde.to_dict(), "faiss_factory": "Flat"}  # written before codecs existed
-    # a float16 store without hybrid signals
+    # a float16 store without hybrid signals or a token centroid stage
     assert IndexConfig.from_dict(old) == IndexConfig(fde=CFG.fde, faiss_factory="Flat", codec="float16",
-                                                     hybrid=HybridConfig(signals=()))
+                                                     hybrid=HybridConfig(signals=()), centroids=False)
     assert IndexConfig().codec.kind == "int8"  # the default for new indexes
     with pytest.raises(ValueError, match="unknown CodecConfig keys"):
         IndexConfig.from_dict({**cfg.to_dict(), "codec": {"kind": "int8", "bits": 2}})

@@ -472,8 +472,8 @@ def test_subset_fallback_to_exact_scoring(with_deletions, monkeypatch):
     from retriever import index as index_mod
 
     calls = []
-    real = index_mod.search_fde
-    monkeypatch.setattr(index_mod, "search_fde", lambda *a, **kw: calls.append(1) or real(*a, **kw))
+    real = index_mod.search_candidates
+    monkeypatch.setattr(index_mod, "search_candidates", lambda *a, **kw: calls.append(1) or real(*a, **kw))
     ids = [IDS[i] for i in range(0, N, 4)][:20]
     with_deletions.search(QUERIES, k=5, subset=ids, n_candidates=20, mode="fde")
     assert not calls, "a subset no larger than n_candidates is scored exactly, without FAISS"

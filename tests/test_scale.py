@@ -185,8 +185,8 @@ def test_batch_search_switches_to_exhaustive_when_cheaper(auto_index, monkeypatc
     calls = []
     from retriever import index as index_mod
 
-    real = index_mod.search_fde
-    monkeypatch.setattr(index_mod, "search_fde", lambda *a, **kw: calls.append(1) or real(*a, **kw))
+    real = index_mod.search_candidates
+    monkeypatch.setattr(index_mod, "search_candidates", lambda *a, **kw: calls.append(1) or real(*a, **kw))
     res = r.search(queries, k=5, n_candidates=1500)
     assert not calls  # 60 x 1,500 pairs of one chunk cost more than one pass over 2,348 documents
     ex = r.search(queries, k=5, mode="exact")

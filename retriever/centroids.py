@@ -1,0 +1,289 @@
+"""The token centroid stage: sub-linear candidates from per-token centroid ids (PLAID-style).
+
+MUVERA FDEs give every document one vector; a FAISS scan of a million of them costs tens of
+milliseconds per query even compressed, and their candidate recall falls as the corpus grows
+(``bench/results/scale.md``: 16,000 candidates for Chamfer recall@10 0.96 at a million
+documents). This stage works at the token level instead, as PLAID and WARP do:
+
+* **build**: spherical k-means centroids over a bounded sample of the stored tokens, in two
+  levels (``coarse`` cells, each split into fine centroids in proportion to its share of the
+  sample), so that training and assigning tens of millions of tokens stays a few matrix
+  products per token on a CPU; every stored token gets the id of its fine centroid within its
+  nearest coarse cell (``codes``, 2 bytes per token up to 65,536 centroids);
+* **load**: inverted lists ``centroid -> documents`` built from the codes (4 bytes per distinct
+  (centroid, document) pair, ~0.8 per token; derived, never stored);
+* **search**: each query token's inner products with every centroid, its ``nprobe`` best
+  lists, and the approximate late-interaction score of every document those lists hold
+  (``kernels.centroids``); the best ``n_candidates`` are reranked by exact MaxSim over the
+  stored tokens like FDE candidates.
+
+Files of an index with the stage (``retriever.format``): ``ivf_centroids.npy`` (fine centroids,
+grouped by coarse cell), ``ivf_coarse.npy``, ``ivf_cells.npy`` (CSR offsets of each coarse
+cell's fine centroids) and ``ivf_codes.npy`` (per stored token, aligned with ``tokens.npy``).
+Centroids trained at build are kept for later ``add``; ``compact(retrain=True)`` retrains them.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import asdict, dataclass
+
+import faiss
+import numpy as np
+import torch
+
+from kernels.centroids import build_lists, centroid_candidates, top_centroids
+
+from .configs import check_keys
+
+log = logging.getLogger(__name__)
+
+__all__ = ["CentroidConfig", "CentroidIndex", "auto_n_centroids", "auto_candidates", "AUTO_MIN_DOCS"]
+
+#: ``CentroidConfig.enabled="auto"`` builds the stage for corpora of at least this many documents.
+#: Below it the FDE stage is as fast (bench/scale.py and bench/centroids.py measure both).
+AUTO_MIN_DOCS = 50_000
+_KMEANS_ITERS = 10
+_POINTS_PER_CENTROID = 32  # sample tokens per fine centroid wanted (the byte budget may give fewer)
+_ASSIGN_ROWS = 1 << 16  # tokens assigned per step
+_SCORE_BYTES = 64 << 20  # query token x centroid scores held at once by a batch search
+
+
+@dataclass(frozen=True)
+class CentroidConfig:
+    """The token centroid candidate stage (persisted in the manifest).
+
+    Attributes
+    ----------
+    enabled : True, False or "auto" (default)
+        Build the stage. ``"auto"``: for corpora of at least ``AUTO_MIN_DOCS`` documents; the
+        built index's config holds the decision.
+    n_centroids : int or None
+        Fine centroids; ``None`` = :func:`auto_n_centroids` of the corpus's token count.
+    nprobe : int
+        Lists probed per query token at search (default 16; ``search(nprobe=...)`` overrides).
+    max_train_bytes : int
+        Bound on the float32 sample tokens k-means trains on (default 256 MB).
+    seed : int
+        Sampling and k-means seed.
+    """
+
+    enabled: bool | str = "auto"
+    n_centroids: int | None = None
+    nprobe: int = 16
+    max_train_bytes: int = 256 << 20
+    seed: int = 1
+
+    def __post_init__(self) -> None:
+        if not (self.enabled == "auto" or isinstance(self.enabled, (bool, np.bool_))):
+            raise ValueError(f"CentroidConfig.enabled must be True, False or 'auto', got {self.enabled!r}")
+        if self.n_centroids is not None and (not _is_int(self.n_centroids) or not 2 <= self.n_centroids <= 1 << 24):
+            raise ValueError(f"CentroidConfig.n_centroids must be None or an integer in [2, 2**24], got {self.n_centroids!r}")
+        if not _is_int(self.nprobe) or not 1 <= self.nprobe <= 1 << 16:
+            raise ValueError(f"CentroidConfig.nprobe must be an integer in [1, 65536], got {self.nprobe!r}")
+        if not _is_int(self.max_train_bytes) or self.max_train_bytes < 1 << 16:
+            raise ValueError(f"CentroidConfig.max_train_bytes must be an integer >= 65536, got {self.max_train_bytes!r}")
+        if not _is_int(self.seed) or self.seed < 0:
+            raise ValueError(f"CentroidConfig.seed must be a non-negative integer, got {self.seed!r}")
+
+    def resolved(self, n_docs: int) -> "CentroidConfig":
+        """This config with ``enabled="auto"`` decided for a corpus of ``n_docs`` documents."""
+        if self.enabled != "auto":
+            return self
+        from dataclasses import replace
+
+        return replace(self, enabled=bool(n_docs >= AUTO_MIN_DOCS))
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["enabled"] = self.enabled if self.enabled == "auto" else bool(self.enabled)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "CentroidConfig":
+        check_keys(cls, d)
+        return cls(**d)
+
+
+def _is_int(x) -> bool:
+    return isinstance(x, (int, np.integer)) and not isinstance(x, (bool, np.bool_))
+
+
+def auto_n_centroids(n_tokens: int) -> int:
+    """Fine centroids for ``n_tokens`` stored tokens: the power of two nearest ``6 * sqrt(n_tokens)``,
+    within [16, 65,536] and at most ``n_tokens / 8`` (16,384 for 6.8 M tokens = 100,000
+    MS MARCO-length documents, 65,536 for 68 M). PLAID takes ``16 * sqrt(n)``; on the 100k synthetic
+    corpus 16,384 centroids gave Chamfer recall@10 0.96-0.98 (tuning queries) at 8 lists per query
+    token, and fewer centroids make the lists, and so the scan, longer."""
+    if n_tokens < 1:
+        raise ValueError(f"n_tokens must be >= 1, got {n_tokens}")
+    c = 1 << max(0, round(math.log2(max(1.0, 6.0 * math.sqrt(n_tokens)))))
+    return int(max(2, min(c, 1 << 16, max(16, n_tokens // 8))))
+
+
+#: ``n_candidates="auto"`` with the centroid stage reranks ``AUTO_SCALE * n_docs ** 0.25`` documents
+#: (at least ``10 * k``).
+AUTO_SCALE = 40.0
+
+
+def auto_candidates(n_docs: int, k: int) -> int:
+    """Documents the centroid stage hands to the exact rerank for ``n_docs`` searchable documents."""
+    return int(min(max(n_docs, 1), max(10 * int(k), round(AUTO_SCALE * float(n_docs) ** 0.25))))
+
+
+def _kmeans(x: np.ndarray, k: int, seed: int) -> np.ndarray:
+    """Unit-length spherical k-means centroids (k, dim) of float32 rows ``x`` (k <= len(x))."""
+    if k >= x.shape[0]:
+        c = x[:k].copy()
+    else:
+        km = faiss.Kmeans(x.shape[1], int(k), niter=_KMEANS_ITERS, seed=int(seed), spherical=True,
+                          max_points_per_centroid=1 << 30, min_points_per_centroid=1, verbose=False)
+        km.train(np.ascontiguousarray(x))
+        c = np.array(km.centroids, dtype=np.float32)
+    norms = np.linalg.norm(c, axis=1, keepdims=True)
+    return np.ascontiguousarray(c / np.where(norms > 0, norms, 1.0), dtype=np.float32)
+
+
+def _split(k: int, sizes: np.ndarray) -> np.ndarray:
+    """``k`` fine centroids shared among cells of ``sizes`` points (largest remainder), >= 1 per
+    non-empty cell and at most its points."""
+    sizes = np.asarray(sizes, dtype=np.int64)
+    want = k * sizes / max(1, int(sizes.sum()))
+    out = np.minimum(np.maximum(np.floor(want).astype(np.int64), (sizes > 0).astype(np.int64)), sizes)
+    order = np.argsort(-(want - np.floor(want)), kind="stable")
+    i = 0
+    while out.sum() < k and (out < sizes).any():
+        c = order[i % order.size]
+        if out[c] < sizes[c]:
+            out[c] += 1
+        i += 1
+    return out
+
+
+class CentroidIndex:
+    """Two-level token centroids, the per-token codes, and the inverted lists built from them."""
+
+    def __init__(self, centroids: np.ndarray, coarse: np.ndarray, cells: np.ndarray, codes: np.ndarray | None = None,
+                 doc_offsets: np.ndarray | None = None) -> None:
+        self.centroids = np.ascontiguousarray(centroids, dtype=np.float32)
+        self.coarse = np.ascontiguousarray(coarse, dtype=np.float32)
+        self.cells = np.ascontiguousarray(cells, dtype=np.int64)
+        k, k1 = self.centroids.shape[0], self.coarse.shape[0]
+        if self.centroids.ndim != 2 or self.coarse.shape[1:] != self.centroids.shape[1:] or self.cells.shape != (k1 + 1,) \
+                or self.cells[0] != 0 or self.cells[-1] != k or np.any(np.diff(self.cells) < 0):
+            raise ValueError(f"centroid arrays have shapes {self.centroids.shape}, {self.coarse.shape}, {self.cells.shape}: "
+                             f"expected (k, dim), (k1, dim) and CSR offsets (k1 + 1,) ending at k")
+        self._centroids_t = torch.from_numpy(self.centroids).T
+        self.codes = codes
+        self.list_offsets = self.list_docs = None
+        self.n_docs = 0
+        if codes is not None:
+            self.set_codes(codes, doc_offsets)
+
+    # -- training and assignment ---------------------------------------------------------------
+    @classmethod
+    def train(cls, sample: np.ndarray, n_tokens: int, config: CentroidConfig) -> "CentroidIndex":
+        """Two-level spherical k-means on float32 sample tokens ``(n, dim)`` of a corpus of ``n_tokens``."""
+        sample = np.ascontiguousarray(sample, dtype=np.float32)
+        if sample.ndim != 2 or sample.shape[0] < 1:
+            raise ValueError("cannot train token centroids on an empty sample")
+        k = min(config.n_centroids or auto_n_centroids(n_tokens), sample.shape[0])
+        k1 = max(1, min(k, 1 << round(math.log2(math.sqrt(k)))))
+        coarse = _kmeans(sample, k1, config.seed)
+        cell = _nearest(coarse, sample)
+        order = np.argsort(cell, kind="stable")
+        sizes = np.bincount(cell, minlength=k1)
+        per_cell = _split(k, sizes)
+        starts = np.concatenate([[0], np.cumsum(sizes)])
+        fine = []
+        for c in range(k1):
+            if per_cell[c]:
+                fine.append(_kmeans(sample[order[starts[c] : starts[c + 1]]], int(per_cell[c]), config.seed + 1 + c))
+        cells = np.concatenate([[0], np.cumsum(per_cell)]).astype(np.int64)
+        log.info("trained %d token centroids in %d coarse cells on %d sample tokens", int(cells[-1]), k1, sample.shape[0])
+        return cls(np.concatenate(fine), coarse, cells)
+
+    @property
+    def n_centroids(self) -> int:
+        return int(self.centroids.shape[0])
+
+    @property
+    def code_dtype(self) -> np.dtype:
+        return np.dtype(np.uint16) if self.n_centroids <= 1 << 16 else np.dtype(np.int32)
+
+    def assign(self, x: np.ndarray) -> np.ndarray:
+        """Codes (``code_dtype``) of float32 tokens ``x`` (n, dim): the best fine centroid of the nearest coarse cell."""
+        x = np.ascontiguousarray(x, dtype=np.float32)
+        out = np.empty(x.shape[0], dtype=self.code_dtype)
+        for s in range(0, x.shape[0], _ASSIGN_ROWS):
+            xb = x[s : s + _ASSIGN_ROWS]
+            cell = _nearest(self.coarse, xb)
+            order = np.argsort(cell, kind="stable")
+            bounds = np.searchsorted(cell[order], np.arange(self.coarse.shape[0] + 1))
+            res = np.empty(xb.shape[0], dtype=np.int64)
+            for c in np.flatnonzero(np.diff(bounds)):
+                rows = order[bounds[c] : bounds[c + 1]]
+                a, b = self.cells[c], self.cells[c + 1]
+                if b == a:  # a cell without fine centroids (empty in the sample): search them all
+                    res[rows] = _nearest(self.centroids, xb[rows])
+                else:
+                    res[rows] = a + _nearest(self.centroids[a:b], xb[rows])
+            out[s : s + xb.shape[0]] = res
+        return out
+
+    # -- lists -----------------------------------------------------------------------------------
+    def set_codes(self, codes: np.ndarray, doc_offsets: np.ndarray) -> None:
+        """Attach the per-token codes of a store with ``doc_offsets`` and build the inverted lists."""
+        if doc_offsets is None:
+            raise ValueError("set_codes needs the documents' offsets")
+        self.codes = codes
+        self.list_offsets, self.list_docs = build_lists(np.asarray(codes), np.asarray(doc_offsets), self.n_centroids)
+        self.n_docs = int(len(doc_offsets) - 1)
+
+    def candidates(self, q_vectors: np.ndarray, q_offsets: np.ndarray, n: int, nprobe: int,
+                   allowed: np.ndarray | None = None) -> np.ndarray:
+        """int64 (n_queries, n) candidate rows per query, best approximate score first, -1 padded."""
+        if self.list_offsets is None:
+            raise RuntimeError("the centroid stage has no codes attached")
+        nprobe = int(min(nprobe, self.n_centroids))
+        q_offsets = np.asarray(q_offsets, dtype=np.int64)
+        n_queries = q_offsets.size - 1
+        out = np.empty((n_queries, int(n)), np.int64)
+        # queries in groups whose (query tokens x centroids) score matrix stays within _SCORE_BYTES
+        budget = max(1, _SCORE_BYTES // (4 * self.n_centroids))
+        q0 = 0
+        while q0 < n_queries:
+            q1 = max(q0 + 1, int(np.searchsorted(q_offsets, q_offsets[q0] + budget, side="right")) - 1)
+            q1 = min(q1, n_queries)
+            a, b = int(q_offsets[q0]), int(q_offsets[q1])
+            # torch's matmul runs on the OpenMP pool the numba kernels share: numpy's BLAS keeps threads of
+            # its own spinning after the product, which slowed the following MaxSim rerank ~2x (1.1 vs 5.3 ms)
+            q = torch.from_numpy(np.ascontiguousarray(q_vectors[a:b], dtype=np.float32))
+            scores = (q @ self._centroids_t).numpy()
+            top = top_centroids(scores, nprobe)
+            n_threads = 1 if q1 - q0 == 1 else max(1, min(4, faiss.omp_get_max_threads()))
+            out[q0:q1], _ = centroid_candidates(scores, q_offsets[q0 : q1 + 1] - a, top, self.list_offsets,
+                                                self.list_docs, self.n_docs, int(n), allowed=allowed,
+                                                n_threads=n_threads)
+            q0 = q1
+        return out
+
+    # -- persistence -------------------------------------------------------------------------------
+    def arrays(self) -> dict:
+        """The arrays to save (besides the codes): {name: array}."""
+        return {"centroids": self.centroids, "coarse": self.coarse, "cells": self.cells}
+
+    def nbytes_resident(self) -> int:
+        lists = 0 if self.list_docs is None else self.list_docs.nbytes + self.list_offsets.nbytes
+        return int(self.centroids.nbytes + self.coarse.nbytes + self.cells.nbytes + lists)
+
+    def __repr__(self) -> str:
+        return f"CentroidIndex(n_centroids={self.n_centroids}, coarse={self.coarse.shape[0]}, n_docs={self.n_docs})"
+
+
+def _nearest(centroids: np.ndarray, x: np.ndarray) -> np.ndarray:
+    """Row of the highest inner product in ``centroids`` for each row of ``x`` (int64)."""
+    if x.shape[0] == 0:
+        return np.zeros(0, np.int64)
+    return np.argmax(x @ centroids.T, axis=1).astype(np.int64)

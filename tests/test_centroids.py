@@ -1,0 +1,351 @@
+"""The token centroid candidate stage: kernels against numpy twins, and the stage inside an index."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from kernels.centroids import build_lists, centroid_candidates, top_centroids
+from lifecycle_util import SMALL_FDE, make_docs, make_queries, unit
+from retriever import IndexConfig, Retriever
+from retriever import format as fmt
+from retriever.centroids import AUTO_MIN_DOCS, CentroidConfig, CentroidIndex, _split, auto_candidates, auto_n_centroids
+from retriever.format import IndexFormatError
+
+ON = IndexConfig(fde=SMALL_FDE, codec="float16", centroids=CentroidConfig(enabled=True, n_centroids=64))
+
+
+# -- numpy twins -------------------------------------------------------------------------------
+
+
+def lists_ref(codes, doc_offsets, k):
+    out = [[] for _ in range(k)]
+    for d in range(len(doc_offsets) - 1):
+        for c in sorted(set(codes[doc_offsets[d] : doc_offsets[d + 1]].tolist())):
+            out[c].append(d)
+    return out
+
+
+def top_ref(scores, nprobe):
+    # best first; equal scores: lower column first
+    return np.array([sorted(range(row.size), key=lambda c: (-row[c], c))[:nprobe] for row in scores])
+
+
+def approx_ref(scores, top, lists, n_docs, allowed=None):
+    """Centroid interaction with missing-token imputation, per document (None = not found)."""
+    total = np.zeros(n_docs)
+    found = np.zeros(n_docs, bool)
+    for i in range(scores.shape[0]):
+        miss = scores[i, top[i, -1]]
+        best = np.full(n_docs, -np.inf)
+        for c in top[i]:
+            for d in lists[c]:
+                best[d] = max(best[d], scores[i, c])
+        hit = np.isfinite(best)
+        found |= hit
+        total += np.where(hit, best, miss)
+    if allowed is not None:
+        found &= allowed.astype(bool)
+    return total, found
+
+
+def candidates_ref(scores, q_offsets, top, lists, n_docs, k, allowed=None):
+    rows = np.full((len(q_offsets) - 1, k), -1)
+    vals = np.full((len(q_offsets) - 1, k), -np.inf)
+    for q in range(len(q_offsets) - 1):
+        a, b = q_offsets[q], q_offsets[q + 1]
+        total, found = approx_ref(scores[a:b], top[a:b], lists, n_docs, allowed)
+        docs = sorted(np.flatnonzero(found).tolist(), key=lambda d: (-np.float32(total[d]), d))[:k]
+        rows[q, : len(docs)] = docs
+        vals[q, : len(docs)] = total[docs]
+    return rows, vals
+
+
+def _random_lists(rng, n_docs=40, k=16):
+    lengths = rng.integers(1, 9, size=n_docs)
+    offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+    codes = rng.integers(0, k, size=int(offsets[-1])).astype(np.uint16)
+    return codes, offsets
+
+
+# -- kernels -------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_build_lists_matches_reference(seed):
+    rng = np.random.default_rng(seed)
+    codes, offsets = _random_lists(rng)
+    lo, ld = build_lists(codes, offsets, 16)
+    ref = lists_ref(codes, offsets, 16)
+    assert lo.dtype == np.int64 and ld.dtype == np.int32 and lo[-1] == ld.size
+    assert [ld[lo[c] : lo[c + 1]].tolist() for c in range(16)] == ref
+
+
+def test_build_lists_rejects_bad_codes():
+    offsets = np.array([0, 2, 3], np.int64)
+    with pytest.raises(ValueError, match=r"codes must lie in \[0, 4\)"):
+        build_lists(np.array([0, 4, 1], np.uint16), offsets, 4)
+    with pytest.raises(ValueError, match="codes must have shape"):
+        build_lists(np.array([0, 1], np.uint16), offsets, 4)
+
+
+@pytest.mark.parametrize("nprobe", [1, 3, 16])
+def test_top_centroids_matches_reference(nprobe):
+    rng = np.random.default_rng(nprobe)
+    scores = rng.integers(0, 5, size=(7, 16)).astype(np.float32)  # many ties
+    assert top_centroids(scores, nprobe).tolist() == top_ref(scores, nprobe).tolist()
+    with pytest.raises(ValueError, match="nprobe must be in"):
+        top_centroids(scores, 17)
+
+
+@pytest.mark.parametrize("seed", range(6))
+@pytest.mark.parametrize("threads", [1, 2])
+def test_centroid_candidates_match_reference(seed, threads):
+    rng = np.random.default_rng(seed)
+    n_docs, kc = 40, 16
+    codes, offsets = _random_lists(rng, n_docs, kc)
+    lo, ld = build_lists(codes, offsets, kc)
+    lists = lists_ref(codes, offsets, kc)
+    q_len = rng.integers(1, 5, size=5)
+    q_off = np.concatenate([[0], np.cumsum(q_len)]).astype(np.int64)
+    scores = rng.standard_normal((int(q_off[-1]), kc)).astype(np.float32)
+    nprobe = int(rng.integers(1, 5))
+    top = top_centroids(scores, nprobe)
+    allowed = (rng.random(n_docs) > 0.3).astype(np.uint8) if seed % 2 else None
+    for k in (1, 7, 60):  # 60 > documents: padded
+        rows, vals = centroid_candidates(scores, q_off, top, lo, ld, n_docs, k, allowed=allowed, n_threads=threads)
+        ref_rows, ref_vals = candidates_ref(scores, q_off, top, lists, n_docs, k, allowed)
+        assert rows.tolist() == ref_rows.tolist()
+        np.testing.assert_allclose(vals, ref_vals, rtol=1e-5, atol=1e-5)
+
+
+def test_centroid_candidates_tie_break_is_lower_row():
+    # every document holds the same centroid: equal scores, the lowest rows win
+    offsets = np.arange(11, dtype=np.int64)
+    codes = np.zeros(10, np.uint16)
+    lo, ld = build_lists(codes, offsets, 2)
+    scores = np.array([[1.0, 0.5]], np.float32)
+    rows, _ = centroid_candidates(scores, np.array([0, 1], np.int64), top_centroids(scores, 1), lo, ld, 10, 3)
+    assert rows.tolist() == [[0, 1, 2]]
+
+
+# -- training and assignment ---------------------------------------------------------------------
+
+
+def test_split_shares_every_centroid():
+    sizes = np.array([50, 0, 7, 1, 300])
+    out = _split(32, sizes)
+    assert out.sum() == 32 and out[1] == 0 and (out <= sizes).all() and (out[sizes > 0] >= 1).all()
+
+
+def test_auto_rules():
+    assert auto_n_centroids(6_821_748) == 16384 and auto_n_centroids(68_000_000) == 65536
+    assert auto_n_centroids(100) == 16
+    assert auto_candidates(1_000_000, 10) == 1265 and auto_candidates(50, 10) == 50
+    assert CentroidConfig().resolved(AUTO_MIN_DOCS).enabled is True
+    assert CentroidConfig().resolved(AUTO_MIN_DOCS - 1).enabled is False
+
+
+def test_assign_is_the_best_fine_centroid_of_the_nearest_cell():
+    rng = np.random.default_rng(0)
+    x = unit(rng.standard_normal((3000, 16)))
+    ci = CentroidIndex.train(x[:2000], 3000, CentroidConfig(n_centroids=64, seed=3))
+    assert ci.n_centroids == 64 and ci.code_dtype == np.uint16
+    np.testing.assert_allclose(np.linalg.norm(ci.centroids, axis=1), 1.0, atol=1e-5)
+    codes = ci.assign(x)
+    cell = np.argmax(x @ ci.coarse.T, axis=1)
+    for t in range(0, 3000, 37):
+        a, b = ci.cells[cell[t]], ci.cells[cell[t] + 1]
+        assert codes[t] == a + int(np.argmax(ci.centroids[a:b] @ x[t]))
+
+
+@pytest.mark.parametrize("bad", [dict(enabled="yes"), dict(n_centroids=1), dict(n_centroids=2.5), dict(nprobe=0),
+                                 dict(max_train_bytes=10), dict(seed=-1)])
+def test_centroid_config_names_the_bad_field(bad):
+    field = next(iter(bad))
+    with pytest.raises(ValueError, match=f"CentroidConfig.{field}"):
+        CentroidConfig(**bad)
+
+
+def test_centroid_config_round_trips_and_refuses_unknown_keys():
+    c = CentroidConfig(enabled=True, n_centroids=128, nprobe=4)
+    assert CentroidConfig.from_dict(json.loads(json.dumps(c.to_dict()))) == c
+    with pytest.raises(ValueError, match="CentroidConfig.*bogus"):
+        CentroidConfig.from_dict({**c.to_dict(), "bogus": 1})
+    assert IndexConfig(centroids=True).centroids.enabled is True
+    with pytest.raises(TypeError, match="IndexConfig.centroids"):
+        IndexConfig(centroids=3)
+    # a manifest written before the stage existed: no stage
+    d = IndexConfig().to_dict()
+    del d["centroids"]
+    assert IndexConfig.from_dict(d).centroids.enabled is False
+
+
+# -- inside an index -----------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def corpus():
+    return make_docs(300, seed=5), make_queries(25, seed=6)
+
+
+def _build(docs, ids=None, config=ON, **kw):
+    ids = list(range(len(docs))) if ids is None else ids
+    return Retriever.build(docs, doc_ids=ids, config=config, show_progress=False, **kw)
+
+
+def test_stage_is_built_and_recorded(corpus, tmp_path):
+    docs, _ = corpus
+    r = _build(docs, path=tmp_path / "i")
+    assert r.centroid_stage is not None and r.centroid_stage.n_centroids == 64
+    m = json.loads((tmp_path / "i" / fmt.MANIFEST).read_text())
+    assert m["config"]["centroids"]["enabled"] is True and m["centroids"] == {"n_centroids": 64, "n_coarse": 8}
+    assert set(fmt.IVF_FILES.values()) | {fmt.IVF_CODES} <= set(m["files"])
+    small = Retriever.build(docs, config=IndexConfig(fde=SMALL_FDE), show_progress=False)  # auto, 300 docs: off
+    assert small.centroid_stage is None and small.config.centroids.enabled is False
+    with pytest.raises(ValueError, match="mode='centroids' needs an index built with the token centroid stage"):
+        small.search(corpus[1], k=5, mode="centroids")
+
+
+def test_probing_every_list_gives_the_exact_answer(corpus):
+    docs, queries = corpus
+    r = _build(docs)
+    exact = r.search(queries, k=10, mode="exact")
+    full = r.search(queries, k=10, mode="centroids", nprobe=64, n_candidates=len(docs))
+    assert full.ids.tolist() == exact.ids.tolist()
+    np.testing.assert_allclose(full.scores, exact.scores, rtol=1e-6)
+
+
+def test_default_search_uses_the_stage_and_finds_the_exact_top(corpus):
+    docs, queries = corpus
+    r = _build(docs)
+    exact = r.search(queries, k=10, mode="exact").ids
+    got = r.search(queries, k=10, n_candidates=100, mode="centroids").ids
+    fde = r.search(queries, k=10, n_candidates=100, mode="fde").ids
+
+    def recall(ids):
+        return np.mean([len(set(a) & set(b)) / 10 for a, b in zip(ids.tolist(), exact.tolist())])
+
+    # a hard corpus (noisy tokens, short queries): the stage beats the FDEs at equal N (0.76 vs 0.60)
+    assert recall(got) >= 0.7 and recall(got) > recall(fde)
+    one = r.search(queries[:1], k=10, n_candidates=100)  # mode auto, one query: the centroid stage
+    assert one.ids.tolist() == r.search(queries[:1], k=10, n_candidates=100, mode="centroids").ids.tolist()
+    with pytest.raises(ValueError, match="ef_search applies to HNSW"):
+        r.search(queries, k=5, ef_search=10)
+    with pytest.raises(ValueError, match="nprobe must be a positive integer"):
+        r.search(queries, k=5, nprobe=0)
+
+
+def test_save_load_verify_and_damage(corpus, tmp_path):
+    docs, queries = corpus
+    r = _build(docs)
+    before = r.search(queries, k=10, n_candidates=60, mode="centroids")
+    r.save(tmp_path / "i")
+    Retriever.verify(tmp_path / "i")
+    r2 = Retriever.load(tmp_path / "i")
+    after = r2.search(queries, k=10, n_candidates=60, mode="centroids")
+    assert after.ids.tolist() == before.ids.tolist() and np.array_equal(after.scores, before.scores)
+    # a code out of range is refused at load; a wrong (in-range) code by verify
+    codes = np.load(tmp_path / "i" / fmt.IVF_CODES)
+    m = json.loads((tmp_path / "i" / fmt.MANIFEST).read_text())
+    for value, where in ((64, "load"), (None, "verify")):
+        bad = codes.copy()
+        t = 17
+        bad[t, 0] = value if value is not None else (int(codes[t, 0]) + 32) % 64
+        np.save(tmp_path / "i" / fmt.IVF_CODES, bad)
+        m2 = dict(m, files=fmt.describe_files(tmp_path / "i", list(m["files"])))
+        m2.pop(fmt.CHECKSUM_FIELD)
+        fmt.write_manifest(tmp_path / "i", m2)
+        if where == "load":
+            with pytest.raises(IndexFormatError, match="names centroid 64, the stage has 64"):
+                Retriever.load(tmp_path / "i")
+        else:
+            with pytest.raises(IndexFormatError, match="centroid ids of 1 of"):
+                Retriever.verify(tmp_path / "i")
+
+
+def test_add_delete_compact_keep_the_stage_consistent(corpus, tmp_path):
+    docs, queries = corpus
+    extra = make_docs(40, seed=9)
+    r = _build(docs[:250])
+    cents = r.centroid_stage.centroids.copy()
+    r.add(docs[250:] + extra, doc_ids=list(range(250, 300)) + list(range(1000, 1040)))
+    stage = r.centroid_stage
+    assert np.array_equal(stage.centroids, cents)  # trained once, kept for adds
+    assert np.array_equal(np.asarray(stage.codes), stage.assign(r.codec.decode(np.asarray(r.tokens))))
+    lo, ld = build_lists(np.asarray(stage.codes), r.doc_offsets, stage.n_centroids)
+    assert np.array_equal(lo, stage.list_offsets) and np.array_equal(ld, stage.list_docs)
+    # a new document is found through the stage
+    q = [extra[3][:4]]
+    assert r.search(q, k=1, mode="centroids", n_candidates=50).ids[0, 0] == 1003
+    # deleted and subset-excluded documents never come back
+    r.delete([1003] + list(range(0, 100)))
+    res = r.search(queries + q, k=20, mode="centroids", n_candidates=80)
+    assert not (set(res.ids.ravel().tolist()) & ({1003} | set(range(100))))
+    sub = r.search(queries, k=5, mode="centroids", n_candidates=40, subset=list(range(200, 260)))
+    assert set(sub.ids.ravel().tolist()) - {-1} <= set(range(200, 260))
+    before = r.search(queries, k=10, mode="centroids", n_candidates=80)
+    r.compact()
+    after = r.search(queries, k=10, mode="centroids", n_candidates=80)
+    assert after.ids.tolist() == before.ids.tolist()
+    r.save(tmp_path / "c")
+    Retriever.verify(tmp_path / "c")
+    r.compact(retrain=True)
+    assert not np.array_equal(r.centroid_stage.centroids, cents)
+    r.save(tmp_path / "d")
+    Retriever.verify(tmp_path / "d")
+    assert Retriever.load(tmp_path / "d").search(queries, k=10, mode="exact").ids.tolist() == \
+        r.search(queries, k=10, mode="exact").ids.tolist()
+
+
+def test_sharded_index_with_the_stage(corpus, tmp_path):
+    from retriever.shards import ShardedRetriever
+
+    docs, queries = corpus
+    sr = ShardedRetriever.build(docs, doc_ids=list(range(len(docs))), n_shards=2, config=ON, show_progress=False)
+    assert all(s.centroid_stage is not None for s in sr.shards)
+    exact = _build(docs).search(queries, k=10, mode="exact").ids
+    assert sr.search(queries, k=10, mode="exact").ids.tolist() == exact.tolist()
+    got = sr.search(queries, k=10, n_candidates=100).ids
+    recall = np.mean([len(set(a) & set(b)) / 10 for a, b in zip(got.tolist(), exact.tolist())])
+    assert recall >= 0.7
+
+
+def test_failed_add_leaves_the_stage_unchanged(corpus, monkeypatch):
+    from lifecycle_util import results_of, state_of
+
+    docs, queries = corpus
+    r = _build(docs[:200])
+    before, answers = state_of(r), results_of(r, queries, mode="centroids", n_candidates=50)
+
+    def fail(self, x):
+        raise RuntimeError("injected")
+
+    monkeypatch.setattr(CentroidIndex, "assign", fail)
+    with pytest.raises(RuntimeError, match="injected"):
+        r.add(docs[200:210], doc_ids=list(range(200, 210)))
+    monkeypatch.undo()
+    real_add = type(r.faiss_index).add
+    monkeypatch.setattr(type(r.faiss_index), "add", lambda self, x: (_ for _ in ()).throw(MemoryError("injected")))
+    with pytest.raises(MemoryError, match="injected"):
+        r.add(docs[200:210], doc_ids=list(range(200, 210)))
+    monkeypatch.setattr(type(r.faiss_index), "add", real_add)
+    assert state_of(r) == before
+    assert results_of(r, queries, mode="centroids", n_candidates=50) == answers
+    r.add(docs[200:210], doc_ids=list(range(200, 210)))
+    assert r.centroid_stage.n_docs == 210
+
+
+def test_batch_search_in_groups_equals_one_query_at_a_time(corpus, monkeypatch):
+    import retriever.centroids as centroids_mod
+
+    docs, queries = corpus
+    r = _build(docs)
+    whole = r.search(queries, k=10, mode="centroids", n_candidates=40)
+    monkeypatch.setattr(centroids_mod, "_SCORE_BYTES", 4 * 64 * 9)  # groups of <= 9 query tokens
+    grouped = r.search(queries, k=10, mode="centroids", n_candidates=40)
+    singles = [r.search([q], k=10, mode="centroids", n_candidates=40) for q in queries]
+    assert grouped.ids.tolist() == whole.ids.tolist() == [s.ids[0].tolist() for s in singles]
+    np.testing.assert_array_equal(grouped.scores, whole.scores)
