@@ -672,7 +672,7 @@ def add_bench_parser(subparsers) -> None:
     p.add_argument("--k", type=int, default=100, help="results per query (default: 100)")
     p.add_argument("--n-candidates", type=n_candidates_arg, nargs="+", default=["auto"],
                    help="candidates reranked per query, or 'auto' (FDEs: 20 sqrt(n_docs); token centroid stage: "
-                        "40 n_docs^0.25; at least 10 k); one row each (default: auto)")
+                        "50 n_docs^0.25, at least 400; at least 10 k); one row each (default: auto)")
     p.add_argument("--results", default=str(DEFAULT_RESULTS), help="JSONL file to append rows to")
     p.add_argument("--cache-dir", default=str(DEFAULT_CACHE_DIR), help="cached indexes and exact results")
     p.add_argument("--baselines", default=",".join(BASELINES),

@@ -39,11 +39,16 @@ from .configs import check_keys
 
 log = logging.getLogger(__name__)
 
-__all__ = ["CentroidConfig", "CentroidIndex", "auto_n_centroids", "auto_candidates", "AUTO_MIN_DOCS"]
+__all__ = ["CentroidConfig", "CentroidIndex", "auto_n_centroids", "auto_candidates", "AUTO_MIN_DOCS", "AUTO_SCALE",
+           "AUTO_FLOOR"]
 
-#: ``CentroidConfig.enabled="auto"`` builds the stage for corpora of at least this many documents.
-#: Below it the FDE stage is as fast (bench/scale.py and bench/centroids.py measure both).
-AUTO_MIN_DOCS = 50_000
+#: ``CentroidConfig.enabled="auto"`` builds the stage for corpora of at least this many documents
+#: (the size from which ``faiss_factory="auto"`` compresses FDEs). The stage beat the FDEs at every
+#: size measured, on tuning queries: NFCorpus dev (3,633 documents) Chamfer recall@10 0.974 at 6.9x
+#: exhaustive speed (N=400) where the FDEs need N=1,205 for 0.96 at 2.8x; SciFact train 0.985 at
+#: 13x (N=200); the 100k / 1M synthetic corpora 0.982 at 3.9 ms / 0.971 at 13.5 ms against 0.95 at
+#: 16.6 ms / 0.961 at 107 ms (bench/results/centroids_tuning.md).
+AUTO_MIN_DOCS = 2048
 _KMEANS_ITERS = 10
 _POINTS_PER_CENTROID = 32  # sample tokens per fine centroid wanted (the byte budget may give fewer)
 _ASSIGN_ROWS = 1 << 16  # tokens assigned per step
@@ -112,24 +117,30 @@ def _is_int(x) -> bool:
 
 def auto_n_centroids(n_tokens: int) -> int:
     """Fine centroids for ``n_tokens`` stored tokens: the power of two nearest ``6 * sqrt(n_tokens)``,
-    within [16, 65,536] and at most ``n_tokens / 8`` (16,384 for 6.8 M tokens = 100,000
-    MS MARCO-length documents, 65,536 for 68 M). PLAID takes ``16 * sqrt(n)``; on the 100k synthetic
-    corpus 16,384 centroids gave Chamfer recall@10 0.96-0.98 (tuning queries) at 8 lists per query
-    token, and fewer centroids make the lists, and so the scan, longer."""
+    within [16, 65,536] and at most ``n_tokens / 8`` (8,192 for SciFact's 1.5 M tokens, 16,384 for
+    6.8 M tokens = 100,000 MS MARCO-length documents, 65,536 for 68 M). PLAID takes
+    ``16 * sqrt(n)``; fewer centroids make each list, and so the scan, longer; more make the
+    per-query centroid scoring (a ``(query tokens, n_centroids)`` product) the larger cost: at 65,536
+    it is already ~3.6 ms of a 13 ms query at 1M documents."""
     if n_tokens < 1:
         raise ValueError(f"n_tokens must be >= 1, got {n_tokens}")
     c = 1 << max(0, round(math.log2(max(1.0, 6.0 * math.sqrt(n_tokens)))))
     return int(max(2, min(c, 1 << 16, max(16, n_tokens // 8))))
 
 
-#: ``n_candidates="auto"`` with the centroid stage reranks ``AUTO_SCALE * n_docs ** 0.25`` documents
-#: (at least ``10 * k``).
-AUTO_SCALE = 40.0
+#: ``n_candidates="auto"`` with the centroid stage reranks ``AUTO_SCALE * n_docs ** 0.25`` documents,
+#: at least ``AUTO_FLOOR`` and ``10 * k`` (at most every document). Tuned on tuning queries only
+#: (nprobe 16): Chamfer recall@10 >= 0.98 needed N ~450 on NFCorpus dev (7-token queries), ~250 on
+#: SciFact train, ~500 on the 100k synthetic corpus and ~1,500 on 1M; the rule gives 400 / 425 / 889 /
+#: 1,581 (bench/results/centroids_tuning.md).
+AUTO_SCALE = 50.0
+AUTO_FLOOR = 400
 
 
 def auto_candidates(n_docs: int, k: int) -> int:
     """Documents the centroid stage hands to the exact rerank for ``n_docs`` searchable documents."""
-    return int(min(max(n_docs, 1), max(10 * int(k), round(AUTO_SCALE * float(n_docs) ** 0.25))))
+    want = max(AUTO_FLOOR, 10 * int(k), round(AUTO_SCALE * float(max(n_docs, 1)) ** 0.25))
+    return int(min(max(n_docs, 1), want))
 
 
 def _kmeans(x: np.ndarray, k: int, seed: int) -> np.ndarray:

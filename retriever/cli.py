@@ -280,7 +280,7 @@ def build_parser() -> argparse.ArgumentParser:
     ps.add_argument("--k", type=int, default=10)
     ps.add_argument("--n-candidates", type=n_candidates_arg, default="auto",
                     help="candidates reranked per query, or 'auto' (default: 20 sqrt(n_docs) FDE candidates, "
-                         "40 n_docs^0.25 from the centroid stage; at least 10 k)")
+                         "50 n_docs^0.25 (at least 400) from the centroid stage; at least 10 k)")
     ps.add_argument("--mode", choices=["auto", "fde", "centroids", "exact"], default="auto",
                     help="auto (default): candidates from the centroid stage when the index has one, else the "
                          "FDEs, then exact rerank; or exhaustive where that is cheaper")

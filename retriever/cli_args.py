@@ -37,7 +37,7 @@ def add_index_config_args(p) -> None:
                    help="one vector per whole word (mean of its sub-word tokens) before --pool-factor")
     p.add_argument("--centroids", dest="centroids", default="auto", choices=["auto", "on", "off"],
                    help="token centroid candidate stage (PLAID-style lists; default auto: built for corpora of "
-                        "50,000+ documents)")
+                        "2,048+ documents)")
     p.add_argument("--ivf-centroids", dest="ivf_centroids", type=int, default=None,
                    help="centroids of the token centroid stage (default: chosen from the corpus's token count)")
     p.add_argument("--ivf-nprobe", dest="ivf_nprobe", type=int, default=16,

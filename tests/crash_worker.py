@@ -19,6 +19,7 @@ Environment:
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import signal
 import sys
@@ -27,15 +28,18 @@ import time
 import numpy as np
 
 from lifecycle_util import CFG, make_docs
+from retriever.centroids import CentroidConfig
 
 N0 = 150  # documents of generation 0
+# with the token centroid stage (auto would leave it out at this size), so kills cover its files too
+CRASH_CFG = dataclasses.replace(CFG, centroids=CentroidConfig(enabled=True, n_centroids=32))
 OPS = ("add", "delete", "upsert", "compact", "readd", "add_many", "delete")
 
 
 def gen0_index():
     from retriever.index import Retriever
 
-    return Retriever.build(make_docs(N0, seed=0), doc_ids=[f"g0-{j}" for j in range(N0)], config=CFG,
+    return Retriever.build(make_docs(N0, seed=0), doc_ids=[f"g0-{j}" for j in range(N0)], config=CRASH_CFG,
                            show_progress=False)
 
 
