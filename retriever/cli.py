@@ -147,6 +147,25 @@ def cmd_serve(args) -> int:
     return 0
 
 
+def cmd_centroids(args) -> int:
+    import dataclasses
+
+    from .index import Retriever
+
+    r = Retriever.load(args.index)
+    cfg = r.config.centroids
+    changes = {"enabled": not args.off}
+    if args.ivf_centroids is not None:
+        changes["n_centroids"] = args.ivf_centroids
+    if args.ivf_nprobe is not None:
+        changes["nprobe"] = args.ivf_nprobe
+    r.rebuild_centroids(dataclasses.replace(cfg, **changes), show_progress=True)
+    r.save(args.index)
+    stage = r.centroid_stage
+    print(f"{args.index}: token centroid stage " + (f"with {stage.n_centroids} centroids" if stage else "removed"))
+    return 0
+
+
 def cmd_verify(args) -> int:
     from .format import IndexFormatError
     from .index import Retriever
@@ -297,6 +316,16 @@ def build_parser() -> argparse.ArgumentParser:
     ps.add_argument("--tag", default="retriever", help="run tag in the TREC file")
     add_encoder_args(ps, None)
     ps.set_defaults(func=cmd_search)
+
+    pc = sub.add_parser("centroids", help="(re)build or remove the token centroid candidate stage of an index in "
+                                          "place (from its stored tokens; saved atomically)")
+    pc.add_argument("index")
+    pc.add_argument("--ivf-centroids", dest="ivf_centroids", type=int, default=None,
+                    help="centroids (default: the index's setting, else chosen from its token count)")
+    pc.add_argument("--ivf-nprobe", dest="ivf_nprobe", type=int, default=None,
+                    help="lists probed per query token by default (default: the index's setting)")
+    pc.add_argument("--off", action="store_true", help="remove the stage instead")
+    pc.set_defaults(func=cmd_centroids)
 
     pv = sub.add_parser("verify", help="check an index directory fully (sizes, checksums, loadability)")
     pv.add_argument("index")

@@ -745,6 +745,22 @@ class Retriever:
         with self._write_lock:
             return compact_index(self, retrain=retrain)
 
+    def rebuild_centroids(self, config: CentroidConfig | None = None, *, show_progress: bool = False) -> None:
+        """(Re)build the token centroid stage from the stored tokens, or remove it.
+
+        For an index built before the stage existed (or with it off), or to change its settings:
+        ``config`` (default: the index's ``CentroidConfig`` with ``enabled=True``) is trained on a
+        sample of the stored tokens and every token is assigned, as a build does; with
+        ``enabled=False`` the stage is dropped. Nothing else changes (tokens, FDEs, ids). Durable
+        once saved; ``retriever centroids PATH`` does it on disk. Not safe while other threads search.
+        """
+        from .lifecycle import rebuild_centroid_stage
+
+        if config is not None and not isinstance(config, CentroidConfig):
+            raise TypeError(f"config must be a CentroidConfig, got {type(config).__name__}")
+        with self._write_lock:
+            rebuild_centroid_stage(self, config, show_progress=show_progress)
+
     # -- persistence -----------------------------------------------------------------------
     def save(self, path: str | Path) -> None:
         """Write the index to directory ``path`` atomically (temporary directory + rename).

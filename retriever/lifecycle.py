@@ -434,6 +434,26 @@ def _compacted_centroids(r: Retriever, live: np.ndarray, tokens, offsets: np.nda
     return CentroidIndex(old.centroids, old.coarse, old.cells, codes=codes, doc_offsets=offsets)
 
 
+def rebuild_centroid_stage(r: Retriever, config, *, show_progress: bool = False) -> None:
+    """See :meth:`Retriever.rebuild_centroids`."""
+    import dataclasses
+
+    config = config if config is not None else dataclasses.replace(r.config.centroids, enabled=True)
+    if config.enabled == "auto":
+        config = config.resolved(len(r.doc_ids))
+    stage = None
+    if config.enabled:
+        workdir = Path(tempfile.mkdtemp(prefix="retriever-"))
+        try:
+            stage = fill_centroids(config, r.codec, r.tokens, r.doc_offsets, workdir, show_progress=show_progress)
+            stage.codes = np.array(stage.codes)  # in memory until saved
+        finally:
+            shutil.rmtree(workdir, ignore_errors=True)
+    r.centroid_stage = stage
+    r.config = dataclasses.replace(r.config, centroids=dataclasses.replace(config, enabled=bool(config.enabled)))
+    log.info("%s the token centroid stage of %r", "rebuilt" if stage is not None else "removed", r)
+
+
 _RETRAIN_SAMPLE_DOCS = 4096  # documents whose (decoded) tokens a codec retraining samples at most
 
 

@@ -350,3 +350,29 @@ def test_batch_search_in_groups_equals_one_query_at_a_time(corpus, monkeypatch):
     singles = [r.search([q], k=10, mode="centroids", n_candidates=40) for q in queries]
     assert grouped.ids.tolist() == whole.ids.tolist() == [s.ids[0].tolist() for s in singles]
     np.testing.assert_array_equal(grouped.scores, whole.scores)
+
+
+def test_rebuild_centroids_adds_changes_and_removes_the_stage(corpus, tmp_path):
+    from retriever.cli import main
+
+    docs, queries = corpus
+    plain = IndexConfig(fde=SMALL_FDE, codec="float16", centroids=False)
+    r = _build(docs, config=plain)
+    assert r.centroid_stage is None
+    exact = r.search(queries, k=10, mode="exact")
+    r.save(tmp_path / "i")
+    assert main(["centroids", str(tmp_path / "i"), "--ivf-centroids", "64"]) == 0
+    Retriever.verify(tmp_path / "i")
+    r2 = Retriever.load(tmp_path / "i")
+    assert r2.centroid_stage.n_centroids == 64 and r2.config.centroids.enabled is True
+    built = _build(docs)  # the same config from the start: the same stage
+    assert np.array_equal(np.asarray(r2.centroid_stage.codes), np.asarray(built.centroid_stage.codes))
+    assert r2.search(queries, k=10, mode="exact").ids.tolist() == exact.ids.tolist()
+    assert r2.search(queries, k=10, n_candidates=60).ids.tolist() == \
+        built.search(queries, k=10, n_candidates=60).ids.tolist()
+    assert main(["centroids", str(tmp_path / "i"), "--off"]) == 0
+    r3 = Retriever.load(tmp_path / "i")
+    assert r3.centroid_stage is None and r3.config.centroids.enabled is False
+    assert fmt.IVF_CODES not in json.loads((tmp_path / "i" / fmt.MANIFEST).read_text())["files"]
+    with pytest.raises(TypeError, match="config must be a CentroidConfig"):
+        r3.rebuild_centroids("on")
