@@ -12,8 +12,8 @@ documents). This stage works at the token level instead, as PLAID and WARP do:
   nearest coarse cell (``codes``, 2 bytes per token up to 65,536 centroids);
 * **load**: inverted lists ``centroid -> documents`` built from the codes (4 bytes per distinct
   (centroid, document) pair, ~0.8 per token; derived, never stored);
-* **search**: each query token's inner products with every centroid, its ``nprobe`` best
-  lists, and the approximate late-interaction score of every document those lists hold
+* **search**: each query token's inner products with the coarse centroids, then with the fine
+  centroids of its ``probe_cells`` best cells, its ``nprobe`` best lists, and the approximate late-interaction score of every document those lists hold
   (``kernels.centroids``); the best ``n_candidates`` are reranked by exact MaxSim over the
   stored tokens like FDE candidates.
 
@@ -31,9 +31,8 @@ from dataclasses import asdict, dataclass
 
 import faiss
 import numpy as np
-import torch
 
-from kernels.centroids import build_lists, centroid_candidates, top_centroids
+from kernels.centroids import build_lists, centroid_candidates, probe_cells
 
 from .configs import check_keys
 
@@ -52,7 +51,6 @@ AUTO_MIN_DOCS = 2048
 _KMEANS_ITERS = 10
 _POINTS_PER_CENTROID = 32  # sample tokens per fine centroid wanted (the byte budget may give fewer)
 _ASSIGN_ROWS = 1 << 16  # tokens assigned per step
-_SCORE_BYTES = 64 << 20  # query token x centroid scores held at once by a batch search
 
 
 @dataclass(frozen=True)
@@ -68,6 +66,12 @@ class CentroidConfig:
         Fine centroids; ``None`` = :func:`auto_n_centroids` of the corpus's token count.
     nprobe : int
         Lists probed per query token at search (default 16; ``search(nprobe=...)`` overrides).
+    probe_cells : int
+        Coarse cells whose fine centroids a query token is scored against (default 8 of 256 at
+        65,536 centroids; more when they hold fewer than ``nprobe``). Scoring every centroid took
+        4.4 ms per query at 1M documents against 0.6 ms, at the same recall (0.971 vs 0.974 on
+        tuning queries, N=1,000): tokens are assigned within their nearest cell, so the lists
+        worth probing are in the nearest cells.
     max_train_bytes : int
         Bound on the float32 sample tokens k-means trains on (default 256 MB).
     seed : int
@@ -77,6 +81,7 @@ class CentroidConfig:
     enabled: bool | str = "auto"
     n_centroids: int | None = None
     nprobe: int = 16
+    probe_cells: int = 8
     max_train_bytes: int = 256 << 20
     seed: int = 1
 
@@ -87,6 +92,8 @@ class CentroidConfig:
             raise ValueError(f"CentroidConfig.n_centroids must be None or an integer in [2, 2**24], got {self.n_centroids!r}")
         if not _is_int(self.nprobe) or not 1 <= self.nprobe <= 1 << 16:
             raise ValueError(f"CentroidConfig.nprobe must be an integer in [1, 65536], got {self.nprobe!r}")
+        if not _is_int(self.probe_cells) or not 1 <= self.probe_cells <= 1 << 24:
+            raise ValueError(f"CentroidConfig.probe_cells must be an integer in [1, 2**24], got {self.probe_cells!r}")
         if not _is_int(self.max_train_bytes) or self.max_train_bytes < 1 << 16:
             raise ValueError(f"CentroidConfig.max_train_bytes must be an integer >= 65536, got {self.max_train_bytes!r}")
         if not _is_int(self.seed) or self.seed < 0:
@@ -185,7 +192,6 @@ class CentroidIndex:
                 or self.cells[0] != 0 or self.cells[-1] != k or np.any(np.diff(self.cells) < 0):
             raise ValueError(f"centroid arrays have shapes {self.centroids.shape}, {self.coarse.shape}, {self.cells.shape}: "
                              f"expected (k, dim), (k1, dim) and CSR offsets (k1 + 1,) ending at k")
-        self._centroids_t = torch.from_numpy(self.centroids).T
         self.codes = codes
         self.list_offsets = self.list_docs = None
         self.n_docs = 0
@@ -252,33 +258,22 @@ class CentroidIndex:
         self.list_offsets, self.list_docs = build_lists(np.asarray(codes), np.asarray(doc_offsets), self.n_centroids)
         self.n_docs = int(len(doc_offsets) - 1)
 
-    def candidates(self, q_vectors: np.ndarray, q_offsets: np.ndarray, n: int, nprobe: int,
+    def candidates(self, q_vectors: np.ndarray, q_offsets: np.ndarray, n: int, nprobe: int, probe_cells_: int,
                    allowed: np.ndarray | None = None) -> np.ndarray:
-        """int64 (n_queries, n) candidate rows per query, best approximate score first, -1 padded."""
+        """int64 (n_queries, n) candidate rows per query, best approximate score first, -1 padded.
+
+        Each query token probes its ``nprobe`` best fine centroids within its ``probe_cells_`` best
+        coarse cells."""
         if self.list_offsets is None:
             raise RuntimeError("the centroid stage has no codes attached")
         nprobe = int(min(nprobe, self.n_centroids))
         q_offsets = np.asarray(q_offsets, dtype=np.int64)
         n_queries = q_offsets.size - 1
-        out = np.empty((n_queries, int(n)), np.int64)
-        # queries in groups whose (query tokens x centroids) score matrix stays within _SCORE_BYTES
-        budget = max(1, _SCORE_BYTES // (4 * self.n_centroids))
-        q0 = 0
-        while q0 < n_queries:
-            q1 = max(q0 + 1, int(np.searchsorted(q_offsets, q_offsets[q0] + budget, side="right")) - 1)
-            q1 = min(q1, n_queries)
-            a, b = int(q_offsets[q0]), int(q_offsets[q1])
-            # torch's matmul runs on the OpenMP pool the numba kernels share: numpy's BLAS keeps threads of
-            # its own spinning after the product, which slowed the following MaxSim rerank ~2x (1.1 vs 5.3 ms)
-            q = torch.from_numpy(np.ascontiguousarray(q_vectors[a:b], dtype=np.float32))
-            scores = (q @ self._centroids_t).numpy()
-            top = top_centroids(scores, nprobe)
-            n_threads = 1 if q1 - q0 == 1 else max(1, min(4, faiss.omp_get_max_threads()))
-            out[q0:q1], _ = centroid_candidates(scores, q_offsets[q0 : q1 + 1] - a, top, self.list_offsets,
-                                                self.list_docs, self.n_docs, int(n), allowed=allowed,
-                                                n_threads=n_threads)
-            q0 = q1
-        return out
+        top, top_scores = probe_cells(q_vectors, self.coarse, self.centroids, self.cells, int(probe_cells_), nprobe)
+        n_threads = 1 if n_queries == 1 else max(1, min(4, faiss.omp_get_max_threads()))
+        rows, _ = centroid_candidates(top_scores, q_offsets, top, self.list_offsets, self.list_docs, self.n_docs, int(n),
+                                      allowed=allowed, n_threads=n_threads)
+        return rows
 
     # -- persistence -------------------------------------------------------------------------------
     def arrays(self) -> dict:

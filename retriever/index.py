@@ -556,7 +556,8 @@ class Retriever:
     def _candidates(self, q: TokenEmbeddings, n: int, stage: str, ef_search, nprobe, allowed) -> np.ndarray:
         """int64 (n_q, n) candidate rows (-1 padded) from the centroid stage or the FDE index."""
         if stage == "centroids":
-            return self.centroid_stage.candidates(q.vectors, q.offsets, n, int(nprobe or self.config.centroids.nprobe),
+            cfg = self.config.centroids
+            return self.centroid_stage.candidates(q.vectors, q.offsets, n, int(nprobe or cfg.nprobe), cfg.probe_cells,
                                                   allowed=allowed)
         return faiss_search(self.faiss_index, self.fde_encoder.encode_queries(q), n, ef_search=ef_search,
                             nprobe=nprobe, allowed=allowed)

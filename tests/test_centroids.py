@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from kernels.centroids import build_lists, centroid_candidates, top_centroids
+from kernels.centroids import build_lists, centroid_candidates, probe_cells
 from lifecycle_util import SMALL_FDE, make_docs, make_queries, unit
 from retriever import IndexConfig, Retriever
 from retriever import format as fmt
@@ -28,21 +28,38 @@ def lists_ref(codes, doc_offsets, k):
     return out
 
 
-def top_ref(scores, nprobe):
-    # best first; equal scores: lower column first
-    return np.array([sorted(range(row.size), key=lambda c: (-row[c], c))[:nprobe] for row in scores])
+def probe_ref(q, coarse, centroids, cells, n_cells, nprobe):
+    """Best fine centroids within the best coarse cells (enough cells for nprobe centroids), by brute force."""
+    top, vals = [], []
+    for x in q.astype(np.float64):
+        order = sorted(range(coarse.shape[0]), key=lambda c: (-float(np.float32(coarse[c] @ x)), c))
+        cand, r = [], 0
+        while r < len(order) and (r < n_cells or len(cand) < nprobe):
+            cand += list(range(cells[order[r]], cells[order[r] + 1]))
+            r += 1
+        s = {f: centroids[f].astype(np.float64) @ x for f in cand}
+        best = sorted(cand, key=lambda f: (-s[f], f))[:nprobe]
+        top.append(best)
+        vals.append([s[f] for f in best])
+    return np.array(top), np.array(vals)
 
 
-def approx_ref(scores, top, lists, n_docs, allowed=None):
-    """Centroid interaction with missing-token imputation, per document (None = not found)."""
+def top_of(scores, nprobe):
+    """Exact top-nprobe columns of a full score matrix and their scores (equal scores: lower column first)."""
+    top = np.array([sorted(range(row.size), key=lambda c: (-row[c], c))[:nprobe] for row in scores])
+    return top, np.take_along_axis(scores, top, 1)
+
+
+def approx_ref(top_scores, top, lists, n_docs, allowed=None):
+    """Centroid interaction with missing-token imputation, per document, and which documents were found."""
     total = np.zeros(n_docs)
     found = np.zeros(n_docs, bool)
-    for i in range(scores.shape[0]):
-        miss = scores[i, top[i, -1]]
+    for i in range(top.shape[0]):
+        miss = top_scores[i, -1]
         best = np.full(n_docs, -np.inf)
-        for c in top[i]:
+        for j, c in enumerate(top[i]):
             for d in lists[c]:
-                best[d] = max(best[d], scores[i, c])
+                best[d] = max(best[d], top_scores[i, j])
         hit = np.isfinite(best)
         found |= hit
         total += np.where(hit, best, miss)
@@ -51,12 +68,12 @@ def approx_ref(scores, top, lists, n_docs, allowed=None):
     return total, found
 
 
-def candidates_ref(scores, q_offsets, top, lists, n_docs, k, allowed=None):
+def candidates_ref(top_scores, q_offsets, top, lists, n_docs, k, allowed=None):
     rows = np.full((len(q_offsets) - 1, k), -1)
     vals = np.full((len(q_offsets) - 1, k), -np.inf)
     for q in range(len(q_offsets) - 1):
         a, b = q_offsets[q], q_offsets[q + 1]
-        total, found = approx_ref(scores[a:b], top[a:b], lists, n_docs, allowed)
+        total, found = approx_ref(top_scores[a:b], top[a:b], lists, n_docs, allowed)
         docs = sorted(np.flatnonzero(found).tolist(), key=lambda d: (-np.float32(total[d]), d))[:k]
         rows[q, : len(docs)] = docs
         vals[q, : len(docs)] = total[docs]
@@ -91,13 +108,33 @@ def test_build_lists_rejects_bad_codes():
         build_lists(np.array([0, 1], np.uint16), offsets, 4)
 
 
-@pytest.mark.parametrize("nprobe", [1, 3, 16])
-def test_top_centroids_matches_reference(nprobe):
-    rng = np.random.default_rng(nprobe)
-    scores = rng.integers(0, 5, size=(7, 16)).astype(np.float32)  # many ties
-    assert top_centroids(scores, nprobe).tolist() == top_ref(scores, nprobe).tolist()
+@pytest.mark.parametrize("n_cells", [1, 2, 5])
+@pytest.mark.parametrize("nprobe", [1, 3, 12])
+def test_probe_cells_matches_reference(n_cells, nprobe):
+    rng = np.random.default_rng(10 * n_cells + nprobe)
+    d, sizes = 8, np.array([3, 0, 5, 2, 4])  # an empty cell, and cells smaller than nprobe
+    cells = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
+    centroids = unit(rng.standard_normal((int(cells[-1]), d)))
+    centroids[3] = centroids[0]  # equal scores within a cell: the lower id first
+    coarse = unit(rng.standard_normal((sizes.size, d)))
+    q = unit(rng.standard_normal((6, d)))
+    top, vals = probe_cells(q, coarse, centroids, cells, n_cells, nprobe)
+    ref_top, ref_vals = probe_ref(q, coarse, centroids, cells, n_cells, nprobe)
+    assert top.tolist() == ref_top.tolist()
+    np.testing.assert_allclose(vals, ref_vals, rtol=1e-5, atol=1e-6)
     with pytest.raises(ValueError, match="nprobe must be in"):
-        top_centroids(scores, 17)
+        probe_cells(q, coarse, centroids, cells, n_cells, 15)
+
+
+def test_probing_every_cell_scores_every_centroid():
+    rng = np.random.default_rng(3)
+    centroids, coarse = unit(rng.standard_normal((40, 8))), unit(rng.standard_normal((4, 8)))
+    cells = np.array([0, 10, 20, 30, 40], np.int64)
+    q = unit(rng.standard_normal((5, 8)))
+    top, vals = probe_cells(q, coarse, centroids, cells, 4, 7)
+    ref_top, ref_vals = top_of(q @ centroids.T, 7)
+    assert top.tolist() == ref_top.tolist()
+    np.testing.assert_allclose(vals, ref_vals, rtol=1e-5)
 
 
 @pytest.mark.parametrize("seed", range(6))
@@ -112,11 +149,12 @@ def test_centroid_candidates_match_reference(seed, threads):
     q_off = np.concatenate([[0], np.cumsum(q_len)]).astype(np.int64)
     scores = rng.standard_normal((int(q_off[-1]), kc)).astype(np.float32)
     nprobe = int(rng.integers(1, 5))
-    top = top_centroids(scores, nprobe)
+    top, top_scores = top_of(scores, nprobe)
     allowed = (rng.random(n_docs) > 0.3).astype(np.uint8) if seed % 2 else None
     for k in (1, 7, 60):  # 60 > documents: padded
-        rows, vals = centroid_candidates(scores, q_off, top, lo, ld, n_docs, k, allowed=allowed, n_threads=threads)
-        ref_rows, ref_vals = candidates_ref(scores, q_off, top, lists, n_docs, k, allowed)
+        rows, vals = centroid_candidates(top_scores, q_off, top, lo, ld, n_docs, k, allowed=allowed,
+                                         n_threads=threads)
+        ref_rows, ref_vals = candidates_ref(top_scores, q_off, top, lists, n_docs, k, allowed)
         assert rows.tolist() == ref_rows.tolist()
         np.testing.assert_allclose(vals, ref_vals, rtol=1e-5, atol=1e-5)
 
@@ -126,8 +164,8 @@ def test_centroid_candidates_tie_break_is_lower_row():
     offsets = np.arange(11, dtype=np.int64)
     codes = np.zeros(10, np.uint16)
     lo, ld = build_lists(codes, offsets, 2)
-    scores = np.array([[1.0, 0.5]], np.float32)
-    rows, _ = centroid_candidates(scores, np.array([0, 1], np.int64), top_centroids(scores, 1), lo, ld, 10, 3)
+    top, top_scores = np.array([[0]]), np.array([[1.0]], np.float32)
+    rows, _ = centroid_candidates(top_scores, np.array([0, 1], np.int64), top, lo, ld, 10, 3)
     assert rows.tolist() == [[0, 1, 2]]
 
 
@@ -163,7 +201,7 @@ def test_assign_is_the_best_fine_centroid_of_the_nearest_cell():
 
 
 @pytest.mark.parametrize("bad", [dict(enabled="yes"), dict(n_centroids=1), dict(n_centroids=2.5), dict(nprobe=0),
-                                 dict(max_train_bytes=10), dict(seed=-1)])
+                                 dict(probe_cells=0), dict(max_train_bytes=10), dict(seed=-1)])
 def test_centroid_config_names_the_bad_field(bad):
     field = next(iter(bad))
     with pytest.raises(ValueError, match=f"CentroidConfig.{field}"):
@@ -339,17 +377,13 @@ def test_failed_add_leaves_the_stage_unchanged(corpus, monkeypatch):
     assert r.centroid_stage.n_docs == 210
 
 
-def test_batch_search_in_groups_equals_one_query_at_a_time(corpus, monkeypatch):
-    import retriever.centroids as centroids_mod
-
+def test_batch_search_equals_one_query_at_a_time(corpus):
     docs, queries = corpus
     r = _build(docs)
-    whole = r.search(queries, k=10, mode="centroids", n_candidates=40)
-    monkeypatch.setattr(centroids_mod, "_SCORE_BYTES", 4 * 64 * 9)  # groups of <= 9 query tokens
-    grouped = r.search(queries, k=10, mode="centroids", n_candidates=40)
+    whole = r.search(queries, k=10, mode="centroids", n_candidates=40)  # two workers
     singles = [r.search([q], k=10, mode="centroids", n_candidates=40) for q in queries]
-    assert grouped.ids.tolist() == whole.ids.tolist() == [s.ids[0].tolist() for s in singles]
-    np.testing.assert_array_equal(grouped.scores, whole.scores)
+    assert whole.ids.tolist() == [s.ids[0].tolist() for s in singles]
+    np.testing.assert_array_equal(whole.scores, np.concatenate([s.scores for s in singles]))
 
 
 def test_rebuild_centroids_adds_changes_and_removes_the_stage(corpus, tmp_path):
