@@ -222,6 +222,8 @@ class Retriever:
         self.doc_offsets = doc_offsets
         self.doc_ids = doc_ids
         self.id_type = id_type
+        self._faiss_lock = threading.Lock()
+        self._faiss_loader = None  # reads fde.faiss on first use (see load)
         self.faiss_index = faiss_index
         self.config = config
         self.codec = codec if codec is not None else TokenCodec.untrained(config.codec, int(tokens.shape[1]))
@@ -252,6 +254,27 @@ class Retriever:
             old()  # memory maps of its files stay valid until they are released
 
     # -- properties ------------------------------------------------------------------------
+    @property
+    def faiss_index(self):
+        """The FAISS index of the document FDEs. A loaded index with the token centroid stage reads
+        it on first use (searches use the centroid stage: the FDEs stay on disk, 1.3 KB per document)."""
+        if self._faiss_index is None and self._faiss_loader is not None:
+            with self._faiss_lock:
+                if self._faiss_index is None and self._faiss_loader is not None:
+                    self._faiss_index = self._faiss_loader()
+                    self._faiss_loader = None
+        return self._faiss_index
+
+    @faiss_index.setter
+    def faiss_index(self, index) -> None:
+        self._faiss_index = index
+        self._faiss_loader = None
+
+    @property
+    def faiss_loaded(self) -> bool:
+        """Whether the FDE index is in memory (see :attr:`faiss_index`)."""
+        return self._faiss_index is not None
+
     @property
     def n_docs(self) -> int:
         """Documents that can be returned (deleted ones excluded)."""
@@ -886,22 +909,25 @@ class Retriever:
             raise fmt.IndexFormatError(f"{path / fmt.DOC_IDS} has {len(raw)} ids, the manifest says {n_docs}")
         id_type = m["id_type"]
         ids = _parse_ids(path / fmt.DOC_IDS, raw, id_type)
-        try:
-            index = faiss.read_index(str(path / fmt.FAISS))
-        except RuntimeError as e:
-            raise fmt.IndexFormatError(f"{path / fmt.FAISS} is not a readable FAISS index: {e}") from None
-        if index.ntotal != n_docs or index.d != int(m["fde_dim"]):
-            raise fmt.IndexFormatError(
-                f"{path / fmt.FAISS} holds {index.ntotal} vectors of dim {index.d}, "
-                f"the manifest says {n_docs} of dim {m['fde_dim']}"
-            )
         dense, lexical = _load_hybrid(path, m, config, n_docs, mmap)
         stage = _load_centroid_stage(path, m, config, dim, n_tokens, offsets)
+        # the file is opened now (a later save over this directory cannot change what is read) and, with
+        # the centroid stage, read on first use: default searches never need it
+        fh = open(path / fmt.FAISS, "rb")
+        loader = _faiss_reader(fh, path / fmt.FAISS, n_docs, int(m["fde_dim"]))
+        try:
+            index = loader() if stage is None or verify else None
+        except BaseException:
+            fh.close()
+            raise
         r = cls(
             tokens=tokens, doc_offsets=offsets, doc_ids=ids, id_type=id_type, faiss_index=index,
             config=config, codec=codec, encoder_info=m.get("encoder"), deleted=deleted,
             dense=dense, lexical=lexical, centroid_stage=stage,
         )
+        if index is None:
+            r._faiss_loader = loader
+            weakref.finalize(r, fh.close)
         if r.fde_encoder.output_dim != int(m["fde_dim"]):
             raise fmt.IndexFormatError(f"{path / fmt.MANIFEST}: fde_dim {m['fde_dim']} does not match its FDE config")
         if encoder is not None:
@@ -1015,6 +1041,27 @@ def _load_codec(path: Path, m: dict, config: IndexConfig, dim: int) -> TokenCode
         return TokenCodec.from_arrays(config.codec, dim, arrays)
     except ValueError as e:
         raise fmt.IndexFormatError(f"{path}: bad codec: {e}") from None
+
+
+def _faiss_reader(fh, name: Path, n_docs: int, fde_dim: int):
+    """A function reading the FAISS index from the open file ``fh`` (then closing it), checking its shape."""
+
+    def read():
+        try:
+            fh.seek(0)
+            data = np.frombuffer(fh.read(), dtype=np.uint8)
+            index = faiss.deserialize_index(data)
+        except RuntimeError as e:
+            raise fmt.IndexFormatError(f"{name} is not a readable FAISS index: {e}") from None
+        finally:
+            fh.close()
+        if index.ntotal != n_docs or index.d != fde_dim:
+            raise fmt.IndexFormatError(
+                f"{name} holds {index.ntotal} vectors of dim {index.d}, the manifest says {n_docs} of dim {fde_dim}"
+            )
+        return index
+
+    return read
 
 
 def _load_codes(path: Path, stage: CentroidIndex, n_tokens: int) -> np.ndarray:

@@ -216,7 +216,9 @@ class SearchService:
                 "n_deleted": int(r.deleted.sum()), "n_tokens": r.n_tokens, "dim": r.dim,
                 "config": r.config.to_dict(), "codec": r.codec.describe(),
                 "index_bytes_on_disk": int(sum(f.stat().st_size for f in files)),
-                "faiss_bytes_in_memory": int(r.faiss_index.sa_code_size() * r.faiss_index.ntotal),
+                "faiss_bytes_in_memory": int(r.faiss_index.sa_code_size() * r.faiss_index.ntotal)
+                if r.faiss_loaded else 0,
+                "centroid_stage_bytes_in_memory": r.centroid_stage.nbytes_resident() if r.centroid_stage else 0,
                 "read_only": self.read_only, "uptime_s": round(time.time() - self.started, 1),
                 "latency_ms": {"p50": round(float(np.percentile(lat, 50)), 3) if lat.size else None,
                                "p99": round(float(np.percentile(lat, 99)), 3) if lat.size else None,

@@ -410,3 +410,31 @@ def test_rebuild_centroids_adds_changes_and_removes_the_stage(corpus, tmp_path):
     assert fmt.IVF_CODES not in json.loads((tmp_path / "i" / fmt.MANIFEST).read_text())["files"]
     with pytest.raises(TypeError, match="config must be a CentroidConfig"):
         r3.rebuild_centroids("on")
+
+
+def test_fde_index_is_read_on_first_use_with_the_stage(corpus, tmp_path):
+    docs, queries = corpus
+    _build(docs, path=tmp_path / "i")
+    r = Retriever.load(tmp_path / "i")
+    assert not r.faiss_loaded  # default searches use the centroid stage
+    auto = r.search(queries, k=5, n_candidates=50)
+    assert not r.faiss_loaded
+    fde = r.search(queries, k=5, n_candidates=50, mode="fde")
+    assert r.faiss_loaded and r.faiss_index.ntotal == len(docs)
+    eager = Retriever.load(tmp_path / "i", verify=True)
+    assert eager.faiss_loaded
+    assert eager.search(queries, k=5, n_candidates=50, mode="fde").ids.tolist() == fde.ids.tolist()
+    assert eager.search(queries, k=5, n_candidates=50).ids.tolist() == auto.ids.tolist()
+    # a damaged FDE file is named when first used (and by verify)
+    raw = (tmp_path / "i" / fmt.FAISS).read_bytes()
+    (tmp_path / "i" / fmt.FAISS).write_bytes(raw[:100])
+    m = json.loads((tmp_path / "i" / fmt.MANIFEST).read_text())
+    m2 = dict(m, files=fmt.describe_files(tmp_path / "i", list(m["files"])))
+    m2.pop(fmt.CHECKSUM_FIELD)
+    fmt.write_manifest(tmp_path / "i", m2)
+    lazy = Retriever.load(tmp_path / "i")
+    lazy.search(queries, k=5)  # the centroid stage does not need it
+    with pytest.raises(IndexFormatError, match="fde.faiss is not a readable FAISS index"):
+        lazy.search(queries, k=5, n_candidates=50, mode="fde")
+    with pytest.raises(IndexFormatError, match="fde.faiss"):
+        Retriever.verify(tmp_path / "i")
