@@ -299,8 +299,14 @@ def _latest(rows: list[dict], stage: str, split: str | None = None) -> dict:
     for r in rows:
         if r.get("stage") != stage or (split and r.get("split") != split):
             continue
-        out[(r.get("corpus", "synthetic"), r["n_docs"], r["codec"], r["faiss_factory"], r.get("n_candidates"))] = r
+        out[(r.get("corpus", "synthetic"), r["n_docs"], r["codec"], _stage(r), r.get("nprobe") or 0,
+             r.get("n_candidates"))] = r
     return out
+
+
+def _stage(r: dict) -> str:
+    """The candidate stage of a search row (rows written before the centroid stage existed: FDE)."""
+    return r.get("candidate_stage", "fde") if r.get("stage") == "search" else r.get("faiss_factory")
 
 
 def report(results: Path, split: str, target: float) -> None:
@@ -309,38 +315,47 @@ def report(results: Path, split: str, target: float) -> None:
     builds = _latest(rows, "build")
     search = {**_latest(rows, "search", split), **_latest(rows, "search", "heldout")}
     lines = [f"# Scale benchmark ({split} queries; `bench/scale.py`)", "",
-             "| corpus | docs | codec | FAISS | N | Chamfer R@10 | p50 ms | p99 ms | batch QPS | exhaustive p50 ms | "
+             "| corpus | docs | codec | candidates | N | Chamfer R@10 | p50 ms | p99 ms | batch QPS | exhaustive p50 ms | "
              "resident B/doc | load |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for key in sorted(search):
         r = search[key]
         auto = " (auto)" if r.get("n_candidates_auto") else ""
-        lines.append(f"| {r.get('corpus', 'synthetic')} | {r['n_docs']:,} | {r['codec']} | {r['faiss_factory']} | "
+        cand = (f"token centroids, nprobe {r['nprobe']}" if _stage(r) == "centroids"
+                else f"FDE {r['faiss_factory']}")
+        lines.append(f"| {r.get('corpus', 'synthetic')} | {r['n_docs']:,} | {r['codec']} | {cand} | "
                      f"{r['n_candidates']:,}{auto} | "
                      f"{r['chamfer_recall_at_10']:.3f} | {r['p50_ms']:.1f} | {r['p99_ms']:.1f} | {r['batch_qps']:.0f} | "
                      f"{r['exact_p50_ms']} | {r['resident_bytes_per_doc']:,} | {r['machine']['load_1m']} |")
     lines += ["", "| corpus | docs | codec | FAISS | build s (excl. generation / encoding) | codec_s | fde_s | faiss_s | "
-              "write_s | peak RSS GB | disk B/doc | FAISS B/doc |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+              "centroids_s | write_s | peak RSS GB | disk B/doc | FAISS B/doc |",
+              "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for key in sorted(builds):
         b = builds[key]
         t = b["timings"]
         lines.append(f"| {b.get('corpus', 'synthetic')} | {b['n_docs']:,} | {b['codec']} | {b['faiss_factory']} | "
                      f"{b['build_s_excl_gen']} | "
-                     f"{t.get('codec_s')} | {t.get('fde_s')} | {t.get('faiss_s')} | {t.get('write_s')} | "
+                     f"{t.get('codec_s')} | {t.get('fde_s')} | {t.get('faiss_s')} | {t.get('centroids_s', '–')} | "
+                     f"{t.get('write_s')} | "
                      f"{b.get('peak_rss_gb', '–')} | {b['disk_bytes_per_doc']:,} | {b['faiss_bytes_per_doc']:,} |")
-    # the smallest N reaching the target at each size, and the growth of its p50 with corpus size
-    best = {}
-    for (corpus, n, codec, fac, n_cand), r in sorted(search.items()):
-        if corpus == "synthetic" and r["chamfer_recall_at_10"] >= target and n not in best:
-            best[n] = r
-    lines += ["", f"Synthetic corpora, smallest measured N reaching Chamfer recall@10 >= {target}: " +
-              (", ".join(f"{n:,} docs: N={r['n_candidates']:,} ({r['p50_ms']:.1f} ms p50)" for n, r in sorted(best.items()))
-               or "none")]
-    if len(best) >= 2:
-        x = np.log([n for n in sorted(best)])
-        y = np.log([best[n]["p50_ms"] for n in sorted(best)])
-        slope = float(np.polyfit(x, y, 1)[0])
-        lines.append(f"Fitted p50 growth at that recall: latency ~ n_docs^{slope:.2f}")
-        print(f"p50 latency growth exponent at recall {target}: {slope:.2f}")
+    # per candidate stage, the fastest measured setting reaching the target at each size, and the
+    # growth of its p50 with corpus size
+    for stage_name, want in (("FDE", lambda r: _stage(r) == "fde"),
+                             ("token centroids (default nprobe 16)", lambda r: _stage(r) == "centroids"
+                              and r.get("nprobe") == 16)):
+        best = {}
+        for (corpus, n, *_), r in sorted(search.items()):
+            if corpus == "synthetic" and want(r) and r["chamfer_recall_at_10"] >= target:
+                if n not in best or r["p50_ms"] < best[n]["p50_ms"]:
+                    best[n] = r
+        lines += ["", f"{stage_name}, synthetic corpora, fastest measured N reaching Chamfer recall@10 >= {target}: " +
+                  (", ".join(f"{n:,} docs: N={r['n_candidates']:,} ({r['p50_ms']:.1f} ms p50)"
+                             for n, r in sorted(best.items())) or "none")]
+        if len(best) >= 2:
+            x = np.log([n for n in sorted(best)])
+            y = np.log([best[n]["p50_ms"] for n in sorted(best)])
+            slope = float(np.polyfit(x, y, 1)[0])
+            lines.append(f"Fitted p50 growth at that recall: latency ~ n_docs^{slope:.2f}")
+            print(f"{stage_name}: p50 latency growth exponent at recall {target}: {slope:.2f}")
     md = results.with_suffix(".md")
     md.write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
@@ -351,19 +366,25 @@ def report(results: Path, split: str, target: float) -> None:
 
     fig, ax = plt.subplots(1, 3, figsize=(15, 4.2))
     by_n = {}
-    for (corpus, n, codec, fac, n_cand), r in search.items():
-        if corpus == "synthetic" and not r.get("n_candidates_auto"):
-            by_n.setdefault(n_cand, []).append(r)
-    autos = sorted((r for (c, *_), r in search.items() if c == "synthetic" and r.get("n_candidates_auto")),
-                   key=lambda r: r["n_docs"])
-    if autos:
-        ax[0].plot([r["n_docs"] for r in autos], [r["p50_ms"] for r in autos], "k^-", label="N=auto")
-        ax[2].plot([r["n_docs"] for r in autos], [r["chamfer_recall_at_10"] for r in autos], "k^-", label="N=auto")
-    for n_cand, rs in sorted(by_n.items()):
+    for (corpus, n, codec, stage, nprobe, n_cand), r in search.items():
+        if corpus == "synthetic" and not r.get("n_candidates_auto") and (stage == "fde" or nprobe == 16):
+            by_n.setdefault((stage, n_cand), []).append(r)
+    for stage, style in (("fde", "k^:"), ("centroids", "k^-")):
+        autos = sorted((r for (c, _n, _c, st, npb, _), r in search.items()
+                        if c == "synthetic" and st == stage and r.get("n_candidates_auto") and (st == "fde" or npb == 16)),
+                       key=lambda r: r["n_docs"])
+        if autos:
+            name = "FDE" if stage == "fde" else "centroids"
+            ax[0].plot([r["n_docs"] for r in autos], [r["p50_ms"] for r in autos], style, label=f"{name} N=auto")
+            ax[2].plot([r["n_docs"] for r in autos], [r["chamfer_recall_at_10"] for r in autos], style,
+                       label=f"{name} N=auto")
+    for (stage, n_cand), rs in sorted(by_n.items()):
         rs.sort(key=lambda r: r["n_docs"])
         xs = [r["n_docs"] for r in rs]
-        ax[0].plot(xs, [r["p50_ms"] for r in rs], "o-", label=f"N={n_cand:,}")
-        ax[2].plot(xs, [r["chamfer_recall_at_10"] for r in rs], "o-", label=f"N={n_cand:,}")
+        style = "o:" if stage == "fde" else "o-"
+        name = "FDE" if stage == "fde" else "centroids"
+        ax[0].plot(xs, [r["p50_ms"] for r in rs], style, label=f"{name} N={n_cand:,}")
+        ax[2].plot(xs, [r["chamfer_recall_at_10"] for r in rs], style, label=f"{name} N={n_cand:,}")
     syn = [r for (c, *_), r in search.items() if c == "synthetic"]
     ex = sorted({r["n_docs"]: r["exact_p50_ms"] for r in syn if r["exact_p50_ms"]}.items())
     if ex:
@@ -373,7 +394,10 @@ def report(results: Path, split: str, target: float) -> None:
     disk = sorted({b["n_docs"]: b["disk_bytes_per_doc"] for (c, *_), b in builds.items() if c == "synthetic"}.items())
     ax[1].plot([a for a, _ in disk], [b / 1024 for _, b in disk], "s--", label="disk")
     fx = sorted({b["n_docs"]: b["faiss_bytes_per_doc"] for (c, *_), b in builds.items() if c == "synthetic"}.items())
-    ax[1].plot([a for a, _ in fx], [b / 1024 for _, b in fx], "d:", label="FAISS (candidate stage)")
+    ax[1].plot([a for a, _ in fx], [b / 1024 for _, b in fx], "d:", label="FAISS (FDE candidate stage)")
+    cs = sorted({r["n_docs"]: r["centroid_stage_bytes_per_doc"] for r in syn if r.get("centroid_stage_bytes_per_doc")}.items())
+    if cs:
+        ax[1].plot([a for a, _ in cs], [b / 1024 for _, b in cs], "v-", label="token centroid stage (lists)")
     for a, t in zip(ax, ["single-query p50 (ms)", "KB per document", f"Chamfer recall@10 ({split})"]):
         a.set_xscale("log")
         a.set_xlabel("documents")
