@@ -85,8 +85,9 @@ class BenchSettings:
     k : int >= 1
         Results per query (metrics deeper than ``k`` are reported as ``null``).
     n_candidates : tuple of int >= k or "auto"
-        FDE candidates reranked per query; one ``"fde"`` row each. ``"auto"`` is resolved per
-        index with :func:`retriever.search.auto_n_candidates` (the row records the number and
+        Candidates reranked per query; one ``"fde"`` row each. ``"auto"`` is resolved per
+        index with :func:`retriever.centroids.auto_candidates` (indexes with the token centroid
+        stage) or :func:`retriever.search.auto_n_candidates` (the row records the number and
         ``"n_candidates_auto": true``).
     baselines : tuple of str
         Subset of :data:`BASELINES`. The exhaustive baseline is needed for the speed-up.

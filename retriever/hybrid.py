@@ -10,7 +10,7 @@ An index built from text can store, beside its token vectors, two more signals p
 
 A hybrid search (:func:`score_union`, then :func:`rank_fused`) scores, per query, the union of
 
-    U = the MaxSim top-``depth`` (the reranked FDE candidates, or the exhaustive top-``depth``)
+    U = the MaxSim top-``depth`` (the reranked candidates, or the exhaustive top-``depth``)
       + the dense top-``depth`` + the BM25 top-``depth``
 
 with all three signals exactly (MaxSim over the stored tokens, the dense inner product, BM25), and
@@ -197,7 +197,7 @@ def score_union(
 
     Parameters
     ----------
-    base : int64 (n_q, N) the MaxSim side's rows, -1 padded: FDE candidates (reranked here) or the
+    base : int64 (n_q, N) the MaxSim side's rows, -1 padded: candidates (reranked here) or the
         exhaustive top rows.
     depth : each signal's top list that enters U.
     dense, q_pooled : the dense signal (both or neither): float16 (n_rows, d) document vectors and

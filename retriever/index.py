@@ -1,8 +1,10 @@
 """The index: build from token embeddings or texts, search, save, load.
 
-``Retriever`` holds a float16 token store (CSR: ``tokens`` + ``doc_offsets``), the external
-document ids, and a FAISS inner-product index over the documents' MUVERA FDE vectors.
-Search fetches candidates by FDE inner product and reranks them by exact MaxSim.
+``Retriever`` holds a token store (CSR: ``tokens`` + ``doc_offsets``; int8 by default, see
+``retriever.codecs``), the external document ids, a FAISS inner-product index over the documents'
+MUVERA FDE vectors and, from 2,048 documents, the token centroid stage (``retriever.centroids``).
+Search fetches candidates from the centroid stage (or by FDE inner product) and reranks them by
+exact MaxSim.
 """
 
 from __future__ import annotations
@@ -182,7 +184,7 @@ class IndexConfig:
 
 
 class Retriever:
-    """A multi-vector index: MUVERA FDE candidates from FAISS, exact MaxSim rerank.
+    """A multi-vector index: candidates from token centroids or MUVERA FDEs, exact MaxSim rerank.
 
     Create one with :meth:`build` or :meth:`load`; the constructor is internal.
 

@@ -1,4 +1,5 @@
-"""The search pipeline over arrays: FDE candidates from FAISS, then exact MaxSim rerank.
+"""The search pipeline over arrays: candidates (FDEs in FAISS, or the token centroid stage of
+``retriever.centroids``), then exact MaxSim rerank.
 
 ``Retriever.search`` validates inputs and calls :func:`search_fde` or :func:`search_exact`.
 """

@@ -363,7 +363,7 @@ def create_app(service: SearchService, *, api_key: str | None = None):
         queries: list[StrictStr] | None = Field(None, description="query texts (encoded by the index's encoder)")
         embeddings: list[list[list[Num]]] | None = Field(None, description="per query, its token vectors")
         k: StrictInt = Field(10, ge=1, le=lim.max_k)
-        n_candidates: StrictInt | Literal["auto"] = Field("auto", description="FDE candidates reranked, or 'auto'")
+        n_candidates: StrictInt | Literal["auto"] = Field("auto", description="candidates reranked, or 'auto'")
         mode: Literal["auto", "fde", "centroids", "exact"] = "auto"
         subset: list[Id] | None = Field(None, description="only these document ids may be returned")
         hybrid: StrictBool | None = Field(None, description="fuse with the index's dense / BM25 signals "
@@ -395,7 +395,8 @@ def create_app(service: SearchService, *, api_key: str | None = None):
             raise RequestError(401, "missing or wrong API key (send 'X-API-Key' or 'Authorization: Bearer')")
 
     app = FastAPI(title="retriever", version=__version__,
-                  description="Multi-vector (ColBERT-style) search over one index: FDE candidates + exact MaxSim.")
+                  description="Multi-vector (ColBERT-style) search over one index: candidates (token centroids or "
+                              "FDEs) + exact MaxSim.")
     app.state.service = service
 
     async def internal_error(request: Request, exc: Exception):  # a bug answers 500; the server lives on
