@@ -281,7 +281,7 @@ def centroid_candidates(top_scores: np.ndarray, q_offsets: np.ndarray, top: np.n
         n_threads = max(1, min(int(n_threads), n_queries))
         args = (np.ascontiguousarray(top_scores, dtype=np.float32), q_offsets, np.ascontiguousarray(top), list_offsets,
                 list_docs, mask, use_mask, int(n_docs), int(k), n_threads, out_rows, out_scores)
-        if n_threads == 1:  # one worker: no thread pool to wake (and then leave spinning beside BLAS)
+        if n_threads == 1:  # one worker (a single query): no thread pool to wake
             _candidates_worker(0, *args)
         else:
             _candidates_parallel(*args)

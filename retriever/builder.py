@@ -364,25 +364,21 @@ def fill_faiss(index, factory: str, codec: TokenCodec, fde_encoder: FDEEncoder, 
 
 
 def fill_centroids(config: CentroidConfig, codec: TokenCodec, store, offsets: np.ndarray, workdir: Path, *,
-                   centroids: CentroidIndex | None = None, timings: dict | None = None,
-                   show_progress: bool = False) -> CentroidIndex:
+                   timings: dict | None = None, show_progress: bool = False) -> CentroidIndex:
     """The token centroid stage of a token store: trained on a random sample of its decoded tokens
-    (at most ``config.max_train_bytes`` of float32) unless ``centroids`` are given, then every token
-    assigned block by block into ``workdir / ivf_codes.npy`` (memory-mapped into the result, with
-    the inverted lists built)."""
+    (at most ``config.max_train_bytes`` of float32), then every token assigned block by block into
+    ``workdir / ivf_codes.npy`` (memory-mapped into the result, with the inverted lists built)."""
     timings = timings if timings is not None else {}
     t0 = time.perf_counter()
     n_tokens = int(offsets[-1])
-    if centroids is None:
-        budget = max(1, config.max_train_bytes // (4 * codec.dim))
-        rows = np.arange(n_tokens)
-        if n_tokens > budget:
-            rows = np.sort(np.random.default_rng(config.seed).choice(n_tokens, budget, replace=False))
-        sample = np.concatenate([codec.decode(np.asarray(store[rows[s : s + _CODE_ROWS]]))
-                                 for s in range(0, rows.size, _CODE_ROWS)])
-        centroids = CentroidIndex.train(sample, n_tokens, config)
-        del sample
-    out = CentroidIndex(centroids.centroids, centroids.coarse, centroids.cells)
+    budget = max(1, config.max_train_bytes // (4 * codec.dim))
+    rows = np.arange(n_tokens)
+    if n_tokens > budget:
+        rows = np.sort(np.random.default_rng(config.seed).choice(n_tokens, budget, replace=False))
+    sample = np.concatenate([codec.decode(np.asarray(store[rows[s : s + _CODE_ROWS]]))
+                             for s in range(0, rows.size, _CODE_ROWS)])
+    out = CentroidIndex.train(sample, n_tokens, config)
+    del sample
     path = workdir / fmt.IVF_CODES
     bar = tqdm(total=n_tokens, desc=f"token centroids ({out.n_centroids})", unit="tok", unit_scale=True,
                disable=not show_progress)

@@ -13,9 +13,9 @@ documents). This stage works at the token level instead, as PLAID and WARP do:
 * **load**: inverted lists ``centroid -> documents`` built from the codes (4 bytes per distinct
   (centroid, document) pair, ~0.8 per token; derived, never stored);
 * **search**: each query token's inner products with the coarse centroids, then with the fine
-  centroids of its ``probe_cells`` best cells, its ``nprobe`` best lists, and the approximate late-interaction score of every document those lists hold
-  (``kernels.centroids``); the best ``n_candidates`` are reranked by exact MaxSim over the
-  stored tokens like FDE candidates.
+  centroids of its ``probe_cells`` best cells; its ``nprobe`` best lists; the approximate
+  late-interaction score of every document those lists hold (``kernels.centroids``); the best
+  ``n_candidates`` are reranked by exact MaxSim over the stored tokens like FDE candidates.
 
 Files of an index with the stage (``retriever.format``): ``ivf_centroids.npy`` (fine centroids,
 grouped by coarse cell), ``ivf_coarse.npy``, ``ivf_cells.npy`` (CSR offsets of each coarse
@@ -49,7 +49,6 @@ __all__ = ["CentroidConfig", "CentroidIndex", "auto_n_centroids", "auto_candidat
 #: 16.6 ms / 0.961 at 107 ms (bench/results/centroids_tuning.md).
 AUTO_MIN_DOCS = 2048
 _KMEANS_ITERS = 10
-_POINTS_PER_CENTROID = 32  # sample tokens per fine centroid wanted (the byte budget may give fewer)
 _ASSIGN_ROWS = 1 << 16  # tokens assigned per step
 
 
@@ -126,9 +125,9 @@ def auto_n_centroids(n_tokens: int) -> int:
     """Fine centroids for ``n_tokens`` stored tokens: the power of two nearest ``6 * sqrt(n_tokens)``,
     within [16, 65,536] and at most ``n_tokens / 8`` (8,192 for SciFact's 1.5 M tokens, 16,384 for
     6.8 M tokens = 100,000 MS MARCO-length documents, 65,536 for 68 M). PLAID takes
-    ``16 * sqrt(n)``; fewer centroids make each list, and so the scan, longer; more make the
-    per-query centroid scoring (a ``(query tokens, n_centroids)`` product) the larger cost: at 65,536
-    it is already ~3.6 ms of a 13 ms query at 1M documents."""
+    ``16 * sqrt(n)``; fewer centroids make each list, and so the scan, longer; more make training,
+    assignment and the per-query centroid scoring dearer (at 1M documents: k-means + assigning 68 M
+    tokens 91 s, scoring 0.6 ms of a 9 ms query)."""
     if n_tokens < 1:
         raise ValueError(f"n_tokens must be >= 1, got {n_tokens}")
     c = 1 << max(0, round(math.log2(max(1.0, 6.0 * math.sqrt(n_tokens)))))
@@ -258,18 +257,18 @@ class CentroidIndex:
         self.list_offsets, self.list_docs = build_lists(np.asarray(codes), np.asarray(doc_offsets), self.n_centroids)
         self.n_docs = int(len(doc_offsets) - 1)
 
-    def candidates(self, q_vectors: np.ndarray, q_offsets: np.ndarray, n: int, nprobe: int, probe_cells_: int,
+    def candidates(self, q_vectors: np.ndarray, q_offsets: np.ndarray, n: int, nprobe: int, n_cells: int,
                    allowed: np.ndarray | None = None) -> np.ndarray:
         """int64 (n_queries, n) candidate rows per query, best approximate score first, -1 padded.
 
-        Each query token probes its ``nprobe`` best fine centroids within its ``probe_cells_`` best
-        coarse cells."""
+        Each query token probes its ``nprobe`` best fine centroids within its ``n_cells`` best
+        coarse cells (``CentroidConfig.probe_cells``)."""
         if self.list_offsets is None:
             raise RuntimeError("the centroid stage has no codes attached")
         nprobe = int(min(nprobe, self.n_centroids))
         q_offsets = np.asarray(q_offsets, dtype=np.int64)
         n_queries = q_offsets.size - 1
-        top, top_scores = probe_cells(q_vectors, self.coarse, self.centroids, self.cells, int(probe_cells_), nprobe)
+        top, top_scores = probe_cells(q_vectors, self.coarse, self.centroids, self.cells, int(n_cells), nprobe)
         n_threads = 1 if n_queries == 1 else max(1, min(4, faiss.omp_get_max_threads()))
         rows, _ = centroid_candidates(top_scores, q_offsets, top, self.list_offsets, self.list_docs, self.n_docs, int(n),
                                       allowed=allowed, n_threads=n_threads)
