@@ -1,7 +1,8 @@
 """retriever: multi-vector (ColBERT-style) dense retrieval with MUVERA fixed dimensional encodings.
 
-Pipeline: token embeddings -> FDE (one vector per document) -> FAISS inner-product candidates
--> exact MaxSim (late interaction) rerank in numba kernels.
+Pipeline: token embeddings -> candidates (the token centroid stage, PLAID-style, from 2,048
+documents; or MUVERA FDEs, one vector per document, in a FAISS inner-product index) -> exact MaxSim
+(late interaction) rerank in numba kernels.
 
 The text encoder (``retriever.encoder``, transformers) is imported only when used; torch itself is
 imported with the kernels, before any numba kernel runs (see ``kernels/__init__.py``).
@@ -9,6 +10,7 @@ imported with the kernels, before any numba kernel runs (see ``kernels/__init__.
 
 __version__ = "0.1.0"
 
+from .centroids import CentroidConfig  # noqa: E402
 from .codecs import CodecConfig  # noqa: E402
 from .fde import FDEConfig, FDEEncoder  # noqa: E402
 from .index import IndexConfig, Retriever  # noqa: E402
@@ -16,5 +18,5 @@ from .search import SearchResults  # noqa: E402
 from .shards import ShardedRetriever  # noqa: E402
 from .tokens import TokenEmbeddings  # noqa: E402
 
-__all__ = ["CodecConfig", "FDEConfig", "FDEEncoder", "IndexConfig", "Retriever", "SearchResults", "ShardedRetriever",
+__all__ = ["CentroidConfig", "CodecConfig", "FDEConfig", "FDEEncoder", "IndexConfig", "Retriever", "SearchResults", "ShardedRetriever",
            "TokenEmbeddings", "__version__"]
