@@ -8,6 +8,7 @@ add, delete, compact and subset, and refuses what it cannot serve with errors th
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import random
@@ -395,3 +396,22 @@ def test_damaged_hybrid_files_are_refused_by_name(saved_hybrid, encoder, tmp_pat
         assert not changed, "damage went unnoticed"
         res = r.search(QUERIES, k=4)
         np.testing.assert_array_equal(res.ids, expected.ids)
+
+
+# z-score fusion only: RRF ranks a document of U outside the MaxSim top list by its rank among the
+# reranked candidates, which differs from its rank among all documents once one is left out (so does
+# the FDE path with N < n_docs)
+@pytest.mark.parametrize("method", ["zscore"])
+def test_hybrid_search_with_the_token_centroid_stage(encoder, method):
+    from retriever.centroids import CentroidConfig
+
+    cfg = dataclasses.replace(CFG, centroids=CentroidConfig(enabled=True, n_centroids=16))
+    r = Retriever.build(_docs(30), encoder=encoder, config=cfg, show_progress=False)
+    assert r.centroid_stage is not None and r.config.hybrid.signals == ("dense", "bm25")
+    fusion = FusionConfig(method=method, weights=(1.0, 0.7, 1.3), depth=8)
+    # every list probed and all but one document reranked: the exact MaxSim top-8 is among the candidates
+    res = r.search(QUERIES, k=6, mode="centroids", nprobe=16, n_candidates=29, hybrid=fusion)
+    for i, (rows, scores) in enumerate(_brute_force(r, encoder, QUERIES, 6, fusion)):
+        np.testing.assert_array_equal(res.rows[i, : rows.size], rows)
+        np.testing.assert_allclose(res.scores[i, : rows.size], scores, rtol=1e-4, atol=1e-4)
+    assert r.search(QUERIES, k=5).ids.tolist() == r.search(QUERIES, k=5, mode="centroids").ids.tolist()
