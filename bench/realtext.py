@@ -4,6 +4,7 @@ Usage::
 
     .venv/bin/python bench/realtext.py prepare        # download the pinned .debs, check sha256, write corpus + queries
     .venv/bin/python bench/realtext.py build          # encode with the default encoder and build (the long run)
+    .venv/bin/retriever centroids index_data/realtext/index-int8   # an index built before the centroid stage: add it
     .venv/bin/python bench/realtext.py measure        # same measurements as bench/scale.py, rows -> scale.jsonl
 
 Sources (``apt-get download``, versions pinned and checked against the sha256 below):
@@ -173,7 +174,7 @@ def main(argv=None) -> int:
     ap.add_argument("--n-docs", type=int, default=300_000)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--codec", default="int8")
-    ap.add_argument("--n-candidates", nargs="+", default=["auto", 2000, 4000, 8000, 16000])
+    ap.add_argument("--n-candidates", nargs="+", default=["auto", 1000, 2000, 4000])
     ap.add_argument("--gt-queries", type=int, default=200)
     ap.add_argument("--timed", type=int, default=300)
     args = ap.parse_args(argv)

@@ -3,13 +3,15 @@
 Usage::
 
     .venv/bin/python bench/scale.py --sizes 100000 300000            # build (cached) + measure -> scale.jsonl
-    .venv/bin/python bench/scale.py --sizes 100000 --split tune --n-candidates 1000 2000 4000 8000
+    .venv/bin/python bench/scale.py --sizes 100000 --split tune --nprobe 8 16 --n-candidates 500 1000 2000
+    .venv/bin/python bench/scale.py --sizes 100000 --centroids off --n-candidates auto 4000 8000   # FDE stage
     .venv/bin/python bench/scale.py --report                          # scale.md + scale.png
 
 Corpora come from :mod:`synthetic` (real token windows of the cached SciFact/NFCorpus float16 stores,
 2-4 windows per document, seeded noise; see its docstring). Each is built once with the library's
 streaming build from ``(TokenEmbeddings, ids)`` batches under ``index_data/scale/`` (the encoder is
-not involved: "build" here is store + codec + FDE + FAISS). Queries are the real queries of both
+not involved: "build" here is store + codec + FDE + FAISS + the token centroid stage; ``-ivf`` in
+the directory name marks indexes built with the stage allowed, ``--centroids off`` the FDE-only ones). Queries are the real queries of both
 collections, encoded once and cached: ``--split report`` (SciFact test + NFCorpus test, 623
 queries) for the quoted numbers, ``--split tune`` (SciFact train + NFCorpus dev, 1,133) for choosing
 defaults.
@@ -232,7 +234,8 @@ def main(argv=None) -> int:
     ap.add_argument("--faiss-factory", default="auto")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--split", choices=sorted(SPLITS), default="report")
-    ap.add_argument("--n-candidates", type=n_candidates_arg, nargs="+", default=["auto", 2000, 4000, 8000, 16000])
+    ap.add_argument("--n-candidates", type=n_candidates_arg, nargs="+", default=["auto", 1000, 2000, 4000],
+                    help="candidates reranked (the FDE stage needs ~10x more: e.g. auto 4000 8000 16000)")
     ap.add_argument("--gt-queries", type=int, default=200)
     ap.add_argument("--timed", type=int, default=300, help="queries timed one by one (and batched)")
     ap.add_argument("--timed-exact", type=int, default=5, help="queries timed with exhaustive MaxSim")
