@@ -180,7 +180,8 @@ def test_split_shares_every_centroid():
 
 def test_auto_rules():
     assert auto_n_centroids(6_821_748) == 16384 and auto_n_centroids(68_000_000) == 65536
-    assert auto_n_centroids(100) == 16
+    assert auto_n_centroids(1_073_089) == 16384 and auto_n_centroids(20_399_676) == 32768
+    assert auto_n_centroids(100) == 16 and auto_n_centroids(80_000) == 10_000
     assert auto_candidates(1_000_000, 10) == 1581 and auto_candidates(3633, 10) == 400
     assert auto_candidates(50, 10) == 50 and auto_candidates(100_000, 100) == 1000
     assert CentroidConfig().resolved(AUTO_MIN_DOCS).enabled is True
