@@ -34,7 +34,7 @@ import numpy as np
 
 from kernels.centroids import build_lists, centroid_candidates, probe_cells
 
-from .configs import check_keys
+from .configs import check_keys, is_int
 
 log = logging.getLogger(__name__)
 
@@ -87,15 +87,15 @@ class CentroidConfig:
     def __post_init__(self) -> None:
         if not (self.enabled == "auto" or isinstance(self.enabled, (bool, np.bool_))):
             raise ValueError(f"CentroidConfig.enabled must be True, False or 'auto', got {self.enabled!r}")
-        if self.n_centroids is not None and (not _is_int(self.n_centroids) or not 2 <= self.n_centroids <= 1 << 24):
+        if self.n_centroids is not None and (not is_int(self.n_centroids) or not 2 <= self.n_centroids <= 1 << 24):
             raise ValueError(f"CentroidConfig.n_centroids must be None or an integer in [2, 2**24], got {self.n_centroids!r}")
-        if not _is_int(self.nprobe) or not 1 <= self.nprobe <= 1 << 16:
+        if not is_int(self.nprobe) or not 1 <= self.nprobe <= 1 << 16:
             raise ValueError(f"CentroidConfig.nprobe must be an integer in [1, 65536], got {self.nprobe!r}")
-        if not _is_int(self.probe_cells) or not 1 <= self.probe_cells <= 1 << 24:
+        if not is_int(self.probe_cells) or not 1 <= self.probe_cells <= 1 << 24:
             raise ValueError(f"CentroidConfig.probe_cells must be an integer in [1, 2**24], got {self.probe_cells!r}")
-        if not _is_int(self.max_train_bytes) or self.max_train_bytes < 1 << 16:
+        if not is_int(self.max_train_bytes) or self.max_train_bytes < 1 << 16:
             raise ValueError(f"CentroidConfig.max_train_bytes must be an integer >= 65536, got {self.max_train_bytes!r}")
-        if not _is_int(self.seed) or self.seed < 0:
+        if not is_int(self.seed) or self.seed < 0:
             raise ValueError(f"CentroidConfig.seed must be a non-negative integer, got {self.seed!r}")
 
     def resolved(self, n_docs: int) -> "CentroidConfig":
@@ -115,10 +115,6 @@ class CentroidConfig:
     def from_dict(cls, d: dict) -> "CentroidConfig":
         check_keys(cls, d)
         return cls(**d)
-
-
-def _is_int(x) -> bool:
-    return isinstance(x, (int, np.integer)) and not isinstance(x, (bool, np.bool_))
 
 
 def auto_n_centroids(n_tokens: int) -> int:

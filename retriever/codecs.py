@@ -40,7 +40,7 @@ import numpy as np
 
 from kernels.codes import Int8Rows, ResidualRows, decode_rows, int8_encode, residual_lut, residual_pack
 
-from .configs import check_keys
+from .configs import check_keys, is_int
 
 log = logging.getLogger(__name__)
 
@@ -77,13 +77,13 @@ class CodecConfig:
     def __post_init__(self) -> None:
         if self.kind not in CODEC_KINDS:
             raise ValueError(f"CodecConfig.kind must be one of {CODEC_KINDS}, got {self.kind!r}")
-        if not _is_int(self.nbits) or self.nbits not in _NBITS:
+        if not is_int(self.nbits) or self.nbits not in _NBITS:
             raise ValueError(f"CodecConfig.nbits must be one of {_NBITS}, got {self.nbits!r}")
-        if self.n_centroids is not None and (not _is_int(self.n_centroids) or not 1 <= self.n_centroids <= 1 << 24):
+        if self.n_centroids is not None and (not is_int(self.n_centroids) or not 1 <= self.n_centroids <= 1 << 24):
             raise ValueError(f"CodecConfig.n_centroids must be None or an integer in [1, 2**24], got {self.n_centroids!r}")
-        if not _is_int(self.max_train_bytes) or self.max_train_bytes < 1 << 16:
+        if not is_int(self.max_train_bytes) or self.max_train_bytes < 1 << 16:
             raise ValueError(f"CodecConfig.max_train_bytes must be an integer >= 65536, got {self.max_train_bytes!r}")
-        if not _is_int(self.seed) or self.seed < 0:
+        if not is_int(self.seed) or self.seed < 0:
             raise ValueError(f"CodecConfig.seed must be a non-negative integer, got {self.seed!r}")
 
     def check_dim(self, dim: int) -> None:
@@ -113,10 +113,6 @@ class CodecConfig:
         if name.startswith("residual") and name[len("residual"):] in ("1", "2", "4"):
             return cls(kind="residual", nbits=int(name[len("residual"):]))
         raise ValueError(f"unknown codec {name!r}; expected float16, int8, residual1, residual2 or residual4")
-
-
-def _is_int(x) -> bool:
-    return isinstance(x, (int, np.integer)) and not isinstance(x, (bool, np.bool_))
 
 
 def auto_n_centroids(n_tokens: int) -> int:
