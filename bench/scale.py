@@ -52,8 +52,7 @@ from bench_build_memory import rss_bytes as rss  # noqa: E402
 from datasets import ROOT, collection_dir  # noqa: E402
 
 from retriever.cli_args import n_candidates_arg  # noqa: E402
-from retriever.centroids import auto_candidates  # noqa: E402
-from retriever.search import auto_n_candidates  # noqa: E402
+from retriever.search import auto_rule, candidate_stage  # noqa: E402
 
 log = logging.getLogger("bench.scale")
 
@@ -178,11 +177,10 @@ def child_search(args) -> list[dict]:
     rows = []
     q_t = q_all.select(range(min(args.timed, len(q_all))))
     singles = [q_t.select([i]) for i in range(len(q_t))]  # one query per call, split before any timing
-    stage = args.stage if args.stage != "auto" else ("centroids" if r.centroid_stage is not None else "fde")
+    stage = args.stage if args.stage != "auto" else candidate_stage(r.centroid_stage is not None, "auto")
     probes = args.nprobe if stage == "centroids" else [None]
     for n_spec, nprobe in [(n, p) for p in probes for n in args.n_candidates]:
-        rule = auto_candidates if stage == "centroids" else auto_n_candidates
-        n_cand = rule(r.n_docs, 10) if n_spec == "auto" else n_spec
+        n_cand = auto_rule(stage)(r.n_docs, 10) if n_spec == "auto" else n_spec
         kw = dict(k=10, n_candidates=n_cand, mode=stage, nprobe=nprobe)
         res = r.search(q_gt, **kw)
         recall = float(np.mean([len(set(a) & set(b)) / 10 for a, b in zip(res.rows, gt)]))

@@ -50,8 +50,7 @@ from .cli_args import (
 )
 from .eval import DEFAULT_METRICS, chamfer_recall, evaluate, run_from_arrays
 from .index import IndexConfig, Retriever
-from .centroids import auto_candidates
-from .search import auto_n_candidates
+from .search import auto_rule, candidate_stage
 from .storage import file_sha256
 from .tokens import TokenEmbeddings
 
@@ -622,10 +621,9 @@ def run_benchmark(
                     extra["store_bytes"], extra)
         store_extra = _store_extra(r, info)
         # the pipeline's candidate stage: the token centroid stage when the index has one, else the FDEs
-        stage = "centroids" if r.centroid_stage is not None else "fde"
+        stage = candidate_stage(r.centroid_stage is not None, "auto")
         for n_spec in settings.n_candidates:
-            rule = auto_candidates if stage == "centroids" else auto_n_candidates
-            n_cand = rule(r.n_docs, k) if n_spec == "auto" else n_spec
+            n_cand = auto_rule(stage)(r.n_docs, k) if n_spec == "auto" else n_spec
             log.info("%s/%s: timing the pipeline (%s candidates), N=%d (%s)", data.name, split, stage, n_cand,
                      r.config.faiss_factory)
             m = _measure(lambda i: r.search(singles[i], k=k, n_candidates=n_cand, mode=stage),

@@ -24,7 +24,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from . import format as fmt
-from .centroids import CentroidConfig, CentroidIndex, auto_candidates
+from .centroids import CentroidConfig, CentroidIndex
 from .codecs import CodecConfig, TokenCodec
 from .configs import check_keys
 from .fde import FDEConfig, FDEEncoder
@@ -43,7 +43,8 @@ from .builder import (
     stream_texts,
 )
 from .ann import faiss_search
-from .search import SearchResults, auto_n_candidates, exhaustive_is_cheaper, search_candidates, search_exact
+from .search import (SearchResults, auto_rule, candidate_stage, exhaustive_is_cheaper, search_candidates,
+                     search_exact)
 from .storage import NpyAppender, atomic_replace_dir, make_temp_dir_beside, recover_interrupted_swap
 from .tokens import TokenEmbeddings, as_token_embeddings
 
@@ -523,7 +524,7 @@ class Retriever:
         if mode == "centroids" and self.centroid_stage is None:
             raise ValueError("mode='centroids' needs an index built with the token centroid stage "
                              "(IndexConfig.centroids); this one has none")
-        stage = "centroids" if self.centroid_stage is not None and mode in ("auto", "centroids") else "fde"
+        stage = candidate_stage(self.centroid_stage is not None, mode)
         if stage == "centroids" and ef_search is not None:
             raise ValueError("ef_search applies to HNSW FDE indexes; this search uses the centroid stage "
                              "(pass mode='fde' to search the FDEs)")
@@ -551,8 +552,7 @@ class Retriever:
         allowed = self._allowed_mask(subset)
         n_allowed = int(allowed.sum()) if allowed is not None else len(self.doc_ids)
         if auto:
-            rule = auto_candidates if stage == "centroids" else auto_n_candidates
-            n_candidates = max(int(k), rule(n_allowed, int(k)))
+            n_candidates = max(int(k), auto_rule(stage)(n_allowed, int(k)))
         exhaustive = (mode == "exact" or n_candidates >= n_allowed
                       or (mode == "auto" and exhaustive_is_cheaper(q.lengths, n_candidates, n_allowed)))
         if fusion is not None:

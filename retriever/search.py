@@ -14,9 +14,11 @@ from kernels.maxsim import _LANES, maxsim_exhaustive_topk, maxsim_scores_batch
 from kernels.topk import topk_candidates
 
 from .ann import faiss_search
+from .centroids import auto_candidates
 from .tokens import TokenEmbeddings
 
-__all__ = ["SearchResults", "search_fde", "search_candidates", "search_exact", "auto_n_candidates", "AUTO_N_SCALE", "exhaustive_is_cheaper"]
+__all__ = ["SearchResults", "search_fde", "search_candidates", "search_exact", "auto_n_candidates", "AUTO_N_SCALE",
+           "exhaustive_is_cheaper", "candidate_stage", "auto_rule"]
 
 #: ``n_candidates="auto"`` fetches ``AUTO_N_SCALE * sqrt(n_docs)`` documents (at least ``10 * k``, at
 #: most every document). FDE candidate recall falls as the corpus grows, so N must grow, but
@@ -31,6 +33,18 @@ AUTO_N_SCALE = 20.0
 def auto_n_candidates(n_docs: int, k: int) -> int:
     """The number of FDE candidates ``n_candidates="auto"`` reranks for ``n_docs`` searchable documents."""
     return int(min(max(n_docs, 1), max(10 * int(k), round(AUTO_N_SCALE * float(n_docs) ** 0.5))))
+
+
+def candidate_stage(has_centroids: bool, mode: str) -> str:
+    """The candidate stage a search in ``mode`` uses: ``"centroids"`` when the index (every shard) has
+    the token centroid stage and ``mode`` is "auto" or "centroids", else ``"fde"``."""
+    return "centroids" if has_centroids and mode in ("auto", "centroids") else "fde"
+
+
+def auto_rule(stage: str):
+    """The ``n_candidates="auto"`` rule ``(n_docs, k) -> N`` of a candidate stage: the centroid stage's
+    :func:`retriever.centroids.auto_candidates` or the FDEs' :func:`auto_n_candidates`."""
+    return auto_candidates if stage == "centroids" else auto_n_candidates
 
 
 def exhaustive_is_cheaper(query_lengths: np.ndarray, n_candidates: int, n_docs: int, margin: float = 1.25) -> bool:

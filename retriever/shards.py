@@ -37,8 +37,7 @@ from . import format as fmt
 from .builder import _is_batch_item, _is_embeddings, _is_text_item, _py, _text_items
 from .hybrid import fuse
 from .index import IndexConfig, Retriever, _query_texts
-from .centroids import auto_candidates
-from .search import SearchResults, auto_n_candidates
+from .search import SearchResults, auto_n_candidates, auto_rule, candidate_stage
 from .storage import atomic_replace_dir, make_temp_dir_beside, recover_interrupted_swap
 from .tokens import TokenEmbeddings, as_token_embeddings
 
@@ -458,12 +457,6 @@ def _restore(shard: Retriever, n_rows: int, deleted: np.ndarray) -> None:
         shard._row_of = None
 
 
-def candidate_rule(has_centroids: bool, mode) -> object:
-    """The single index's ``n_candidates="auto"`` rule a sharded search splits: the centroid stage's
-    when the shards have one and ``mode`` uses it, else the FDE stage's."""
-    return auto_candidates if has_centroids and mode in ("auto", "centroids") else auto_n_candidates
-
-
 def shard_candidates(n_candidates, k, subset, live: list[int], rule=auto_n_candidates) -> list:
     """Per-shard ``n_candidates`` of a sharded search (see :meth:`ShardedRetriever.search`)."""
     n = len(live)
@@ -502,7 +495,7 @@ def sharded_search(call, get_encoder, hybrid_config, live: list[int], queries, k
         queries = q
     fused = fused and base_kw.get("query_texts") is not None
     cands = shard_candidates(n_candidates, k, kwargs.get("subset"), live,
-                             candidate_rule(has_centroids, kwargs.get("mode", "auto")))
+                             auto_rule(candidate_stage(has_centroids, kwargs.get("mode", "auto"))))
     per_shard = [dict(base_kw, queries=queries, k=k, n_candidates=n) for n in cands]
     method = "hybrid_union" if fused else "search"
     answers = call(method, per_shard)
