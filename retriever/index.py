@@ -810,10 +810,7 @@ class Retriever:
     def _write_into(self, directory: Path, tokens_in_place: bool) -> None:
         names = [fmt.TOKENS, fmt.DOC_OFFSETS, fmt.DOC_IDS, fmt.FAISS]
         if not tokens_in_place:
-            with NpyAppender(directory / fmt.TOKENS, self.codec.row_width, self.codec.row_dtype) as w:
-                step = 1 << 20
-                for s in range(0, self.n_tokens, step):
-                    w.append(self.tokens[s : s + step])
+            _copy_rows(directory / fmt.TOKENS, self.tokens, self.codec.row_dtype, 1 << 20)
         np.save(directory / fmt.DOC_OFFSETS, self.doc_offsets, allow_pickle=False)
         with open(directory / fmt.DOC_IDS, "w", encoding="utf-8", newline="\n") as fh:
             fh.writelines(f"{_py(i)}\n" for i in self.doc_ids)
@@ -829,17 +826,13 @@ class Retriever:
             for key, arr in stage.arrays().items():
                 np.save(directory / fmt.IVF_FILES[key], arr, allow_pickle=False)
                 names.append(fmt.IVF_FILES[key])
-            if not (tokens_in_place and (directory / fmt.IVF_CODES).is_file()):
-                with NpyAppender(directory / fmt.IVF_CODES, 1, stage.code_dtype) as w:
-                    for s in range(0, self.n_tokens, 1 << 22):
-                        w.append(np.asarray(stage.codes[s : s + (1 << 22)])[:, None])
+            if not tokens_in_place:  # (a build wrote it in place already)
+                _copy_rows(directory / fmt.IVF_CODES, stage.codes.reshape(-1, 1), stage.code_dtype, 1 << 22)
             names.append(fmt.IVF_CODES)
         hybrid = {}
         if self.dense is not None:
             if not tokens_in_place:  # (a build wrote it in place already)
-                with NpyAppender(directory / fmt.DENSE, self.dense.shape[1], np.float16) as w:
-                    for s in range(0, self.dense.shape[0], 1 << 18):
-                        w.append(np.asarray(self.dense[s : s + (1 << 18)]))
+                _copy_rows(directory / fmt.DENSE, self.dense, np.float16, 1 << 18)
             names.append(fmt.DENSE)
             hybrid["pooled_dim"] = int(self.dense.shape[1])
         if self.lexical is not None:
@@ -1043,6 +1036,13 @@ def _load_codec(path: Path, m: dict, config: IndexConfig, dim: int) -> TokenCode
         return TokenCodec.from_arrays(config.codec, dim, arrays)
     except ValueError as e:
         raise fmt.IndexFormatError(f"{path}: bad codec: {e}") from None
+
+
+def _copy_rows(path: Path, rows, dtype, step: int) -> None:
+    """Write the 2-D array (or memory map) ``rows`` to a new ``.npy`` file, ``step`` rows at a time."""
+    with NpyAppender(path, rows.shape[1], dtype) as w:
+        for s in range(0, rows.shape[0], step):
+            w.append(np.asarray(rows[s : s + step]))
 
 
 def _faiss_reader(fh, name: Path, n_docs: int, fde_dim: int):
