@@ -30,6 +30,7 @@ import math
 from dataclasses import asdict, dataclass
 
 import faiss
+import numba
 import numpy as np
 
 from kernels.centroids import build_lists, centroid_candidates, probe_cells
@@ -269,7 +270,7 @@ class CentroidIndex:
         q_offsets = np.asarray(q_offsets, dtype=np.int64)
         n_queries = q_offsets.size - 1
         top, top_scores = probe_cells(q_vectors, self.coarse, self.centroids, self.cells, int(n_cells), nprobe)
-        n_threads = 1 if n_queries == 1 else max(1, min(4, faiss.omp_get_max_threads()))
+        n_threads = 1 if n_queries == 1 else max(1, min(4, numba.get_num_threads()))  # the kernel's pool
         rows, _ = centroid_candidates(top_scores, q_offsets, top, self.list_offsets, self.list_docs, self.n_docs, int(n),
                                       allowed=allowed, n_threads=n_threads)
         return rows
