@@ -265,7 +265,7 @@ class _Builder:
                        seed=self.config.fde.seed, timings=self.timings, show_progress=self.show_progress)
         release_freed_memory()
         self.factory = factory
-        self.centroid_config = self.config.centroids.resolved(len(self.ids))
+        self.centroid_config = self.config.centroids.resolved(len(self.ids), int(offsets[-1]))
         if self.centroid_config.enabled:
             with NpyRowReader(self.workdir / fmt.TOKENS) as store:
                 self.centroid_index = fill_centroids(self.centroid_config, self.codec, store, offsets, self.workdir,
@@ -367,7 +367,8 @@ def fill_centroids(config: CentroidConfig, codec: TokenCodec, store, offsets: np
                    timings: dict | None = None, show_progress: bool = False) -> CentroidIndex:
     """The token centroid stage of a token store: trained on a random sample of its decoded tokens
     (at most ``config.max_train_bytes`` of float32), then every token assigned block by block into
-    ``workdir / ivf_codes.npy`` (memory-mapped into the result, with the inverted lists built)."""
+    ``workdir / ivf_codes.npy`` and, with residual codes, its residual coded into
+    ``workdir / ivf_residuals.npy`` (both memory-mapped into the result, with the inverted lists built)."""
     timings = timings if timings is not None else {}
     t0 = time.perf_counter()
     n_tokens = int(offsets[-1])
@@ -379,15 +380,23 @@ def fill_centroids(config: CentroidConfig, codec: TokenCodec, store, offsets: np
                              for s in range(0, rows.size, _CODE_ROWS)])
     out = CentroidIndex.train(sample, n_tokens, config)
     del sample
-    path = workdir / fmt.IVF_CODES
+    mq = out.residual_bytes
     bar = tqdm(total=n_tokens, desc=f"token centroids ({out.n_centroids})", unit="tok", unit_scale=True,
                disable=not show_progress)
-    with NpyAppender(path, 1, out.code_dtype) as w, bar:
+    with contextlib.ExitStack() as stack:
+        w = stack.enter_context(NpyAppender(workdir / fmt.IVF_CODES, 1, out.code_dtype))
+        wr = stack.enter_context(NpyAppender(workdir / fmt.IVF_RESIDUALS, mq, np.uint8)) if mq else None
+        stack.enter_context(bar)
         for s in range(0, n_tokens, 4 * _CODE_ROWS):
-            block = np.asarray(store[s : min(n_tokens, s + 4 * _CODE_ROWS)])
-            w.append(out.assign(codec.decode(block))[:, None])
-            bar.update(block.shape[0])
-    out.set_codes(fmt.load_array(workdir, fmt.IVF_CODES, True, out.code_dtype, (n_tokens, 1)).reshape(-1), offsets)
+            x = codec.decode(np.asarray(store[s : min(n_tokens, s + 4 * _CODE_ROWS)]))
+            codes = out.assign(x)
+            w.append(codes[:, None])
+            if wr is not None:
+                wr.append(out.encode_residuals(x, codes))
+            bar.update(x.shape[0])
+    codes = fmt.load_array(workdir, fmt.IVF_CODES, True, out.code_dtype, (n_tokens, 1)).reshape(-1)
+    residuals = fmt.load_array(workdir, fmt.IVF_RESIDUALS, True, np.uint8, (n_tokens, mq)) if mq else None
+    out.set_codes(codes, offsets, residuals)
     timings["centroids_s"] = timings.get("centroids_s", 0.0) + time.perf_counter() - t0
     return out
 

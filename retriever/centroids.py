@@ -16,11 +16,23 @@ documents). This stage works at the token level instead, as PLAID and WARP do:
   centroids of its ``probe_cells`` best cells; its ``nprobe`` best lists; the approximate
   late-interaction score of every document those lists hold (``kernels.centroids``); the best
   ``n_candidates`` are reranked by exact MaxSim over the stored tokens like FDE candidates.
+* **residual codes** (``residual_pq``; by default 4 bytes per token for corpora of up to
+  ``AUTO_PQ_MAX_TOKENS`` tokens): each token's residual from its centroid, product-quantised (256
+  codewords per sub-vector, FAISS ``ProductQuantizer`` trained on the same sample). The lists then
+  hold one entry per token with its code, and a token's term is its centroid's score plus its
+  residual's, from a per-query lookup table (WARP scores residuals too). On tuning queries this
+  raised Chamfer recall@10 at equal N by 0.006-0.014 on SciFact train and NFCorpus dev for
+  0.03-0.05 ms per query; on 10 M tokens of real text by 0.011 for 2.5 ms, no better than a larger
+  N at equal latency; on 68 M synthetic tokens by 0.002 for 6 ms and 40% of the batch throughput:
+  the lists a query scans grow with the corpus, hence the size limit
+  (``bench/results/centroids_tuning.md``).
 
 Files of an index with the stage (``retriever.format``): ``ivf_centroids.npy`` (fine centroids,
 grouped by coarse cell), ``ivf_coarse.npy``, ``ivf_cells.npy`` (CSR offsets of each coarse
-cell's fine centroids) and ``ivf_codes.npy`` (per stored token, aligned with ``tokens.npy``).
-Centroids trained at build are kept for later ``add``; ``compact(retrain=True)`` retrains them.
+cell's fine centroids), ``ivf_codes.npy`` (per stored token, aligned with ``tokens.npy``) and with
+residual codes ``ivf_pq.npy`` (the codebooks, ``(m, 256, dim / m)``) and ``ivf_residuals.npy``
+(``(n_tokens, m)`` uint8, aligned with ``tokens.npy``). Centroids and codebooks trained at build
+are kept for later ``add``; ``compact(retrain=True)`` retrains them.
 """
 
 from __future__ import annotations
@@ -33,14 +45,14 @@ import faiss
 import numba
 import numpy as np
 
-from kernels.centroids import build_lists, centroid_candidates, probe_cells
+from kernels.centroids import build_lists, build_token_lists, centroid_candidates, probe_cells
 
 from .configs import check_keys, is_int
 
 log = logging.getLogger(__name__)
 
-__all__ = ["CentroidConfig", "CentroidIndex", "auto_n_centroids", "auto_candidates", "AUTO_MIN_DOCS", "AUTO_SCALE",
-           "AUTO_FLOOR"]
+__all__ = ["CentroidConfig", "CentroidIndex", "auto_n_centroids", "auto_candidates", "residual_lut", "AUTO_MIN_DOCS",
+           "AUTO_PQ_BYTES", "AUTO_PQ_MAX_TOKENS", "AUTO_SCALE", "AUTO_FLOOR"]
 
 #: ``CentroidConfig.enabled="auto"`` builds the stage for corpora of at least this many documents
 #: (the size from which ``faiss_factory="auto"`` compresses FDEs). The stage beat the FDEs at every
@@ -49,6 +61,12 @@ __all__ = ["CentroidConfig", "CentroidIndex", "auto_n_centroids", "auto_candidat
 #: 13x (N=200); the 100k / 1M synthetic corpora 0.982 at 3.9 ms / 0.971 at 13.5 ms against 0.95 at
 #: 16.6 ms / 0.961 at 107 ms (bench/results/centroids_tuning.md).
 AUTO_MIN_DOCS = 2048
+#: ``CentroidConfig.residual_pq="auto"`` stores ``AUTO_PQ_BYTES`` of residual code per token for corpora of
+#: at most ``AUTO_PQ_MAX_TOKENS`` stored tokens (~60,000 MS MARCO-length documents, SciFact and NFCorpus
+#: three times over) and none above: the refinement was free and worth 0.006-0.014 recall at 1-1.5 M
+#: tokens, neutral at equal latency at 10 M and a loss at 68 M (module docstring).
+AUTO_PQ_BYTES = 4
+AUTO_PQ_MAX_TOKENS = 1 << 22
 _KMEANS_ITERS = 10
 _ASSIGN_ROWS = 1 << 16  # tokens assigned per step
 
@@ -72,6 +90,11 @@ class CentroidConfig:
         4.4 ms per query at 1M documents against 0.6 ms, at the same recall (0.971 vs 0.974 on
         tuning queries, N=1,000): tokens are assigned within their nearest cell, so the lists
         worth probing are in the nearest cells.
+    residual_pq : int or "auto" (default)
+        Bytes of residual code per token (sub-quantisers of 256 codewords; must divide the token
+        dimension), 0 for centroid scores only. ``"auto"``: 4 for corpora of at most
+        ``AUTO_PQ_MAX_TOKENS`` stored tokens, else 0; the built index's config holds the decision.
+        Indexes built before this option existed read as 0.
     max_train_bytes : int
         Bound on the float32 sample tokens k-means trains on (default 256 MB).
     seed : int
@@ -82,6 +105,7 @@ class CentroidConfig:
     n_centroids: int | None = None
     nprobe: int = 16
     probe_cells: int = 8
+    residual_pq: int | str = "auto"
     max_train_bytes: int = 256 << 20
     seed: int = 1
 
@@ -94,18 +118,25 @@ class CentroidConfig:
             raise ValueError(f"CentroidConfig.nprobe must be an integer in [1, 65536], got {self.nprobe!r}")
         if not is_int(self.probe_cells) or not 1 <= self.probe_cells <= 1 << 24:
             raise ValueError(f"CentroidConfig.probe_cells must be an integer in [1, 2**24], got {self.probe_cells!r}")
+        if self.residual_pq != "auto" and (not is_int(self.residual_pq) or not 0 <= self.residual_pq <= 256):
+            raise ValueError(f"CentroidConfig.residual_pq must be 'auto' or an integer in [0, 256], "
+                             f"got {self.residual_pq!r}")
         if not is_int(self.max_train_bytes) or self.max_train_bytes < 1 << 16:
             raise ValueError(f"CentroidConfig.max_train_bytes must be an integer >= 65536, got {self.max_train_bytes!r}")
         if not is_int(self.seed) or self.seed < 0:
             raise ValueError(f"CentroidConfig.seed must be a non-negative integer, got {self.seed!r}")
 
-    def resolved(self, n_docs: int) -> "CentroidConfig":
-        """This config with ``enabled="auto"`` decided for a corpus of ``n_docs`` documents."""
-        if self.enabled != "auto":
-            return self
+    def resolved(self, n_docs: int, n_tokens: int) -> "CentroidConfig":
+        """This config with its ``"auto"`` fields decided for a corpus of ``n_docs`` documents and
+        ``n_tokens`` stored tokens."""
         from dataclasses import replace
 
-        return replace(self, enabled=bool(n_docs >= AUTO_MIN_DOCS))
+        out = self
+        if out.enabled == "auto":
+            out = replace(out, enabled=bool(n_docs >= AUTO_MIN_DOCS))
+        if out.residual_pq == "auto":
+            out = replace(out, residual_pq=AUTO_PQ_BYTES if n_tokens <= AUTO_PQ_MAX_TOKENS else 0)
+        return out
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -115,7 +146,7 @@ class CentroidConfig:
     @classmethod
     def from_dict(cls, d: dict) -> "CentroidConfig":
         check_keys(cls, d)
-        return cls(**d)
+        return cls(**{"residual_pq": 0, **d})  # manifests from before residual codes: none
 
 
 def auto_n_centroids(n_tokens: int) -> int:
@@ -183,7 +214,8 @@ class CentroidIndex:
     """Two-level token centroids, the per-token codes, and the inverted lists built from them."""
 
     def __init__(self, centroids: np.ndarray, coarse: np.ndarray, cells: np.ndarray, codes: np.ndarray | None = None,
-                 doc_offsets: np.ndarray | None = None) -> None:
+                 doc_offsets: np.ndarray | None = None, pq: np.ndarray | None = None,
+                 residuals: np.ndarray | None = None) -> None:
         self.centroids = np.ascontiguousarray(centroids, dtype=np.float32)
         self.coarse = np.ascontiguousarray(coarse, dtype=np.float32)
         self.cells = np.ascontiguousarray(cells, dtype=np.int64)
@@ -192,11 +224,17 @@ class CentroidIndex:
                 or self.cells[0] != 0 or self.cells[-1] != k or np.any(np.diff(self.cells) < 0):
             raise ValueError(f"centroid arrays have shapes {self.centroids.shape}, {self.coarse.shape}, {self.cells.shape}: "
                              f"expected (k, dim), (k1, dim) and CSR offsets (k1 + 1,) ending at k")
+        self.pq = None if pq is None else np.ascontiguousarray(pq, dtype=np.float32)
+        if self.pq is not None and (self.pq.ndim != 3 or self.pq.shape[1] != 256
+                                    or self.pq.shape[0] * self.pq.shape[2] != self.centroids.shape[1]):
+            raise ValueError(f"residual codebooks must have shape (m, 256, dim / m) for dim {self.centroids.shape[1]}, "
+                             f"got {self.pq.shape}")
         self.codes = codes
-        self.list_offsets = self.list_docs = None
+        self.residuals = None
+        self.list_offsets = self.list_docs = self.list_residuals = None
         self.n_docs = 0
         if codes is not None:
-            self.set_codes(codes, doc_offsets)
+            self.set_codes(codes, doc_offsets, residuals)
 
     # -- training and assignment ---------------------------------------------------------------
     @classmethod
@@ -219,11 +257,20 @@ class CentroidIndex:
                 fine.append(_kmeans(sample[order[starts[c] : starts[c + 1]]], int(per_cell[c]), config.seed + 1 + c))
         cells = np.concatenate([[0], np.cumsum(per_cell)]).astype(np.int64)
         log.info("trained %d token centroids in %d coarse cells on %d sample tokens", int(cells[-1]), k1, sample.shape[0])
-        return cls(np.concatenate(fine), coarse, cells)
+        out = cls(np.concatenate(fine), coarse, cells)
+        mq = config.resolved(AUTO_MIN_DOCS, n_tokens).residual_pq
+        if mq:
+            out.pq = _train_pq(sample - out.centroids[out.assign(sample)], mq, config.seed)
+        return out
 
     @property
     def n_centroids(self) -> int:
         return int(self.centroids.shape[0])
+
+    @property
+    def residual_bytes(self) -> int:
+        """Bytes of residual code per token (0 without residual codes)."""
+        return 0 if self.pq is None else int(self.pq.shape[0])
 
     @property
     def code_dtype(self) -> np.dtype:
@@ -249,14 +296,42 @@ class CentroidIndex:
             out[s : s + xb.shape[0]] = res
         return out
 
+    def encode_residuals(self, x: np.ndarray, codes: np.ndarray) -> np.ndarray:
+        """uint8 (n, m) residual codes of float32 tokens ``x`` (n, dim) assigned to centroids ``codes``:
+        per sub-vector of ``x - centroid``, the nearest codeword (L2)."""
+        if self.pq is None:
+            raise RuntimeError("this centroid stage has no residual codebooks")
+        x = np.ascontiguousarray(x, dtype=np.float32)
+        out = np.empty((x.shape[0], self.residual_bytes), np.uint8)
+        for s in range(0, x.shape[0], _ASSIGN_ROWS):
+            r = x[s : s + _ASSIGN_ROWS] - self.centroids[np.asarray(codes[s : s + _ASSIGN_ROWS], dtype=np.int64)]
+            out[s : s + r.shape[0]] = _pq_encode(self.pq, r)
+        return out
+
     # -- lists -----------------------------------------------------------------------------------
-    def set_codes(self, codes: np.ndarray, doc_offsets: np.ndarray) -> None:
-        """Attach the per-token codes of a store with ``doc_offsets`` and build the inverted lists."""
+    def set_codes(self, codes: np.ndarray, doc_offsets: np.ndarray, residuals: np.ndarray | None = None) -> None:
+        """Attach the per-token codes (and residual codes) of a store with ``doc_offsets`` and build the
+        inverted lists: one entry per (centroid, document), or per token with residual codes."""
         if doc_offsets is None:
             raise ValueError("set_codes needs the documents' offsets")
+        if (residuals is None) != (self.pq is None):
+            raise ValueError("residual codes and residual codebooks go together")
         self.codes = codes
-        self.list_offsets, self.list_docs = build_lists(np.asarray(codes), np.asarray(doc_offsets), self.n_centroids)
+        self.residuals = residuals
+        if residuals is None:
+            self.list_offsets, self.list_docs = build_lists(np.asarray(codes), np.asarray(doc_offsets), self.n_centroids)
+            self.list_residuals = None
+        else:
+            if residuals.shape[1:] != (self.residual_bytes,):
+                raise ValueError(f"residual codes must have shape (n_tokens, {self.residual_bytes}), got {residuals.shape}")
+            self.list_offsets, self.list_docs, self.list_residuals = build_token_lists(
+                np.asarray(codes), np.asarray(residuals), np.asarray(doc_offsets), self.n_centroids)
         self.n_docs = int(len(doc_offsets) - 1)
+
+    def with_codes(self, codes: np.ndarray, doc_offsets: np.ndarray, residuals: np.ndarray | None = None) -> "CentroidIndex":
+        """A stage with these centroids and codebooks over another store's codes."""
+        return CentroidIndex(self.centroids, self.coarse, self.cells, codes=codes, doc_offsets=doc_offsets, pq=self.pq,
+                             residuals=residuals)
 
     def candidates(self, q_vectors: np.ndarray, q_offsets: np.ndarray, n: int, nprobe: int, n_cells: int,
                    allowed: np.ndarray | None = None) -> np.ndarray:
@@ -271,21 +346,63 @@ class CentroidIndex:
         n_queries = q_offsets.size - 1
         top, top_scores = probe_cells(q_vectors, self.coarse, self.centroids, self.cells, int(n_cells), nprobe)
         n_threads = 1 if n_queries == 1 else max(1, min(4, numba.get_num_threads()))  # the kernel's pool
+        lut = None if self.pq is None else residual_lut(self.pq, q_vectors)
         rows, _ = centroid_candidates(top_scores, q_offsets, top, self.list_offsets, self.list_docs, self.n_docs, int(n),
-                                      allowed=allowed, n_threads=n_threads)
+                                      allowed=allowed, n_threads=n_threads, lut=lut,
+                                      list_residuals=self.list_residuals)
         return rows
 
     # -- persistence -------------------------------------------------------------------------------
     def arrays(self) -> dict:
-        """The arrays to save (besides the codes): {name: array}."""
-        return {"centroids": self.centroids, "coarse": self.coarse, "cells": self.cells}
+        """The arrays to save (besides the per-token codes): {name: array}."""
+        out = {"centroids": self.centroids, "coarse": self.coarse, "cells": self.cells}
+        if self.pq is not None:
+            out["pq"] = self.pq
+        return out
 
     def nbytes_resident(self) -> int:
         lists = 0 if self.list_docs is None else self.list_docs.nbytes + self.list_offsets.nbytes
+        if self.list_residuals is not None:
+            lists += self.list_residuals.nbytes + self.pq.nbytes
         return int(self.centroids.nbytes + self.coarse.nbytes + self.cells.nbytes + lists)
 
     def __repr__(self) -> str:
-        return f"CentroidIndex(n_centroids={self.n_centroids}, coarse={self.coarse.shape[0]}, n_docs={self.n_docs})"
+        return (f"CentroidIndex(n_centroids={self.n_centroids}, coarse={self.coarse.shape[0]}, "
+                f"residual_pq={self.residual_bytes}, n_docs={self.n_docs})")
+
+
+def residual_lut(pq: np.ndarray, q: np.ndarray) -> np.ndarray:
+    """float32 (n, m * 256): ``[i, u * 256 + v]`` = sub-vector ``u`` of ``q[i]`` . codeword ``v`` of codebook ``u``."""
+    m, _, ds = pq.shape
+    q = np.ascontiguousarray(q, dtype=np.float32).reshape(-1, m, ds)
+    return np.ascontiguousarray(np.einsum("ium,uvm->iuv", q, pq).reshape(q.shape[0], m * 256), dtype=np.float32)
+
+
+def _train_pq(residuals: np.ndarray, m: int, seed: int) -> np.ndarray:
+    """Codebooks (m, 256, dim / m) of a product quantiser trained on float32 residuals (n, dim)."""
+    dim = residuals.shape[1]
+    if dim % m:
+        raise ValueError(f"CentroidConfig.residual_pq={m} does not divide the token dimension {dim}")
+    pq = faiss.ProductQuantizer(dim, m, 8)
+    pq.cp.seed = int(seed)
+    pq.cp.niter = _KMEANS_ITERS * 2
+    pq.cp.min_points_per_centroid = 1  # small corpora: no warning; the codebooks are as good as their sample
+    x = np.ascontiguousarray(residuals, dtype=np.float32)
+    if x.shape[0] < 256:  # fewer points than codewords: repeat them (k-means needs k points)
+        x = np.ascontiguousarray(np.resize(x, (256, dim)))
+    pq.train(x)
+    return np.ascontiguousarray(faiss.vector_to_array(pq.centroids).reshape(m, 256, dim // m), dtype=np.float32)
+
+
+def _pq_encode(pq: np.ndarray, r: np.ndarray) -> np.ndarray:
+    """uint8 (n, m): the nearest (L2) codeword of each sub-vector of float32 ``r`` (n, dim)."""
+    m, _, ds = pq.shape
+    out = np.empty((r.shape[0], m), np.uint8)
+    for u in range(m):
+        sub = r[:, u * ds : (u + 1) * ds]
+        d = (pq[u] * pq[u]).sum(1)[None, :] - 2.0 * (sub @ pq[u].T)  # |sub|^2 is the same for every codeword
+        out[:, u] = np.argmin(d, axis=1)
+    return out
 
 
 def _nearest(centroids: np.ndarray, x: np.ndarray) -> np.ndarray:

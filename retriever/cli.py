@@ -13,6 +13,7 @@ from pathlib import Path
 
 from .cli_args import (
     add_encoder_args,
+    auto_or_int,
     add_index_config_args,
     encoder_from_args,
     index_config_from_args,
@@ -159,10 +160,13 @@ def cmd_centroids(args) -> int:
         changes["n_centroids"] = args.ivf_centroids
     if args.ivf_nprobe is not None:
         changes["nprobe"] = args.ivf_nprobe
+    if args.ivf_residual_pq is not None:
+        changes["residual_pq"] = args.ivf_residual_pq
     r.rebuild_centroids(dataclasses.replace(cfg, **changes), show_progress=True)
     r.save(args.index)
     stage = r.centroid_stage
-    print(f"{args.index}: token centroid stage " + (f"with {stage.n_centroids} centroids" if stage else "removed"))
+    print(f"{args.index}: token centroid stage " + (f"with {stage.n_centroids} centroids and {stage.residual_bytes} "
+                                                    f"bytes of residual code per token" if stage else "removed"))
     return 0
 
 
@@ -324,6 +328,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="centroids (default: the index's setting, else chosen from its token count)")
     pc.add_argument("--ivf-nprobe", dest="ivf_nprobe", type=int, default=None,
                     help="lists probed per query token by default (default: the index's setting)")
+    pc.add_argument("--ivf-residual-pq", dest="ivf_residual_pq", type=auto_or_int, default=None,
+                    help="bytes of residual code per token, or auto (4 up to 4.2M stored tokens, else 0; default: "
+                         "the index's setting, 0 for indexes built before residual codes)")
     pc.add_argument("--off", action="store_true", help="remove the stage instead")
     pc.set_defaults(func=cmd_centroids)
 

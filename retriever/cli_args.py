@@ -42,6 +42,9 @@ def add_index_config_args(p) -> None:
                    help="centroids of the token centroid stage (default: chosen from the corpus's token count)")
     p.add_argument("--ivf-nprobe", dest="ivf_nprobe", type=int, default=16,
                    help="token centroid stage: lists probed per query token by default (16)")
+    p.add_argument("--ivf-residual-pq", dest="ivf_residual_pq", type=auto_or_int, default="auto",
+                   help="token centroid stage: bytes of product-quantised residual per token that refine its "
+                        "centroid's score (0 = centroid scores only; default auto: 4 up to 4.2M stored tokens)")
     p.add_argument("--hybrid", dest="hybrid", default="auto", type=_hybrid_arg,
                    help="signals stored for hybrid scoring: auto (default: dense and bm25 for text), none, dense, "
                         "bm25 or dense,bm25")
@@ -71,10 +74,21 @@ def index_config_from_args(args):
     from .centroids import CentroidConfig
 
     centroids = CentroidConfig(enabled={"auto": "auto", "on": True, "off": False}[args.centroids],
-                               n_centroids=args.ivf_centroids, nprobe=args.ivf_nprobe)
+                               n_centroids=args.ivf_centroids, nprobe=args.ivf_nprobe,
+                               residual_pq=args.ivf_residual_pq)
     return IndexConfig(fde=FDEConfig(**fde_kwargs), faiss_factory=args.faiss_factory, codec=codec,
                        pool_factor=args.pool_factor, word_pooling=args.word_pooling, hybrid=hybrid,
                        centroids=centroids)
+
+
+def auto_or_int(text: str):
+    """argparse type: ``"auto"`` or an integer."""
+    if text == "auto":
+        return text
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected 'auto' or an integer, got {text!r}") from None
 
 
 def _hybrid_arg(text: str):

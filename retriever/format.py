@@ -14,7 +14,9 @@ An index is a directory of plain files::
     ivf_*.npy         the token centroid candidate stage (retriever/centroids.py), when built:
                       fine centroids (float32, grouped by coarse cell), coarse centroids, the
                       CSR offsets of each cell's fine centroids, and ivf_codes.npy: the fine
-                      centroid of every stored token (row t = token t of tokens.npy)
+                      centroid of every stored token (row t = token t of tokens.npy); with
+                      residual codes also ivf_pq.npy (float32 codebooks (m, 256, dim / m)) and
+                      ivf_residuals.npy ((n_tokens, m) uint8, row t = token t of tokens.npy)
     dense.npy         hybrid indexes with the "dense" signal: (n_docs, d) float16 pooled single
                       vectors of the documents (row i = document i)
     bm25_*.npy, bm25_vocab.txt
@@ -54,6 +56,8 @@ CODEC_FILES = {"centroids": "codec_centroids.npy", "cutoffs": "codec_cutoffs.npy
 # the token centroid stage (see retriever/centroids.py)
 IVF_FILES = {"centroids": "ivf_centroids.npy", "coarse": "ivf_coarse.npy", "cells": "ivf_cells.npy"}
 IVF_CODES = "ivf_codes.npy"
+IVF_PQ = "ivf_pq.npy"  # residual codebooks (CentroidConfig.residual_pq > 0)
+IVF_RESIDUALS = "ivf_residuals.npy"
 
 DENSE = "dense.npy"
 BM25_VOCAB = "bm25_vocab.txt"
@@ -62,7 +66,7 @@ BM25_FILES = {"term_offsets": "bm25_term_offsets.npy", "post_rows": "bm25_post_r
 
 # Files whose checksum load() always checks (small); tokens.npy and fde.faiss are checked
 # by size and header at load and by checksum in verify().
-SMALL_FILES = (DOC_OFFSETS, DOC_IDS, DELETED, *CODEC_FILES.values(), *IVF_FILES.values(), BM25_VOCAB, BM25_FILES["term_offsets"],
+SMALL_FILES = (DOC_OFFSETS, DOC_IDS, DELETED, *CODEC_FILES.values(), *IVF_FILES.values(), IVF_PQ, BM25_VOCAB, BM25_FILES["term_offsets"],
                BM25_FILES["doc_len"])
 
 
@@ -82,7 +86,8 @@ def describe_files(directory: Path, names: list[str], checksum: bool = True) -> 
 
 
 REQUIRED_FILES = (TOKENS, DOC_OFFSETS, DOC_IDS, FAISS)
-KNOWN_FILES = REQUIRED_FILES + (DELETED, *CODEC_FILES.values(), *IVF_FILES.values(), IVF_CODES, DENSE, BM25_VOCAB, *BM25_FILES.values())
+KNOWN_FILES = REQUIRED_FILES + (DELETED, *CODEC_FILES.values(), *IVF_FILES.values(), IVF_CODES, IVF_PQ,
+               IVF_RESIDUALS, DENSE, BM25_VOCAB, *BM25_FILES.values())
 CHECKSUM_FIELD = "manifest_sha256"
 _COUNT_FIELDS = ("n_docs", "n_tokens", "dim", "fde_dim")
 

@@ -434,8 +434,12 @@ class Retriever:
                 r._write_into(workdir, tokens_in_place=True)
                 atomic_replace_dir(workdir, target)
                 r.tokens = fmt.load_array(target, fmt.TOKENS, True, codec.row_dtype, tokens.shape)
-                if r.centroid_stage is not None:  # the same bytes, mapped from their final place
-                    r.centroid_stage.codes = _load_codes(target, r.centroid_stage, r.n_tokens)
+                stage = r.centroid_stage
+                if stage is not None:  # the same bytes, mapped from their final place
+                    stage.codes = _load_codes(target, stage, r.n_tokens)
+                    if stage.residuals is not None:
+                        stage.residuals = fmt.load_array(target, fmt.IVF_RESIDUALS, True, np.uint8,
+                                                         stage.residuals.shape)
                 if r.dense is not None:
                     r.dense = fmt.load_array(target, fmt.DENSE, True, np.float16, r.dense.shape)
             log.info("built %r (timings %s)", r, {k: round(v, 2) for k, v in builder.timings.items()})
@@ -824,11 +828,16 @@ class Retriever:
         stage = self.centroid_stage
         if stage is not None:
             for key, arr in stage.arrays().items():
-                np.save(directory / fmt.IVF_FILES[key], arr, allow_pickle=False)
-                names.append(fmt.IVF_FILES[key])
-            if not tokens_in_place:  # (a build wrote it in place already)
+                name = fmt.IVF_PQ if key == "pq" else fmt.IVF_FILES[key]
+                np.save(directory / name, arr, allow_pickle=False)
+                names.append(name)
+            if not tokens_in_place:  # (a build wrote them in place already)
                 _copy_rows(directory / fmt.IVF_CODES, stage.codes.reshape(-1, 1), stage.code_dtype, 1 << 22)
+                if stage.residuals is not None:
+                    _copy_rows(directory / fmt.IVF_RESIDUALS, stage.residuals, np.uint8, 1 << 22)
             names.append(fmt.IVF_CODES)
+            if stage.residuals is not None:
+                names.append(fmt.IVF_RESIDUALS)
         hybrid = {}
         if self.dense is not None:
             if not tokens_in_place:  # (a build wrote it in place already)
@@ -1079,6 +1088,9 @@ def _load_centroid_stage(path: Path, m: dict, config: IndexConfig, dim: int, n_t
     if config.centroids.enabled == "auto":
         raise fmt.IndexFormatError(f"{path / fmt.MANIFEST}: config.centroids.enabled must be decided (true or false), "
                                    f"not 'auto'")
+    if config.centroids.residual_pq == "auto":
+        raise fmt.IndexFormatError(f"{path / fmt.MANIFEST}: config.centroids.residual_pq must be decided (an integer), "
+                                   f"not 'auto'")
     info = m.get("centroids") or {}
     k, k1 = info.get("n_centroids"), info.get("n_coarse")
     if any(isinstance(v, bool) or not isinstance(v, int) or v < 1 for v in (k, k1)):
@@ -1094,15 +1106,27 @@ def _load_centroid_stage(path: Path, m: dict, config: IndexConfig, dim: int, n_t
             raise fmt.IndexFormatError(f"{path / name} holds NaN or infinite values")
     if fmt.IVF_CODES not in m["files"]:
         raise fmt.IndexFormatError(f"{path / fmt.MANIFEST}: the centroid stage needs {fmt.IVF_CODES!r}, which is not listed")
+    mq = config.centroids.residual_pq
+    pq = residuals = None
+    if mq:
+        for name in (fmt.IVF_PQ, fmt.IVF_RESIDUALS):
+            if name not in m["files"]:
+                raise fmt.IndexFormatError(f"{path / fmt.MANIFEST}: residual_pq={mq} needs {name!r}, which is not listed")
+        if dim % mq:
+            raise fmt.IndexFormatError(f"{path / fmt.MANIFEST}: residual_pq={mq} does not divide the dimension {dim}")
+        pq = fmt.load_array(path, fmt.IVF_PQ, False, np.float32, (mq, 256, dim // mq))
+        if not np.isfinite(pq).all():
+            raise fmt.IndexFormatError(f"{path / fmt.IVF_PQ} holds NaN or infinite values")
+        residuals = fmt.load_array(path, fmt.IVF_RESIDUALS, True, np.uint8, (n_tokens, mq))
     try:
-        stage = CentroidIndex(arrays["centroids"], arrays["coarse"], arrays["cells"])
+        stage = CentroidIndex(arrays["centroids"], arrays["coarse"], arrays["cells"], pq=pq)
     except ValueError as e:
         raise fmt.IndexFormatError(f"{path}: bad centroid stage: {e}") from None
     codes = _load_codes(path, stage, n_tokens)
     top = int(codes.max(initial=0))
     if top >= k:
         raise fmt.IndexFormatError(f"{path / fmt.IVF_CODES}: a token names centroid {top}, the stage has {k}")
-    stage.set_codes(codes, offsets)
+    stage.set_codes(codes, offsets, residuals)
     return stage
 
 

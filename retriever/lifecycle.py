@@ -59,7 +59,6 @@ from .builder import (
     fill_faiss,
     stream_texts,
 )
-from .centroids import CentroidIndex
 from .lexical import LexicalAppender
 from .storage import NpyAppender
 from .tokens import TokenEmbeddings, as_token_embeddings
@@ -189,6 +188,7 @@ class _Stager:
         self.pooled: list[np.ndarray] = []
         self.lexical_app = LexicalAppender(r.lexical) if r.lexical is not None else None
         self.codes: list[np.ndarray] = []  # token centroid ids of the new tokens (centroid stage)
+        self.residuals: list[np.ndarray] = []  # and their residual codes (a stage with residual codes)
 
     def add(self, emb: TokenEmbeddings, ids: list, pooled: np.ndarray | None = None,
             texts: list[str] | None = None) -> None:
@@ -209,8 +209,13 @@ class _Stager:
         rows = r.codec.encode(emb.vectors)  # a trained codec is kept as it is
         t2 = time.perf_counter()
         self.timings["codec_s"] += t2 - t1
-        if r.centroid_stage is not None:  # assigned from the stored (decoded) vectors, as a build does
-            self.codes.append(r.centroid_stage.assign(r.codec.decode(rows)))
+        stage = r.centroid_stage
+        if stage is not None:  # assigned from the stored (decoded) vectors, as a build does
+            x = r.codec.decode(rows)
+            codes = stage.assign(x)
+            self.codes.append(codes)
+            if stage.residuals is not None:
+                self.residuals.append(stage.encode_residuals(x, codes))
             t3 = time.perf_counter()
             self.timings["centroids_s"] = self.timings.get("centroids_s", 0.0) + t3 - t2
             t2 = t3
@@ -253,8 +258,8 @@ class _Stager:
         stage = None
         if r.centroid_stage is not None:  # the lists of the grown store (built before anything changes)
             old = r.centroid_stage
-            stage = CentroidIndex(old.centroids, old.coarse, old.cells,
-                                  codes=np.concatenate([np.asarray(old.codes), *self.codes]), doc_offsets=offsets)
+            residuals = None if old.residuals is None else np.concatenate([np.asarray(old.residuals), *self.residuals])
+            stage = old.with_codes(np.concatenate([np.asarray(old.codes), *self.codes]), offsets, residuals)
         index = r.faiss_index
         ntotal = index.ntotal
         try:  # FDEs of the new rows, computed from the grown store as a build computes them
@@ -426,12 +431,22 @@ def _compacted_centroids(r: Retriever, live: np.ndarray, tokens, offsets: np.nda
     if old is None:
         return None
     if retrain:
-        stage = fill_centroids(r.config.centroids, codec, tokens, offsets, workdir)
-        stage.codes = np.array(stage.codes)  # in memory: the work directory may not outlive the call
-        return stage
+        return _in_memory(fill_centroids(r.config.centroids, codec, tokens, offsets, workdir))
     src = r.doc_offsets
-    codes = np.concatenate([np.asarray(old.codes[int(src[a]) : int(src[b])]) for a, b in _runs(live)])
-    return CentroidIndex(old.centroids, old.coarse, old.cells, codes=codes, doc_offsets=offsets)
+    runs = _runs(live)
+    codes = np.concatenate([np.asarray(old.codes[int(src[a]) : int(src[b])]) for a, b in runs])
+    residuals = None
+    if old.residuals is not None:
+        residuals = np.concatenate([np.asarray(old.residuals[int(src[a]) : int(src[b])]) for a, b in runs])
+    return old.with_codes(codes, offsets, residuals)
+
+
+def _in_memory(stage):
+    """``stage`` with its per-token codes read into memory (its work directory may not outlive the call)."""
+    stage.codes = np.array(stage.codes)
+    if stage.residuals is not None:
+        stage.residuals = np.array(stage.residuals)
+    return stage
 
 
 def rebuild_centroid_stage(r: Retriever, config, *, show_progress: bool = False) -> None:
@@ -439,14 +454,13 @@ def rebuild_centroid_stage(r: Retriever, config, *, show_progress: bool = False)
     import dataclasses
 
     config = config if config is not None else dataclasses.replace(r.config.centroids, enabled=True)
-    if config.enabled == "auto":
-        config = config.resolved(len(r.doc_ids))
+    config = config.resolved(len(r.doc_ids), r.n_tokens)
     stage = None
     if config.enabled:
         workdir = Path(tempfile.mkdtemp(prefix="retriever-"))
         try:
-            stage = fill_centroids(config, r.codec, r.tokens, r.doc_offsets, workdir, show_progress=show_progress)
-            stage.codes = np.array(stage.codes)  # in memory until saved
+            stage = _in_memory(fill_centroids(config, r.codec, r.tokens, r.doc_offsets, workdir,
+                                              show_progress=show_progress))  # in memory until saved
         finally:
             shutil.rmtree(workdir, ignore_errors=True)
     r.centroid_stage = stage
@@ -550,6 +564,22 @@ def _check_centroid_codes(r: Retriever, path: Path) -> None:
     if bad.size:
         raise fmt.IndexFormatError(
             f"{path / fmt.IVF_CODES}: the centroid ids of {bad.size} of {rows.size} sampled tokens (e.g. token "
+            f"{int(rows[bad[0]])}) are not those of their stored vectors")
+    if stage.residuals is None:
+        return
+    # residual codes: each sub-vector's stored codeword is (up to float ties) its nearest
+    m, _, ds = stage.pq.shape
+    res = x - stage.centroids[stored]
+    codes = np.asarray(stage.residuals[rows]).astype(np.int64)
+    worse = np.zeros(rows.size, bool)
+    for u in range(m):  # squared distances up to |sub-vector|^2, which every codeword shares
+        cb = stage.pq[u]
+        dist = (cb * cb).sum(1)[None, :] - 2.0 * (res[:, u * ds : (u + 1) * ds] @ cb.T)
+        worse |= dist[np.arange(rows.size), codes[:, u]] > dist.min(1) + 1e-4
+    bad = np.flatnonzero(worse)
+    if bad.size:
+        raise fmt.IndexFormatError(
+            f"{path / fmt.IVF_RESIDUALS}: the residual codes of {bad.size} of {rows.size} sampled tokens (e.g. token "
             f"{int(rows[bad[0]])}) are not those of their stored vectors")
 
 

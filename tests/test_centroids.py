@@ -7,14 +7,16 @@ import json
 import numpy as np
 import pytest
 
-from kernels.centroids import build_lists, centroid_candidates, probe_cells
+from kernels.centroids import build_lists, build_token_lists, centroid_candidates, probe_cells
 from lifecycle_util import SMALL_FDE, make_docs, make_queries, unit
 from retriever import IndexConfig, Retriever
 from retriever import format as fmt
-from retriever.centroids import AUTO_MIN_DOCS, CentroidConfig, CentroidIndex, _split, auto_candidates, auto_n_centroids
+from retriever.centroids import (AUTO_MIN_DOCS, AUTO_PQ_MAX_TOKENS, CentroidConfig, CentroidIndex, _pq_encode, _split, auto_candidates,
+                                 auto_n_centroids, residual_lut)
 from retriever.format import IndexFormatError
 
 ON = IndexConfig(fde=SMALL_FDE, codec="float16", centroids=CentroidConfig(enabled=True, n_centroids=64))
+NO_PQ = IndexConfig(fde=SMALL_FDE, codec="float16", centroids=CentroidConfig(enabled=True, n_centroids=64, residual_pq=0))
 
 
 # -- numpy twins -------------------------------------------------------------------------------
@@ -68,12 +70,44 @@ def approx_ref(top_scores, top, lists, n_docs, allowed=None):
     return total, found
 
 
-def candidates_ref(top_scores, q_offsets, top, lists, n_docs, k, allowed=None):
+def token_lists_ref(codes, residuals, doc_offsets, k):
+    """Per centroid, [(document, residual code tuple)] of its tokens in token order."""
+    out = [[] for _ in range(k)]
+    for d in range(len(doc_offsets) - 1):
+        for t in range(doc_offsets[d], doc_offsets[d + 1]):
+            out[codes[t]].append((d, tuple(residuals[t].tolist())))
+    return out
+
+
+def approx_refined_ref(top_scores, top, lut, token_lists, n_docs, allowed=None):
+    """Refined interaction: per query token, the best probed token of each document scored as its centroid's
+    score plus its residual's (from the lookup table), missing tokens imputed as the last probed list."""
+    total = np.zeros(n_docs)
+    found = np.zeros(n_docs, bool)
+    for i in range(top.shape[0]):
+        miss = float(top_scores[i, -1])
+        best = np.full(n_docs, -np.inf)
+        for j, c in enumerate(top[i]):
+            for d, code in token_lists[c]:
+                s = float(top_scores[i, j]) + sum(float(lut[i, u * 256 + v]) for u, v in enumerate(code))
+                best[d] = max(best[d], s)
+        hit = np.isfinite(best)
+        found |= hit
+        total += np.where(hit, best, miss)
+    if allowed is not None:
+        found &= allowed.astype(bool)
+    return total, found
+
+
+def candidates_ref(top_scores, q_offsets, top, lists, n_docs, k, allowed=None, lut=None):
     rows = np.full((len(q_offsets) - 1, k), -1)
     vals = np.full((len(q_offsets) - 1, k), -np.inf)
     for q in range(len(q_offsets) - 1):
         a, b = q_offsets[q], q_offsets[q + 1]
-        total, found = approx_ref(top_scores[a:b], top[a:b], lists, n_docs, allowed)
+        if lut is None:
+            total, found = approx_ref(top_scores[a:b], top[a:b], lists, n_docs, allowed)
+        else:
+            total, found = approx_refined_ref(top_scores[a:b], top[a:b], lut[a:b], lists, n_docs, allowed)
         docs = sorted(np.flatnonzero(found).tolist(), key=lambda d: (-np.float32(total[d]), d))[:k]
         rows[q, : len(docs)] = docs
         vals[q, : len(docs)] = total[docs]
@@ -159,6 +193,63 @@ def test_centroid_candidates_match_reference(seed, threads):
         np.testing.assert_allclose(vals, ref_vals, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("seed", range(4))
+def test_build_token_lists_matches_reference(seed):
+    rng = np.random.default_rng(seed)
+    codes, offsets = _random_lists(rng)
+    residuals = rng.integers(0, 256, size=(codes.size, 3)).astype(np.uint8)
+    lo, ld, lr = build_token_lists(codes, residuals, offsets, 16)
+    ref = token_lists_ref(codes, residuals, offsets, 16)
+    assert lo.dtype == np.int64 and ld.dtype == np.int32 and lr.dtype == np.uint8 and lo[-1] == ld.size == codes.size
+    got = [list(zip(ld[lo[c] : lo[c + 1]].tolist(), map(tuple, lr[lo[c] : lo[c + 1]].tolist()))) for c in range(16)]
+    assert got == ref
+    with pytest.raises(ValueError, match="residuals must have shape"):
+        build_token_lists(codes, residuals[1:], offsets, 16)
+
+
+@pytest.mark.parametrize("seed", range(6))
+@pytest.mark.parametrize("threads", [1, 2])
+def test_refined_candidates_match_reference(seed, threads):
+    rng = np.random.default_rng(100 + seed)
+    n_docs, kc, m = 40, 16, 2
+    codes, offsets = _random_lists(rng, n_docs, kc)
+    residuals = rng.integers(0, 256, size=(codes.size, m)).astype(np.uint8)
+    lo, ld, lr = build_token_lists(codes, residuals, offsets, kc)
+    lists = token_lists_ref(codes, residuals, offsets, kc)
+    q_len = rng.integers(1, 5, size=5)
+    q_off = np.concatenate([[0], np.cumsum(q_len)]).astype(np.int64)
+    scores = rng.standard_normal((int(q_off[-1]), kc)).astype(np.float32)
+    lut = (0.3 * rng.standard_normal((int(q_off[-1]), 256 * m))).astype(np.float32)
+    nprobe = int(rng.integers(1, 5))
+    top, top_scores = top_of(scores, nprobe)
+    allowed = (rng.random(n_docs) > 0.3).astype(np.uint8) if seed % 2 else None
+    for k in (1, 7, 60):
+        rows, vals = centroid_candidates(top_scores, q_off, top, lo, ld, n_docs, k, allowed=allowed, n_threads=threads,
+                                         lut=lut, list_residuals=lr)
+        ref_rows, ref_vals = candidates_ref(top_scores, q_off, top, lists, n_docs, k, allowed, lut=lut)
+        assert rows.tolist() == ref_rows.tolist()
+        np.testing.assert_allclose(vals, ref_vals, rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="lut and list_residuals go together"):
+        centroid_candidates(top_scores, q_off, top, lo, ld, n_docs, 3, lut=lut)
+    with pytest.raises(ValueError, match="lut must have shape"):
+        centroid_candidates(top_scores, q_off, top, lo, ld, n_docs, 3, lut=lut[:, :256], list_residuals=lr)
+
+
+def test_residual_codes_and_lookup_table_match_numpy():
+    rng = np.random.default_rng(4)
+    pq = rng.standard_normal((4, 256, 3)).astype(np.float32)
+    r = rng.standard_normal((50, 12)).astype(np.float32)
+    codes = _pq_encode(pq, r)
+    for u in range(4):  # nearest codeword by brute force
+        d = ((r[:, None, 3 * u : 3 * u + 3] - pq[u][None]) ** 2).sum(-1)
+        assert np.array_equal(codes[:, u], d.argmin(1))
+    q = rng.standard_normal((6, 12)).astype(np.float32)
+    lut = residual_lut(pq, q)
+    recon = np.concatenate([pq[u][codes[:, u]] for u in range(4)], axis=1)  # (50, 12) decoded residuals
+    via_lut = np.array([[sum(lut[i, u * 256 + int(codes[t, u])] for u in range(4)) for t in range(50)] for i in range(6)])
+    np.testing.assert_allclose(via_lut, q @ recon.T, rtol=1e-5, atol=1e-5)
+
+
 def test_centroid_candidates_tie_break_is_lower_row():
     # every document holds the same centroid: equal scores, the lowest rows win
     offsets = np.arange(11, dtype=np.int64)
@@ -184,8 +275,11 @@ def test_auto_rules():
     assert auto_n_centroids(100) == 16 and auto_n_centroids(80_000) == 10_000
     assert auto_candidates(1_000_000, 10) == 1581 and auto_candidates(3633, 10) == 400
     assert auto_candidates(50, 10) == 50 and auto_candidates(100_000, 100) == 1000
-    assert CentroidConfig().resolved(AUTO_MIN_DOCS).enabled is True
-    assert CentroidConfig().resolved(AUTO_MIN_DOCS - 1).enabled is False
+    assert CentroidConfig().resolved(AUTO_MIN_DOCS, 10**5).enabled is True
+    assert CentroidConfig().resolved(AUTO_MIN_DOCS - 1, 10**5).enabled is False
+    assert CentroidConfig().resolved(5183, AUTO_PQ_MAX_TOKENS).residual_pq == 4
+    assert CentroidConfig().resolved(5183, AUTO_PQ_MAX_TOKENS + 1).residual_pq == 0
+    assert CentroidConfig(residual_pq=8).resolved(5183, 10**9).residual_pq == 8  # an explicit choice stays
 
 
 def test_assign_is_the_best_fine_centroid_of_the_nearest_cell():
@@ -202,7 +296,9 @@ def test_assign_is_the_best_fine_centroid_of_the_nearest_cell():
 
 
 @pytest.mark.parametrize("bad", [dict(enabled="yes"), dict(n_centroids=1), dict(n_centroids=2.5), dict(nprobe=0),
-                                 dict(probe_cells=0), dict(max_train_bytes=10), dict(seed=-1)])
+                                 dict(probe_cells=0), dict(max_train_bytes=10), dict(seed=-1),
+                                 dict(residual_pq=-1), dict(residual_pq=1.5), dict(residual_pq=257),
+                                 dict(residual_pq="yes")])
 def test_centroid_config_names_the_bad_field(bad):
     field = next(iter(bad))
     with pytest.raises(ValueError, match=f"CentroidConfig.{field}"):
@@ -217,10 +313,12 @@ def test_centroid_config_round_trips_and_refuses_unknown_keys():
     assert IndexConfig(centroids=True).centroids.enabled is True
     with pytest.raises(TypeError, match="IndexConfig.centroids"):
         IndexConfig(centroids=3)
-    # a manifest written before the stage existed: no stage
+    # a manifest written before the stage existed: no stage; before residual codes: none
     d = IndexConfig().to_dict()
     del d["centroids"]
     assert IndexConfig.from_dict(d).centroids.enabled is False
+    old = {k: v for k, v in c.to_dict().items() if k != "residual_pq"}
+    assert CentroidConfig.from_dict(old).residual_pq == 0 and CentroidConfig().residual_pq == "auto"
 
 
 # -- inside an index -----------------------------------------------------------------------------
@@ -242,7 +340,10 @@ def test_stage_is_built_and_recorded(corpus, tmp_path):
     assert r.centroid_stage is not None and r.centroid_stage.n_centroids == 64
     m = json.loads((tmp_path / "i" / fmt.MANIFEST).read_text())
     assert m["config"]["centroids"]["enabled"] is True and m["centroids"] == {"n_centroids": 64, "n_coarse": 8}
-    assert set(fmt.IVF_FILES.values()) | {fmt.IVF_CODES} <= set(m["files"])
+    assert set(fmt.IVF_FILES.values()) | {fmt.IVF_CODES, fmt.IVF_PQ, fmt.IVF_RESIDUALS} <= set(m["files"])
+    assert m["config"]["centroids"]["residual_pq"] == 4 and r.centroid_stage.residual_bytes == 4
+    off = _build(docs, config=NO_PQ)
+    assert off.centroid_stage.residual_bytes == 0 and off.centroid_stage.list_residuals is None
     small = Retriever.build(docs, config=IndexConfig(fde=SMALL_FDE), show_progress=False)  # auto, 300 docs: off
     assert small.centroid_stage is None and small.config.centroids.enabled is False
     with pytest.raises(ValueError, match="mode='centroids' needs an index built with the token centroid stage"):
@@ -304,19 +405,54 @@ def test_save_load_verify_and_damage(corpus, tmp_path):
         else:
             with pytest.raises(IndexFormatError, match="centroid ids of 1 of"):
                 Retriever.verify(tmp_path / "i")
+    # a wrong residual code: verify names the file; a missing one: load names it
+    np.save(tmp_path / "i" / fmt.IVF_CODES, codes)
+    res = np.load(tmp_path / "i" / fmt.IVF_RESIDUALS)
+    x = r.codec.decode(np.asarray(r.tokens[:1]))[0] - r.centroid_stage.centroids[int(codes[0, 0])]
+    bad = res.copy()
+    pq = r.centroid_stage.pq
+    far = ((x[: pq.shape[2]][None] - pq[0]) ** 2).sum(1).argmax()  # the farthest codeword of sub-vector 0
+    bad[0, 0] = far
+    np.save(tmp_path / "i" / fmt.IVF_RESIDUALS, bad)
+    m2 = dict(m, files=fmt.describe_files(tmp_path / "i", list(m["files"])))
+    m2.pop(fmt.CHECKSUM_FIELD)
+    fmt.write_manifest(tmp_path / "i", m2)
+    Retriever.load(tmp_path / "i")
+    with pytest.raises(IndexFormatError, match=r"ivf_residuals.npy: the residual codes of 1 of"):
+        Retriever.verify(tmp_path / "i")
+    m3 = dict(m2, files={k: v for k, v in m2["files"].items() if k != fmt.IVF_RESIDUALS})
+    fmt.write_manifest(tmp_path / "i", m3)
+    with pytest.raises(IndexFormatError, match="residual_pq=4 needs 'ivf_residuals.npy'"):
+        Retriever.load(tmp_path / "i")
 
 
-def test_add_delete_compact_keep_the_stage_consistent(corpus, tmp_path):
+def _assert_stage_matches_its_store(r):
+    """Codes, residual codes and lists are those a fresh assignment of the stored tokens gives."""
+    stage = r.centroid_stage
+    x = r.codec.decode(np.asarray(r.tokens))
+    codes = stage.assign(x)
+    assert np.array_equal(np.asarray(stage.codes), codes)
+    if stage.residuals is None:
+        lo, ld = build_lists(codes, r.doc_offsets, stage.n_centroids)
+    else:
+        assert np.array_equal(np.asarray(stage.residuals), stage.encode_residuals(x, codes))
+        lo, ld, lr = build_token_lists(codes, stage.encode_residuals(x, codes), r.doc_offsets, stage.n_centroids)
+        assert np.array_equal(lr, stage.list_residuals)
+    assert np.array_equal(lo, stage.list_offsets) and np.array_equal(ld, stage.list_docs)
+
+
+@pytest.mark.parametrize("config", [ON, NO_PQ], ids=["residual_pq", "centroid_scores"])
+def test_add_delete_compact_keep_the_stage_consistent(corpus, tmp_path, config):
     docs, queries = corpus
     extra = make_docs(40, seed=9)
-    r = _build(docs[:250])
+    r = _build(docs[:250], config=config)
     cents = r.centroid_stage.centroids.copy()
+    pq = None if r.centroid_stage.pq is None else r.centroid_stage.pq.copy()
     r.add(docs[250:] + extra, doc_ids=list(range(250, 300)) + list(range(1000, 1040)))
     stage = r.centroid_stage
     assert np.array_equal(stage.centroids, cents)  # trained once, kept for adds
-    assert np.array_equal(np.asarray(stage.codes), stage.assign(r.codec.decode(np.asarray(r.tokens))))
-    lo, ld = build_lists(np.asarray(stage.codes), r.doc_offsets, stage.n_centroids)
-    assert np.array_equal(lo, stage.list_offsets) and np.array_equal(ld, stage.list_docs)
+    assert pq is None or np.array_equal(stage.pq, pq)
+    _assert_stage_matches_its_store(r)
     # a new document is found through the stage
     q = [extra[3][:4]]
     assert r.search(q, k=1, mode="centroids", n_candidates=50).ids[0, 0] == 1003
@@ -330,10 +466,12 @@ def test_add_delete_compact_keep_the_stage_consistent(corpus, tmp_path):
     r.compact()
     after = r.search(queries, k=10, mode="centroids", n_candidates=80)
     assert after.ids.tolist() == before.ids.tolist()
+    _assert_stage_matches_its_store(r)
     r.save(tmp_path / "c")
     Retriever.verify(tmp_path / "c")
     r.compact(retrain=True)
     assert not np.array_equal(r.centroid_stage.centroids, cents)
+    _assert_stage_matches_its_store(r)
     r.save(tmp_path / "d")
     Retriever.verify(tmp_path / "d")
     assert Retriever.load(tmp_path / "d").search(queries, k=10, mode="exact").ids.tolist() == \
