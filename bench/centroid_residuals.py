@@ -1,0 +1,133 @@
+"""Does the centroid stage's residual refinement pay? The same index, centroids and queries, with and without it.
+
+Usage::
+
+    # a BEIR collection (index built by `retriever index` / cached by `retriever bench`), its dev/train queries
+    .venv/bin/python bench/centroid_residuals.py --index PATH --beir ../shared/beir/nfcorpus --split dev \
+        --n-candidates 200 300 400 600
+    # the scale corpora: their cached query embeddings and ground truth (bench/scale.py, bench/realtext.py)
+    .venv/bin/python bench/centroid_residuals.py --index index_data/realtext/index-int8 \
+        --queries index_data/realtext/queries.npz --q0 200 --gt index_data/realtext/index-int8.gt-heldout-tune-200-400.npy
+
+The index is loaded once. Without residual codes in it, its stage is rebuilt in memory with
+``residual_pq=4`` (the same seed, so the same centroids); the "centroid scores only" variant is that
+stage without its residual codes (same centroids and token codes, inverted lists of distinct
+(centroid, document) pairs). Per variant and N: Chamfer recall@10 against exact MaxSim over the same
+stored tokens (``--gt``, else computed here with ``mode="exact"``), single-query p50 / p99 (one query
+per call after a warm-up) and batch QPS (every query in one call, both cores), with the variant order
+alternated per N so that neither always runs on a warmer machine. Rows are printed and appended to
+``bench/results/centroid_residuals.jsonl`` with the 1-minute load average.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from retriever import Retriever  # noqa: E402
+from retriever.centroids import CentroidIndex  # noqa: E402
+from retriever.index import _warmup  # noqa: E402
+from retriever.tokens import TokenEmbeddings  # noqa: E402
+
+log = logging.getLogger("bench.centroid_residuals")
+RESULTS = Path(__file__).resolve().parent / "results" / "centroid_residuals.jsonl"
+
+
+def beir_queries(directory: Path, split: str, r: Retriever) -> TokenEmbeddings:
+    from retriever.beir import read_qrels, read_queries
+    from retriever.encoder import ColBERTEncoder
+
+    q = read_queries(directory / "queries.jsonl")
+    rel = read_qrels(directory / "qrels" / f"{split}.tsv")
+    enc = r.encoder if r.encoder is not None else ColBERTEncoder.from_pretrained("default")
+    return enc.encode_queries([q[i] for i in rel if i in q])
+
+
+def measure(r: Retriever, queries: TokenEmbeddings, gt: np.ndarray, n: int, nprobe: int | None) -> dict:
+    kw = dict(k=10, n_candidates=n, mode="centroids", nprobe=nprobe)
+    res = r.search(queries, **kw)
+    recall = float(np.mean([len(set(a) & set(b)) / 10 for a, b in zip(res.rows.tolist(), gt.tolist())]))
+    singles = [queries.select([i]) for i in range(len(queries))]
+    for one in singles[:10]:
+        r.search(one, **kw)
+    lat = []
+    for one in singles:
+        t = time.perf_counter()
+        r.search(one, **kw)
+        lat.append(time.perf_counter() - t)
+    t = time.perf_counter()
+    r.search(queries, **kw)
+    qps = len(queries) / (time.perf_counter() - t)
+    lat = np.array(lat) * 1e3
+    return {"n_candidates": n, "chamfer_recall_at_10": round(recall, 4), "p50_ms": round(float(np.median(lat)), 2),
+            "p99_ms": round(float(np.percentile(lat, 99)), 2), "batch_qps": round(qps, 1)}
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--index", required=True, type=Path)
+    ap.add_argument("--beir", type=Path, help="BEIR collection whose --split queries to encode")
+    ap.add_argument("--split", default="dev")
+    ap.add_argument("--queries", type=Path, help="cached query embeddings (.npz with vectors, offsets)")
+    ap.add_argument("--q0", type=int, default=0, help="first query of --queries to use")
+    ap.add_argument("--gt", type=Path, help="cached exact top-10 rows of those queries (.npy)")
+    ap.add_argument("--max-queries", type=int, default=400)
+    ap.add_argument("--n-candidates", type=int, nargs="+", default=[400, 1000])
+    ap.add_argument("--nprobe", type=int, default=None, help="lists per query token (default: the index's setting)")
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    if (args.beir is None) == (args.queries is None):
+        ap.error("give exactly one of --beir and --queries")
+    r = Retriever.load(args.index)
+    _warmup(r.config.codec.kind)
+    if args.beir is not None:
+        q = beir_queries(args.beir, args.split, r)
+        name = f"{args.beir.name}/{args.split}"
+    else:
+        with np.load(args.queries) as z:
+            q = TokenEmbeddings(z["vectors"], z["offsets"])
+        name = f"{args.queries}[{args.q0}:]"
+    gt = np.load(args.gt) if args.gt is not None else None
+    n_q = min(len(q) - args.q0, args.max_queries, len(gt) if gt is not None else 1 << 30)
+    q = q.select(range(args.q0, args.q0 + n_q))
+    if gt is None:
+        t = time.perf_counter()
+        gt = r.search(q, k=10, mode="exact").rows
+        log.info("exact top-10 of %d queries: %.1f s", n_q, time.perf_counter() - t)
+    gt = gt[:n_q]
+    stage = r.centroid_stage
+    if stage is None or stage.pq is None:
+        n_cent = stage.n_centroids if stage is not None else None
+        r.rebuild_centroids(dataclasses.replace(r.config.centroids, enabled=True, n_centroids=n_cent, residual_pq=4))
+        stage = r.centroid_stage
+    variants = {"residual_pq": stage,
+                "centroid_scores": CentroidIndex(stage.centroids, stage.coarse, stage.cells,
+                                                 codes=np.asarray(stage.codes), doc_offsets=r.doc_offsets)}
+    for i, n in enumerate(args.n_candidates):
+        order = list(variants) if i % 2 == 0 else list(variants)[::-1]
+        for v in order:
+            r.centroid_stage = variants[v]
+            row = {"queries": name, "index": str(args.index), "n_docs": r.n_docs, "n_tokens": r.n_tokens,
+                   "n_centroids": stage.n_centroids, "variant": v,
+                   "residual_bytes": stage.residual_bytes if v == "residual_pq" else 0,
+                   "stage_bytes_per_doc": round(variants[v].nbytes_resident() / r.n_docs),
+                   "nprobe": args.nprobe or r.config.centroids.nprobe, "n_queries": n_q, **measure(r, q, gt, n, args.nprobe),
+                   "load_1min": round(os.getloadavg()[0], 2)}
+            print(json.dumps(row), flush=True)
+            with open(RESULTS, "a") as fh:
+                fh.write(json.dumps(row) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
