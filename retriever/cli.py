@@ -13,8 +13,8 @@ from pathlib import Path
 
 from .cli_args import (
     add_encoder_args,
-    auto_or_int,
     add_index_config_args,
+    auto_or_int,
     encoder_from_args,
     index_config_from_args,
     n_candidates_arg,

@@ -475,7 +475,7 @@ class Retriever:
         n_candidates : int >= k, or "auto" (default; ``None`` means the same)
             Documents fetched by the candidate stage and reranked exactly. ``"auto"``: for the
             FDE stage :func:`retriever.search.auto_n_candidates` (``20 * sqrt(n)``), for the
-            centroid stage :func:`retriever.centroids.auto_candidates` (``50 * n ** 0.25``, at least 400), of the
+            centroid stage :func:`retriever.centroids.auto_candidates` (``65 * n ** 0.25``, at least 400), of the
             number of searchable documents (live, and in ``subset`` when given); at least ``10 * k``.
         mode : "auto" (default), "fde", "centroids" or "exact"
             "fde": FAISS candidates by FDE inner product + exact rerank; "centroids": candidates

@@ -273,8 +273,9 @@ def test_auto_rules():
     assert auto_n_centroids(6_821_748) == 16384 and auto_n_centroids(68_000_000) == 65536
     assert auto_n_centroids(1_073_089) == 16384 and auto_n_centroids(20_399_676) == 32768
     assert auto_n_centroids(100) == 16 and auto_n_centroids(80_000) == 10_000
-    assert auto_candidates(1_000_000, 10) == 1581 and auto_candidates(3633, 10) == 400
-    assert auto_candidates(50, 10) == 50 and auto_candidates(100_000, 100) == 1000
+    assert auto_candidates(1_000_000, 10) == 2055 and auto_candidates(3633, 10) == 505
+    assert auto_candidates(50, 10) == 50 and auto_candidates(100_000, 100) == 1156
+    assert auto_candidates(1000, 10) == 400 and auto_candidates(1000, 50) == 500  # the floors
     assert CentroidConfig().resolved(AUTO_MIN_DOCS, 10**5).enabled is True
     assert CentroidConfig().resolved(AUTO_MIN_DOCS - 1, 10**5).enabled is False
     assert CentroidConfig().resolved(5183, AUTO_PQ_MAX_TOKENS).residual_pq == 4
