@@ -84,6 +84,8 @@ def main(argv=None) -> int:
     ap.add_argument("--max-queries", type=int, default=400)
     ap.add_argument("--n-candidates", type=int, nargs="+", default=[400, 1000])
     ap.add_argument("--nprobe", type=int, default=None, help="lists per query token (default: the index's setting)")
+    ap.add_argument("--probe-budget", type=int, default=None,
+                    help="lists per query when --nprobe is not given (default: the index's setting)")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     if (args.beir is None) == (args.queries is None):
@@ -105,6 +107,9 @@ def main(argv=None) -> int:
         gt = r.search(q, k=10, mode="exact").rows
         log.info("exact top-10 of %d queries: %.1f s", n_q, time.perf_counter() - t)
     gt = gt[:n_q]
+    if args.probe_budget is not None:
+        r.config = dataclasses.replace(r.config, centroids=dataclasses.replace(r.config.centroids,
+                                                                               probe_budget=args.probe_budget))
     stage = r.centroid_stage
     if stage is None or stage.pq is None:
         n_cent = stage.n_centroids if stage is not None else None
@@ -121,7 +126,9 @@ def main(argv=None) -> int:
                    "n_centroids": stage.n_centroids, "variant": v,
                    "residual_bytes": stage.residual_bytes if v == "residual_pq" else 0,
                    "stage_bytes_per_doc": round(variants[v].nbytes_resident() / r.n_docs),
-                   "nprobe": args.nprobe or r.config.centroids.nprobe, "n_queries": n_q, **measure(r, q, gt, n, args.nprobe),
+                   "nprobe": args.nprobe or r.config.centroids.nprobe,
+                   "probe_budget": 0 if args.nprobe else r.config.centroids.probe_budget, "n_queries": n_q,
+                   **measure(r, q, gt, n, args.nprobe),
                    "load_1min": round(os.getloadavg()[0], 2)}
             print(json.dumps(row), flush=True)
             with open(RESULTS, "a") as fh:

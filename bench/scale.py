@@ -177,6 +177,11 @@ def child_search(args) -> list[dict]:
     rows = []
     q_t = q_all.select(range(min(args.timed, len(q_all))))
     singles = [q_t.select([i]) for i in range(len(q_t))]  # one query per call, split before any timing
+    if args.index_nprobe:
+        import dataclasses
+
+        r.config = dataclasses.replace(r.config, centroids=dataclasses.replace(r.config.centroids,
+                                                                               nprobe=args.index_nprobe))
     stage = args.stage if args.stage != "auto" else candidate_stage(r.centroid_stage is not None, "auto")
     probes = args.nprobe if stage == "centroids" else [None]
     for n_spec, nprobe in [(n, p) for p in probes for n in args.n_candidates]:
@@ -196,6 +201,7 @@ def child_search(args) -> list[dict]:
         qps = len(q_t) / (time.perf_counter() - t)
         lat = np.array(lat) * 1e3
         rows.append({"candidate_stage": stage, "nprobe": nprobe if stage == "fde" else (nprobe or r.config.centroids.nprobe),
+                     "probe_budget": 0 if nprobe or stage != "centroids" else r.config.centroids.probe_budget,
                      "n_candidates": n_cand, "n_candidates_auto": n_spec == "auto",
                      "chamfer_recall_at_10": round(recall, 4),
                      "p50_ms": round(float(np.median(lat)), 2), "p99_ms": round(float(np.percentile(lat, 99)), 2),
@@ -253,6 +259,9 @@ def main(argv=None) -> int:
                     help="candidate stage searched (auto: the centroid stage when the index has one)")
     ap.add_argument("--nprobe", type=int, nargs="+", default=[None],
                     help="centroid stage: lists probed per query token (default: the index's)")
+    ap.add_argument("--index-nprobe", type=int, default=None,
+                    help="centroid stage: the index's default lists per token for this run (as if built with it: "
+                         "unlike --nprobe, its probe budget still gives short queries more lists)")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s", stream=sys.stderr)
     if args.child == "build":
@@ -287,7 +296,8 @@ def main(argv=None) -> int:
                           "--gt-queries", str(args.gt_queries), "--timed", str(args.timed),
                           "--timed-exact", str(args.timed_exact),
                           "--stage", args.stage, "--n-candidates", *map(str, args.n_candidates),
-                          *(["--nprobe", *map(str, args.nprobe)] if args.nprobe != [None] else [])])
+                          *(["--nprobe", *map(str, args.nprobe)] if args.nprobe != [None] else []),
+                          *(["--index-nprobe", str(args.index_nprobe)] if args.index_nprobe else [])])
         for row in rows:
             row.update(machine=m0, load_after=machine()["load_1m"], time=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
             append(args.results, row)

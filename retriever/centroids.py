@@ -51,8 +51,8 @@ from .configs import check_keys, is_int
 
 log = logging.getLogger(__name__)
 
-__all__ = ["CentroidConfig", "CentroidIndex", "auto_n_centroids", "auto_candidates", "residual_lut", "AUTO_MIN_DOCS",
-           "AUTO_PQ_BYTES", "AUTO_PQ_MAX_TOKENS", "AUTO_SCALE", "AUTO_FLOOR"]
+__all__ = ["CentroidConfig", "CentroidIndex", "auto_n_centroids", "auto_candidates", "probes_per_token", "residual_lut",
+           "AUTO_MIN_DOCS", "AUTO_PQ_BYTES", "AUTO_PQ_MAX_TOKENS", "AUTO_SCALE", "AUTO_FLOOR"]
 
 #: ``CentroidConfig.enabled="auto"`` builds the stage for corpora of at least this many documents
 #: (the size from which ``faiss_factory="auto"`` compresses FDEs). The stage beat the FDEs at every
@@ -90,6 +90,11 @@ class CentroidConfig:
         4.4 ms per query at 1M documents against 0.6 ms, at the same recall (0.971 vs 0.974 on
         tuning queries, N=1,000): tokens are assigned within their nearest cell, so the lists
         worth probing are in the nearest cells.
+    probe_budget : int
+        Lists per query (default 256): a query of ``n`` tokens probes ``max(nprobe, probe_budget // n)``
+        lists per token, so short queries look further at the cost of a 16-token query (the lists a
+        query scans stay within ``max(n * nprobe, probe_budget)``). 0: ``nprobe`` for every query.
+        ``search(nprobe=...)`` fixes the lists per token and bypasses the budget.
     residual_pq : int or "auto" (default)
         Bytes of residual code per token (sub-quantisers of 256 codewords; must divide the token
         dimension), 0 for centroid scores only. ``"auto"``: 4 for corpora of at most
@@ -105,6 +110,7 @@ class CentroidConfig:
     n_centroids: int | None = None
     nprobe: int = 16
     probe_cells: int = 8
+    probe_budget: int = 256
     residual_pq: int | str = "auto"
     max_train_bytes: int = 256 << 20
     seed: int = 1
@@ -118,6 +124,8 @@ class CentroidConfig:
             raise ValueError(f"CentroidConfig.nprobe must be an integer in [1, 65536], got {self.nprobe!r}")
         if not is_int(self.probe_cells) or not 1 <= self.probe_cells <= 1 << 24:
             raise ValueError(f"CentroidConfig.probe_cells must be an integer in [1, 2**24], got {self.probe_cells!r}")
+        if not is_int(self.probe_budget) or not 0 <= self.probe_budget <= 1 << 24:
+            raise ValueError(f"CentroidConfig.probe_budget must be an integer in [0, 2**24], got {self.probe_budget!r}")
         if self.residual_pq != "auto" and (not is_int(self.residual_pq) or not 0 <= self.residual_pq <= 256):
             raise ValueError(f"CentroidConfig.residual_pq must be 'auto' or an integer in [0, 256], "
                              f"got {self.residual_pq!r}")
@@ -336,20 +344,35 @@ class CentroidIndex:
                              residuals=residuals)
 
     def candidates(self, q_vectors: np.ndarray, q_offsets: np.ndarray, n: int, nprobe: int, n_cells: int,
-                   allowed: np.ndarray | None = None) -> np.ndarray:
+                   allowed: np.ndarray | None = None, probe_budget: int = 0) -> np.ndarray:
         """int64 (n_queries, n) candidate rows per query, best approximate score first, -1 padded.
 
-        Each query token probes its ``nprobe`` best fine centroids within its ``n_cells`` best
-        coarse cells (``CentroidConfig.probe_cells``)."""
+        Each token of a query of ``n_q`` tokens probes its ``max(nprobe, probe_budget // n_q)`` best
+        fine centroids within its ``n_cells`` best coarse cells (``CentroidConfig.probe_cells``);
+        queries are scored in groups of equal probe counts."""
         if self.list_offsets is None:
             raise RuntimeError("the centroid stage has no codes attached")
-        nprobe = int(min(nprobe, self.n_centroids))
+        q_vectors = np.ascontiguousarray(q_vectors, dtype=np.float32)
         q_offsets = np.asarray(q_offsets, dtype=np.int64)
+        per_query = probes_per_token(np.diff(q_offsets), nprobe, probe_budget, self.n_centroids)
+        groups = np.unique(per_query)
+        if groups.size == 1:
+            return self._candidates(q_vectors, q_offsets, int(n), int(groups[0]), n_cells, allowed)
+        rows = np.empty((q_offsets.size - 1, int(n)), np.int64)
+        for p in groups:
+            which = np.flatnonzero(per_query == p)
+            lengths = q_offsets[which + 1] - q_offsets[which]
+            tokens = np.concatenate([np.arange(q_offsets[i], q_offsets[i + 1]) for i in which])
+            offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+            rows[which] = self._candidates(q_vectors[tokens], offsets, int(n), int(p), n_cells, allowed)
+        return rows
+
+    def _candidates(self, q_vectors, q_offsets, n: int, nprobe: int, n_cells: int, allowed) -> np.ndarray:
         n_queries = q_offsets.size - 1
         top, top_scores = probe_cells(q_vectors, self.coarse, self.centroids, self.cells, int(n_cells), nprobe)
         n_threads = 1 if n_queries == 1 else max(1, min(4, numba.get_num_threads()))  # the kernel's pool
         lut = None if self.pq is None else residual_lut(self.pq, q_vectors)
-        rows, _ = centroid_candidates(top_scores, q_offsets, top, self.list_offsets, self.list_docs, self.n_docs, int(n),
+        rows, _ = centroid_candidates(top_scores, q_offsets, top, self.list_offsets, self.list_docs, self.n_docs, n,
                                       allowed=allowed, n_threads=n_threads, lut=lut,
                                       list_residuals=self.list_residuals)
         return rows
@@ -371,6 +394,13 @@ class CentroidIndex:
     def __repr__(self) -> str:
         return (f"CentroidIndex(n_centroids={self.n_centroids}, coarse={self.coarse.shape[0]}, "
                 f"residual_pq={self.residual_bytes}, n_docs={self.n_docs})")
+
+
+def probes_per_token(lengths: np.ndarray, nprobe: int, probe_budget: int, n_centroids: int) -> np.ndarray:
+    """int64 lists probed per token for queries of ``lengths`` tokens: ``max(nprobe, probe_budget // length)``,
+    at most ``n_centroids``."""
+    lengths = np.maximum(np.asarray(lengths, dtype=np.int64), 1)
+    return np.minimum(np.maximum(int(nprobe), int(probe_budget) // lengths), int(n_centroids))
 
 
 def residual_lut(pq: np.ndarray, q: np.ndarray) -> np.ndarray:

@@ -587,7 +587,7 @@ class Retriever:
         if stage == "centroids":
             cfg = self.config.centroids
             return self.centroid_stage.candidates(q.vectors, q.offsets, n, int(nprobe or cfg.nprobe), cfg.probe_cells,
-                                                  allowed=allowed)
+                                                  allowed=allowed, probe_budget=0 if nprobe else cfg.probe_budget)
         return faiss_search(self.faiss_index, self.fde_encoder.encode_queries(q), n, ef_search=ef_search,
                             nprobe=nprobe, allowed=allowed)
 

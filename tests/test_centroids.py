@@ -12,8 +12,9 @@ from lifecycle_util import SMALL_FDE, make_docs, make_queries, unit
 from retriever import IndexConfig, Retriever
 from retriever import format as fmt
 from retriever.centroids import (AUTO_MIN_DOCS, AUTO_PQ_MAX_TOKENS, CentroidConfig, CentroidIndex, _pq_encode, _split, auto_candidates,
-                                 auto_n_centroids, residual_lut)
+                                 auto_n_centroids, probes_per_token, residual_lut)
 from retriever.format import IndexFormatError
+from retriever.tokens import as_token_embeddings
 
 ON = IndexConfig(fde=SMALL_FDE, codec="float16", centroids=CentroidConfig(enabled=True, n_centroids=64))
 NO_PQ = IndexConfig(fde=SMALL_FDE, codec="float16", centroids=CentroidConfig(enabled=True, n_centroids=64, residual_pq=0))
@@ -299,7 +300,8 @@ def test_assign_is_the_best_fine_centroid_of_the_nearest_cell():
 @pytest.mark.parametrize("bad", [dict(enabled="yes"), dict(n_centroids=1), dict(n_centroids=2.5), dict(nprobe=0),
                                  dict(probe_cells=0), dict(max_train_bytes=10), dict(seed=-1),
                                  dict(residual_pq=-1), dict(residual_pq=1.5), dict(residual_pq=257),
-                                 dict(residual_pq="yes")])
+                                 dict(residual_pq="yes"), dict(probe_budget=-1),
+                                 dict(probe_budget=2.0)])
 def test_centroid_config_names_the_bad_field(bad):
     field = next(iter(bad))
     with pytest.raises(ValueError, match=f"CentroidConfig.{field}"):
@@ -524,6 +526,27 @@ def test_batch_search_equals_one_query_at_a_time(corpus):
     singles = [r.search([q], k=10, mode="centroids", n_candidates=40) for q in queries]
     assert whole.ids.tolist() == [s.ids[0].tolist() for s in singles]
     np.testing.assert_array_equal(whole.scores, np.concatenate([s.scores for s in singles]))
+
+
+def test_probe_budget_gives_short_queries_more_lists(corpus):
+    assert probes_per_token(np.array([1, 7, 16, 40]), 16, 256, 65536).tolist() == [256, 36, 16, 16]
+    assert probes_per_token(np.array([1, 7]), 16, 0, 65536).tolist() == [16, 16]
+    assert probes_per_token(np.array([0, 1]), 16, 256, 100).tolist() == [100, 100]  # at most every list
+    docs, queries = corpus
+    r = _build(docs)
+    stage = r.centroid_stage
+    q = as_token_embeddings(queries)
+    got = stage.candidates(q.vectors, q.offsets, 30, 4, 8, probe_budget=40)  # queries in groups of equal probes
+    for i in range(len(q)):  # each query alone, with its own probe count
+        one = q.select([i])
+        p = int(probes_per_token(np.diff(one.offsets), 4, 40, stage.n_centroids)[0])
+        assert got[i].tolist() == stage.candidates(one.vectors, one.offsets, 30, p, 8)[0].tolist()
+    # search(nprobe=...) fixes the lists per token: the budget does not apply
+    import dataclasses
+
+    fixed = r.search(queries, k=10, mode="centroids", n_candidates=30, nprobe=4).ids
+    r.config = dataclasses.replace(r.config, centroids=dataclasses.replace(r.config.centroids, probe_budget=0, nprobe=4))
+    assert r.search(queries, k=10, mode="centroids", n_candidates=30).ids.tolist() == fixed.tolist()
 
 
 def test_rebuild_centroids_adds_changes_and_removes_the_stage(corpus, tmp_path):
