@@ -33,6 +33,9 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from scale import measure_search  # noqa: E402
 
 from retriever import Retriever  # noqa: E402
 from retriever.centroids import CentroidIndex  # noqa: E402
@@ -54,23 +57,9 @@ def beir_queries(directory: Path, split: str, r: Retriever) -> TokenEmbeddings:
 
 
 def measure(r: Retriever, queries: TokenEmbeddings, gt: np.ndarray, n: int, nprobe: int | None) -> dict:
-    kw = dict(k=10, n_candidates=n, mode="centroids", nprobe=nprobe)
-    res = r.search(queries, **kw)
-    recall = float(np.mean([len(set(a) & set(b)) / 10 for a, b in zip(res.rows.tolist(), gt.tolist())]))
     singles = [queries.select([i]) for i in range(len(queries))]
-    for one in singles[:10]:
-        r.search(one, **kw)
-    lat = []
-    for one in singles:
-        t = time.perf_counter()
-        r.search(one, **kw)
-        lat.append(time.perf_counter() - t)
-    t = time.perf_counter()
-    r.search(queries, **kw)
-    qps = len(queries) / (time.perf_counter() - t)
-    lat = np.array(lat) * 1e3
-    return {"n_candidates": n, "chamfer_recall_at_10": round(recall, 4), "p50_ms": round(float(np.median(lat)), 2),
-            "p99_ms": round(float(np.percentile(lat, 99)), 2), "batch_qps": round(qps, 1)}
+    return {"n_candidates": n, **measure_search(r, queries, gt, queries, singles, k=10, n_candidates=n,
+                                                mode="centroids", nprobe=nprobe)}
 
 
 def main(argv=None) -> int:

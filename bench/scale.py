@@ -51,7 +51,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_build_memory import rss_bytes as rss  # noqa: E402
 from datasets import ROOT, collection_dir  # noqa: E402
 
-from retriever.cli_args import n_candidates_arg  # noqa: E402
+from retriever.cli_args import auto_or_int  # noqa: E402
 from retriever.search import auto_rule, candidate_stage  # noqa: E402
 
 log = logging.getLogger("bench.scale")
@@ -141,6 +141,26 @@ def child_build(args) -> dict:
 # -- child: search -----------------------------------------------------------------------------
 
 
+def measure_search(r, q_gt, gt: np.ndarray, q_t, singles: list, **kw) -> dict:
+    """Chamfer recall@10 of ``r.search(q_gt, **kw)`` against the exact top-10 rows ``gt``; single-query p50 /
+    p99 over ``singles`` (one query per call, after a warm-up of 10); batch QPS of ``q_t`` in one call."""
+    res = r.search(q_gt, **kw)
+    recall = float(np.mean([len(set(a) & set(b)) / 10 for a, b in zip(res.rows.tolist(), np.asarray(gt).tolist())]))
+    for one in singles[:10]:  # warm-up
+        r.search(one, **kw)
+    lat = []
+    for one in singles:
+        t = time.perf_counter()
+        r.search(one, **kw)
+        lat.append(time.perf_counter() - t)
+    t = time.perf_counter()
+    r.search(q_t, **kw)
+    qps = len(q_t) / (time.perf_counter() - t)
+    lat = np.array(lat) * 1e3
+    return {"chamfer_recall_at_10": round(recall, 4), "p50_ms": round(float(np.median(lat)), 2),
+            "p99_ms": round(float(np.percentile(lat, 99)), 2), "batch_qps": round(qps, 1)}
+
+
 def child_search(args) -> list[dict]:
     from retriever import Retriever
     from retriever.index import _warmup
@@ -187,25 +207,10 @@ def child_search(args) -> list[dict]:
     for n_spec, nprobe in [(n, p) for p in probes for n in args.n_candidates]:
         n_cand = auto_rule(stage)(r.n_docs, 10) if n_spec == "auto" else n_spec
         kw = dict(k=10, n_candidates=n_cand, mode=stage, nprobe=nprobe)
-        res = r.search(q_gt, **kw)
-        recall = float(np.mean([len(set(a) & set(b)) / 10 for a, b in zip(res.rows, gt)]))
-        for one in singles[:10]:  # warm-up
-            r.search(one, **kw)
-        lat = []
-        for one in singles:
-            t = time.perf_counter()
-            r.search(one, **kw)
-            lat.append(time.perf_counter() - t)
-        t = time.perf_counter()
-        r.search(q_t, **kw)
-        qps = len(q_t) / (time.perf_counter() - t)
-        lat = np.array(lat) * 1e3
         rows.append({"candidate_stage": stage, "nprobe": nprobe if stage == "fde" else (nprobe or r.config.centroids.nprobe),
                      "probe_budget": 0 if nprobe or stage != "centroids" else r.config.centroids.probe_budget,
                      "n_candidates": n_cand, "n_candidates_auto": n_spec == "auto",
-                     "chamfer_recall_at_10": round(recall, 4),
-                     "p50_ms": round(float(np.median(lat)), 2), "p99_ms": round(float(np.percentile(lat, 99)), 2),
-                     "batch_qps": round(qps, 1)})
+                     **measure_search(r, q_gt, gt, q_t, singles, **kw)})
         log.info("N=%d: %s", n_cand, rows[-1])
     rss_after = rss()
     common = {"stage": "search", "corpus": args.corpus_name, "n_docs": r.n_docs, "n_tokens": r.n_tokens, "faiss_factory": r.config.faiss_factory,
@@ -238,7 +243,7 @@ def main(argv=None) -> int:
     ap.add_argument("--faiss-factory", default="auto")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--split", choices=sorted(SPLITS), default="report")
-    ap.add_argument("--n-candidates", type=n_candidates_arg, nargs="+", default=["auto", 1000, 2000, 4000],
+    ap.add_argument("--n-candidates", type=auto_or_int, nargs="+", default=["auto", 1000, 2000, 4000],
                     help="candidates reranked (the FDE stage needs ~10x more: e.g. auto 4000 8000 16000)")
     ap.add_argument("--gt-queries", type=int, default=200)
     ap.add_argument("--timed", type=int, default=300, help="queries timed one by one (and batched)")

@@ -82,6 +82,13 @@ def build_lists(codes: np.ndarray, doc_offsets: np.ndarray, n_centroids: int) ->
     list_docs : int32 (n_postings,), document rows; centroid ``c``'s list is
         ``list_docs[list_offsets[c]:list_offsets[c + 1]]``, ascending, each document once.
     """
+    codes, doc_offsets = _checked_codes(codes, doc_offsets, n_centroids)
+    return _build_lists(codes, doc_offsets, int(n_centroids))
+
+
+def _checked_codes(codes, doc_offsets, n_centroids: int) -> tuple[np.ndarray, np.ndarray]:
+    """Contiguous ``codes`` and int64 ``doc_offsets``, checked: one code per token, each in range, and
+    document rows that fit int32 list entries."""
     doc_offsets = np.ascontiguousarray(doc_offsets, dtype=np.int64)
     if doc_offsets.size - 1 > np.iinfo(np.int32).max:
         raise ValueError(f"{doc_offsets.size - 1} documents do not fit int32 list entries")
@@ -90,7 +97,7 @@ def build_lists(codes: np.ndarray, doc_offsets: np.ndarray, n_centroids: int) ->
         raise ValueError(f"codes must have shape ({int(doc_offsets[-1])},), got {codes.shape}")
     if codes.size and (int(codes.min()) < 0 or int(codes.max()) >= n_centroids):
         raise ValueError(f"codes must lie in [0, {n_centroids})")
-    return _build_lists(codes, doc_offsets, int(n_centroids))
+    return codes, doc_offsets
 
 
 @njit(cache=True)
@@ -133,18 +140,10 @@ def build_token_lists(codes: np.ndarray, residuals: np.ndarray, doc_offsets: np.
     list_docs : int32 (n_tokens,), the document of each entry, ascending within a list
     list_residuals : uint8 (n_tokens, m), the residual code of each entry
     """
-    doc_offsets = np.ascontiguousarray(doc_offsets, dtype=np.int64)
-    n_tokens = int(doc_offsets[-1])
-    if doc_offsets.size - 1 > np.iinfo(np.int32).max:
-        raise ValueError(f"{doc_offsets.size - 1} documents do not fit int32 list entries")
-    codes = np.ascontiguousarray(codes)
+    codes, doc_offsets = _checked_codes(codes, doc_offsets, n_centroids)
     residuals = np.ascontiguousarray(residuals, dtype=np.uint8)
-    if codes.shape != (n_tokens,):
-        raise ValueError(f"codes must have shape ({n_tokens},), got {codes.shape}")
-    if residuals.ndim != 2 or residuals.shape[0] != n_tokens:
-        raise ValueError(f"residuals must have shape ({n_tokens}, m), got {residuals.shape}")
-    if codes.size and (int(codes.min()) < 0 or int(codes.max()) >= n_centroids):
-        raise ValueError(f"codes must lie in [0, {n_centroids})")
+    if residuals.ndim != 2 or residuals.shape[0] != codes.size:
+        raise ValueError(f"residuals must have shape ({codes.size}, m), got {residuals.shape}")
     return _build_token_lists(codes, residuals, doc_offsets, int(n_centroids))
 
 

@@ -44,9 +44,9 @@ from .beir import doc_text, load_beir
 from .cli_args import (
     add_encoder_args,
     add_index_config_args,
+    auto_or_int,
     encoder_from_args,
     index_config_from_args,
-    n_candidates_arg,
 )
 from .eval import DEFAULT_METRICS, chamfer_recall, evaluate, run_from_arrays
 from .index import IndexConfig, Retriever
@@ -669,7 +669,7 @@ def add_bench_parser(subparsers) -> None:
     p.add_argument("--data", required=True, help="BEIR collection directory (e.g. ../shared/beir/scifact)")
     p.add_argument("--split", default="test", help="qrels split whose queries are run (default: test)")
     p.add_argument("--k", type=int, default=100, help="results per query (default: 100)")
-    p.add_argument("--n-candidates", type=n_candidates_arg, nargs="+", default=["auto"],
+    p.add_argument("--n-candidates", type=auto_or_int, nargs="+", default=["auto"],
                    help="candidates reranked per query, or 'auto' (FDEs: 20 sqrt(n_docs); token centroid stage: "
                         "50 n_docs^0.25, at least 400; at least 10 k); one row each (default: auto)")
     p.add_argument("--results", default=str(DEFAULT_RESULTS), help="JSONL file to append rows to")

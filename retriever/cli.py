@@ -17,7 +17,6 @@ from .cli_args import (
     auto_or_int,
     encoder_from_args,
     index_config_from_args,
-    n_candidates_arg,
 )
 
 log = logging.getLogger("retriever.cli")
@@ -301,7 +300,7 @@ def build_parser() -> argparse.ArgumentParser:
     ps.add_argument("--queries", help="queries.jsonl (BEIR: _id, text) or a .tsv of id<TAB>text")
     ps.add_argument("--query", help="one query text (hits are printed)")
     ps.add_argument("--k", type=int, default=10)
-    ps.add_argument("--n-candidates", type=n_candidates_arg, default="auto",
+    ps.add_argument("--n-candidates", type=auto_or_int, default="auto",
                     help="candidates reranked per query, or 'auto' (default: 20 sqrt(n_docs) FDE candidates, "
                          "50 n_docs^0.25 (at least 400) from the centroid stage; at least 10 k)")
     ps.add_argument("--mode", choices=["auto", "fde", "centroids", "exact"], default="auto",

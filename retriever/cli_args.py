@@ -81,8 +81,9 @@ def index_config_from_args(args):
                        centroids=centroids)
 
 
-def auto_or_int(text: str):
-    """argparse type: ``"auto"`` or an integer."""
+def auto_or_int(text: str) -> int | str:
+    """argparse type of ``--n-candidates`` and ``--ivf-residual-pq``: ``"auto"`` or an integer (range checks
+    are the config's and the search's, which name the field)."""
     if text == "auto":
         return text
     try:
@@ -113,13 +114,3 @@ def add_encoder_args(p, default_model):
     p.add_argument("--batch-size", type=int, default=None, help="encoder batch size (most texts per forward pass)")
     p.add_argument("--batch-tokens", type=int, default=None,
                    help="most padded tokens per encoder forward pass (bounds memory; default 2048)")
-
-
-def n_candidates_arg(text: str) -> int | str:
-    """argparse type of ``--n-candidates``: ``auto`` or a positive integer."""
-    if text == "auto":
-        return text
-    try:
-        return int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected 'auto' or an integer, got {text!r}") from None

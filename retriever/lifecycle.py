@@ -432,13 +432,15 @@ def _compacted_centroids(r: Retriever, live: np.ndarray, tokens, offsets: np.nda
         return None
     if retrain:
         return _in_memory(fill_centroids(r.config.centroids, codec, tokens, offsets, workdir))
-    src = r.doc_offsets
-    runs = _runs(live)
-    codes = np.concatenate([np.asarray(old.codes[int(src[a]) : int(src[b])]) for a, b in runs])
-    residuals = None
-    if old.residuals is not None:
-        residuals = np.concatenate([np.asarray(old.residuals[int(src[a]) : int(src[b])]) for a, b in runs])
-    return old.with_codes(codes, offsets, residuals)
+    residuals = None if old.residuals is None else _kept_token_rows(old.residuals, r.doc_offsets, live)
+    return old.with_codes(_kept_token_rows(old.codes, r.doc_offsets, live), offsets, residuals)
+
+
+def _kept_token_rows(arr, doc_offsets: np.ndarray, live: np.ndarray) -> np.ndarray:
+    """The rows of a per-token array (tokens, centroid ids, residual codes) that belong to the ``live``
+    documents, in order, one copy per run of consecutive documents."""
+    return np.concatenate([np.asarray(arr[int(doc_offsets[a]) : int(doc_offsets[b])]) for a, b in _runs(live)],
+                          axis=0)
 
 
 def _in_memory(stage):
@@ -516,7 +518,7 @@ def compact_index(r: Retriever, *, retrain: bool = False) -> int:
             if not isinstance(r.tokens, np.memmap):
                 tokens = np.array(tokens)  # an in-memory index stays in memory
         else:
-            tokens = np.concatenate([r.tokens[int(src_off[a]) : int(src_off[b])] for a, b in _runs(live)], axis=0)
+            tokens = _kept_token_rows(r.tokens, src_off, live)
         index = _compacted_faiss(r, live, tokens, offsets, retrain, codec)
         stage = _compacted_centroids(r, live, tokens, offsets, retrain, codec, workdir)
         dense = np.asarray(r.dense[live]) if r.dense is not None else None

@@ -53,16 +53,25 @@ def top_of(scores, nprobe):
     return top, np.take_along_axis(scores, top, 1)
 
 
-def approx_ref(top_scores, top, lists, n_docs, allowed=None):
-    """Centroid interaction with missing-token imputation, per document, and which documents were found."""
+def approx_ref(top_scores, top, lists, n_docs, allowed=None, lut=None):
+    """Centroid interaction with missing-token imputation, per document, and which documents were found.
+
+    ``lists[c]``: the documents of centroid ``c``; with ``lut`` (refined interaction) its
+    ``(document, residual code)`` token entries, each scored as its centroid's score plus its residual's
+    from the lookup table. Per query token, a document's best probed entry; a miss scores the last list."""
     total = np.zeros(n_docs)
     found = np.zeros(n_docs, bool)
     for i in range(top.shape[0]):
-        miss = top_scores[i, -1]
+        miss = float(top_scores[i, -1])
         best = np.full(n_docs, -np.inf)
         for j, c in enumerate(top[i]):
-            for d in lists[c]:
-                best[d] = max(best[d], top_scores[i, j])
+            for entry in lists[c]:
+                if lut is None:
+                    d, s = entry, float(top_scores[i, j])
+                else:
+                    d, code = entry
+                    s = float(top_scores[i, j]) + sum(float(lut[i, u * 256 + v]) for u, v in enumerate(code))
+                best[d] = max(best[d], s)
         hit = np.isfinite(best)
         found |= hit
         total += np.where(hit, best, miss)
@@ -80,35 +89,13 @@ def token_lists_ref(codes, residuals, doc_offsets, k):
     return out
 
 
-def approx_refined_ref(top_scores, top, lut, token_lists, n_docs, allowed=None):
-    """Refined interaction: per query token, the best probed token of each document scored as its centroid's
-    score plus its residual's (from the lookup table), missing tokens imputed as the last probed list."""
-    total = np.zeros(n_docs)
-    found = np.zeros(n_docs, bool)
-    for i in range(top.shape[0]):
-        miss = float(top_scores[i, -1])
-        best = np.full(n_docs, -np.inf)
-        for j, c in enumerate(top[i]):
-            for d, code in token_lists[c]:
-                s = float(top_scores[i, j]) + sum(float(lut[i, u * 256 + v]) for u, v in enumerate(code))
-                best[d] = max(best[d], s)
-        hit = np.isfinite(best)
-        found |= hit
-        total += np.where(hit, best, miss)
-    if allowed is not None:
-        found &= allowed.astype(bool)
-    return total, found
-
-
 def candidates_ref(top_scores, q_offsets, top, lists, n_docs, k, allowed=None, lut=None):
     rows = np.full((len(q_offsets) - 1, k), -1)
     vals = np.full((len(q_offsets) - 1, k), -np.inf)
     for q in range(len(q_offsets) - 1):
         a, b = q_offsets[q], q_offsets[q + 1]
-        if lut is None:
-            total, found = approx_ref(top_scores[a:b], top[a:b], lists, n_docs, allowed)
-        else:
-            total, found = approx_refined_ref(top_scores[a:b], top[a:b], lut[a:b], lists, n_docs, allowed)
+        total, found = approx_ref(top_scores[a:b], top[a:b], lists, n_docs, allowed,
+                                  None if lut is None else lut[a:b])
         docs = sorted(np.flatnonzero(found).tolist(), key=lambda d: (-np.float32(total[d]), d))[:k]
         rows[q, : len(docs)] = docs
         vals[q, : len(docs)] = total[docs]
