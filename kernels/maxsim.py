@@ -36,11 +36,12 @@ from __future__ import annotations
 
 import numpy as np
 from llvmlite import ir  # numba's code generator; used only to emit the SIMD micro-kernel
-from numba import config, njit, prange, types
+from numba import njit, prange, types
 from numba.core import cgutils
 from numba.extending import intrinsic, overload
 
 from .codes import Int8Rows, ResidualRows, decode_int8_block, decode_residual_block, store_shape
+from .simd import tile_shape
 from .topk import _check_array, _check_k, _finish_heaps_kernel, _push_block_kernel, _readonly
 
 __all__ = [
@@ -73,18 +74,6 @@ def _h2f(typingctx, bits):
         return builder.fpext(builder.bitcast(args[0], ir.HalfType()), ir.FloatType())
 
     return types.float32(types.uint16), codegen
-
-
-def _tile_shape() -> tuple[int, int]:
-    """(floats per vector, document rows per pass) for the CPU numba compiles for."""
-    features = config.CPU_FEATURES
-    if features is None:
-        import llvmlite.binding as llvm
-
-        features = llvm.get_host_cpu_features().flatten()
-    if "+avx512f" in features.split(","):
-        return 16, 8
-    return 8, 2
 
 
 def _emit_tile_max(builder, qp_ptr, dim, chunk, rows_ptr, row_stride, r0, r1, mx_ptr, width, n_rows):
@@ -159,7 +148,7 @@ def _make_tile_max(width: int | None = None, n_rows: int | None = None):
         sig = types.void(qp, chunk, rows, r0, r1, mx, m0)
 
         def codegen(context, builder, signature, args):
-            w, r = (width, n_rows) if width is not None else _tile_shape()
+            w, r = (width, n_rows) if width is not None else tile_shape()
             qp_t, chunk_t, rows_t, r0_t, r1_t, mx_t, m0_t = signature.args
             qp_a = context.make_array(qp_t)(context, builder, args[0])
             rows_a = context.make_array(rows_t)(context, builder, args[2])
@@ -219,7 +208,7 @@ def _f32_rows_impl(tokens, start, n, buf):
     if store_class is ResidualRows:
 
         def residual(tokens, start, n, buf):
-            decode_residual_block(tokens.rows, tokens.centroids, tokens.lut, start, n, buf)
+            decode_residual_block(tokens.rows, tokens.centroids, tokens.table, start, n, buf)
             return buf, 0
 
         return residual
@@ -363,18 +352,24 @@ def _check_codes(store):
             raise ValueError(f"tokens.rows of an Int8Rows store must have dim + 2 >= 3 columns, got {store.rows.shape}")
         return Int8Rows(_readonly(store.rows))
     _check_array("tokens.centroids", store.centroids, (np.float32,), 2)
-    _check_array("tokens.lut", store.lut, (np.float32,), 3)
-    n_bytes, values, per = store.lut.shape
-    dim = store.centroids.shape[1]
-    if values != 256 or per not in (1, 2, 4, 8) or n_bytes * per != dim:
-        raise ValueError(f"tokens.lut must have shape (dim * nbits / 8, 256, 8 / nbits) for dim {dim}, got {store.lut.shape}")
+    _check_array("tokens.table", store.table, (np.float32,), 2)
+    n_buckets, dim = store.table.shape
+    if n_buckets not in (2, 4, 16) or dim != store.centroids.shape[1]:
+        raise ValueError(
+            f"tokens.table must have shape (2**nbits, dim) with nbits in (1, 2, 4) and dim {store.centroids.shape[1]}, "
+            f"got {store.table.shape}"
+        )
+    nbits = n_buckets.bit_length() - 1
+    if (dim * nbits) % 8:
+        raise ValueError(f"tokens.table: {dim} dimensions of {nbits} bits do not fill whole bytes")
+    n_bytes = dim * nbits // 8
     id_bytes = store.rows.shape[1] - n_bytes
     if id_bytes not in (1, 2, 4) or store.centroids.shape[0] > 1 << (8 * id_bytes):
         raise ValueError(
             f"tokens.rows has {store.rows.shape[1]} columns: {id_bytes} bytes of centroid id before the "
             f"{n_bytes} code bytes do not fit {store.centroids.shape[0]} centroids"
         )
-    return ResidualRows(_readonly(store.rows), _readonly(store.centroids), _readonly(store.lut))
+    return ResidualRows(_readonly(store.rows), _readonly(store.centroids), _readonly(store.table))
 
 
 def _check_doc_ids(name: str, ids: np.ndarray, doc_offsets: np.ndarray, n_tokens: int) -> None:
@@ -626,7 +621,7 @@ def warmup(stores: tuple[str, ...] = ("float16", "float32")) -> None:
     public function on a tiny store of each type, so that the first real query does not pay the
     JIT cost.
     """
-    from .codes import int8_encode, residual_lut, residual_pack
+    from .codes import int8_encode, residual_pack, residual_table
     from .topk import topk, topk_candidates
 
     rng = np.random.default_rng(0)
@@ -644,7 +639,7 @@ def warmup(stores: tuple[str, ...] = ("float16", "float32")) -> None:
             cent = x[:2].copy()
             cut = np.zeros((8, 3), dtype=np.float32)
             rows = residual_pack(x, np.zeros(5, dtype=np.int64), cent, cut, 2, 2)
-            tokens = ResidualRows(rows, cent, residual_lut(np.zeros((8, 4), dtype=np.float32), 2))
+            tokens = ResidualRows(rows, cent, residual_table(np.zeros((8, 4), dtype=np.float32)))
         else:
             raise ValueError(f"unknown store type {kind!r}; expected float16, float32, int8 or residual")
         maxsim_scores(q, tokens, doc_offsets, cand[1])

@@ -38,7 +38,7 @@ from dataclasses import asdict, dataclass
 import faiss
 import numpy as np
 
-from kernels.codes import Int8Rows, ResidualRows, decode_rows, int8_encode, residual_lut, residual_pack
+from kernels.codes import Int8Rows, ResidualRows, decode_rows, int8_encode, residual_pack, residual_table
 
 from .configs import check_keys, is_int
 
@@ -168,7 +168,7 @@ class TokenCodec:
         self.centroids = centroids
         self.cutoffs = cutoffs
         self.weights = weights
-        self._lut = None
+        self._table = None
         self._assigner = None
         if config.kind == "residual":
             if centroids is None or cutoffs is None or weights is None:
@@ -180,7 +180,7 @@ class TokenCodec:
                     f"residual codec arrays have shapes {centroids.shape}, {cutoffs.shape}, {weights.shape}; expected "
                     f"(n_centroids, {self.dim}), ({self.dim}, {b - 1}), ({self.dim}, {b})"
                 )
-            self._lut = residual_lut(weights, config.nbits)
+            self._table = residual_table(weights)
 
     # -- description ---------------------------------------------------------------------
     @property
@@ -308,7 +308,7 @@ class TokenCodec:
             return rows
         if self.kind == "int8":
             return Int8Rows(rows)
-        return ResidualRows(rows, self.centroids, self._lut)
+        return ResidualRows(rows, self.centroids, self._table)
 
     def decode(self, rows: np.ndarray) -> np.ndarray:
         """float32 ``(n, dim)`` vectors of store rows (what search scores against)."""

@@ -5,11 +5,21 @@ from __future__ import annotations
 import json
 
 import numpy as np
+from numba import njit
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from kernels.codes import Int8Rows, ResidualRows, decode_rows, int8_encode, residual_lut, residual_pack
+from kernels.codes import (
+    Int8Rows,
+    ResidualRows,
+    _make_residual_row_decoder,
+    decode_residual_rows_scalar,
+    decode_rows,
+    int8_encode,
+    residual_pack,
+    residual_table,
+)
 from kernels.maxsim import maxsim_exhaustive, maxsim_exhaustive_topk, maxsim_scores, maxsim_scores_batch
 from lifecycle_util import CFG, DIM, build, make_docs, make_queries
 from reference import (
@@ -59,9 +69,10 @@ def test_int8_encode_decode_match_reference():
 
 @pytest.mark.parametrize("nbits", [1, 2, 4])
 @pytest.mark.parametrize("id_bytes", [2, 4])
-def test_residual_pack_and_decode_match_reference(nbits, id_bytes):
-    rng = np.random.default_rng(nbits * 10 + id_bytes)
-    dim, n, n_cent = 16, 301, 70
+@pytest.mark.parametrize("dim", [16, 24, 128])  # SIMD loop, scalar tail where 24 is not a multiple of the width, unrolled
+def test_residual_pack_and_decode_match_reference(nbits, id_bytes, dim):
+    rng = np.random.default_rng(nbits * 10 + id_bytes + dim)
+    n, n_cent = 301, 70
     x = _unit(rng.standard_normal((n, dim)))
     cent = rng.standard_normal((n_cent, dim)).astype(np.float32)
     ids = rng.integers(0, n_cent, n)
@@ -69,11 +80,45 @@ def test_residual_pack_and_decode_match_reference(nbits, id_bytes):
     w = rng.standard_normal((dim, 2**nbits)).astype(np.float32)
     rows = residual_pack(x, ids, cent, cut, nbits, id_bytes)
     np.testing.assert_array_equal(rows, residual_encode_ref(x, ids, cent, cut, nbits, id_bytes))
-    store = ResidualRows(rows, cent, residual_lut(w, nbits))
+    store = ResidualRows(rows, cent, residual_table(w))
     np.testing.assert_allclose(decode_rows(store, 0, n), residual_decode_ref(rows, cent, w, nbits), rtol=0, atol=1e-6)
     np.testing.assert_allclose(decode_rows(store, 17, 40), residual_decode_ref(rows[17:40], cent, w, nbits),
                                rtol=0, atol=1e-6)
     np.testing.assert_allclose(np.linalg.norm(decode_rows(store, 0, n), axis=1), 1.0, atol=1e-6)
+
+
+@pytest.mark.parametrize("width", [8, 16])  # both vector widths compile on any x86 CPU (LLVM splits what it lacks)
+@pytest.mark.parametrize("nbits", [1, 2, 4])
+@pytest.mark.parametrize("dim", [16, 48, 128])
+def test_simd_row_decoder_matches_reference_and_scalar_twin(width, nbits, dim):
+    rng = np.random.default_rng(width + nbits + dim)
+    n, n_cent, id_bytes = 97, 40, 2
+    x = _unit(rng.standard_normal((n, dim)))
+    cent = rng.standard_normal((n_cent, dim)).astype(np.float32)
+    ids = rng.integers(0, n_cent, n)
+    cut = np.sort(rng.standard_normal((dim, 2**nbits - 1)), axis=1).astype(np.float32)
+    w = rng.standard_normal((dim, 2**nbits)).astype(np.float32)
+    rows = residual_pack(x, ids, cent, cut, nbits, id_bytes)
+    table = residual_table(w)
+    decoder = _make_residual_row_decoder(nbits, width)
+
+    @njit
+    def simd(rows, centroids, table, out):
+        for r in range(rows.shape[0]):
+            c = np.int64(rows[r, 0]) | (np.int64(rows[r, 1]) << 8)
+            decoder(rows, r, 2, centroids, c, table, out, r)
+
+    got = np.empty((n, dim), dtype=np.float32)
+    simd(rows, cent, table, got)
+    scalar = np.empty((n, dim), dtype=np.float32)
+    decode_residual_rows_scalar(rows, cent, table, 0, n, scalar)
+    want = residual_decode_ref(rows, cent, w, nbits)
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-6)
+    np.testing.assert_allclose(scalar, want, rtol=0, atol=1e-6)
+    zero = residual_pack(np.zeros((1, dim), np.float32), np.zeros(1, np.int64), np.zeros((1, dim), np.float32), cut, nbits, 2)
+    out = np.full((1, dim), np.nan, dtype=np.float32)
+    simd(zero, np.zeros((1, dim), np.float32), np.zeros_like(table), out)
+    np.testing.assert_array_equal(out, 0.0)  # a zero row stays zero (no division by its norm)
 
 
 def _stores(rng, dim=16, n=400):
@@ -107,9 +152,9 @@ def test_compressed_store_validation_names_the_array():
     store, _ = _stores(rng)["residual"]
     offsets = np.array([0, 400], dtype=np.int64)
     q = _unit(rng.standard_normal((3, 16)))
-    bad_lut = ResidualRows(store.rows, store.centroids, store.lut[:, :128])
-    with pytest.raises(ValueError, match="tokens.lut"):
-        maxsim_scores(q, bad_lut, offsets, np.array([0]))
+    bad_table = ResidualRows(store.rows, store.centroids, np.ascontiguousarray(store.table[:3]))
+    with pytest.raises(ValueError, match="tokens.table"):
+        maxsim_scores(q, bad_table, offsets, np.array([0]))
     with pytest.raises(TypeError, match="tokens.rows"):
         maxsim_scores(q, Int8Rows(store.rows.astype(np.int16)), offsets, np.array([0]))
     with pytest.raises(ValueError, match="query dim"):
@@ -121,7 +166,7 @@ def test_damaged_centroid_id_never_reads_outside_the_centroids():
     store, _ = _stores(rng)["residual"]
     rows = store.rows.copy()
     rows[0, :2] = 255  # id 65535, far past the 32 centroids
-    out = decode_rows(ResidualRows(rows, store.centroids, store.lut), 0, 1)
+    out = decode_rows(ResidualRows(rows, store.centroids, store.table), 0, 1)
     assert np.isfinite(out).all()
 
 
