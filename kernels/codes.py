@@ -29,7 +29,7 @@ turns the bit extraction and per-dimension table lookup into scalar code, ~70 ns
 token): per vector of 16 (AVX-512) or 8 dimensions, one broadcast of the code word, one bit test
 per code bit, and a tree of ``2**nbits - 1`` lane selects between the bucket rows of ``table``,
 then the centroid add; the squared norm accumulates in a vector, and at 128-d the whole row
-stays in registers until it is rescaled (about 15 / 18 / 44 ns per token at 1 / 2 / 4 bits on the
+stays in registers until it is rescaled (about 15 / 18 / 27-44 ns per token at 1 / 2 / 4 bits on the
 development machine; ``bench/bench_maxsim.py``). Dimensions that are not a multiple of the vector
 width take a plain scalar loop.
 :func:`decode_rows` exposes the same decoding for whole ranges (FDEs, verification, compaction);
