@@ -194,6 +194,7 @@ def cmd_verify(args) -> int:
 _TRAIN_OPTIONS = [
     ("epochs", int, "most passes over the training queries"),
     ("batch-size", int, "queries per step"),
+    ("positives", int, "positives sampled per query per step (multi-positive loss when > 1)"),
     ("negatives", int, "hard negatives per query per step"),
     ("mine-depth", int, "hard-negative pool: the base model's top documents that are not positives"),
     ("lr", float, "head learning rate"),

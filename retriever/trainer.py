@@ -78,6 +78,11 @@ class TrainConfig:
     batch_size : int
         Queries per step; each brings its positive and ``negatives`` hard negatives, and every
         document in the batch is a negative for every other query.
+    positives : int
+        Positives sampled per query per step (without replacement; fewer when a query has fewer).
+        With more than one, a query's loss is the multi-positive InfoNCE
+        ``-log(sum_pos exp(s) / sum_all exp(s))``: collections whose queries have many relevant
+        documents (NFCorpus: 43 per training query) give that many more pairs per step.
     negatives : int
         Hard negatives sampled per query per step, uniformly from its pool.
     mine_depth : int
@@ -107,6 +112,7 @@ class TrainConfig:
     full: bool = False
     epochs: int = 10
     batch_size: int = 32
+    positives: int = 1
     negatives: int = 4
     mine_depth: int = 30
     lr: float = 0.1
@@ -123,7 +129,7 @@ class TrainConfig:
         for name in ("full", "tune_fusion"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name} must be a bool, got {getattr(self, name)!r}")
-        for name in ("epochs", "batch_size", "mine_depth", "dim", "patience"):
+        for name in ("epochs", "batch_size", "positives", "mine_depth", "dim", "patience"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 raise ValueError(f"{name} must be a positive int, got {v!r}")
@@ -289,6 +295,26 @@ def _batch_scores(qv, qm, docs: _Features, cols: list, head, device, groups: int
         scores.append(_maxsim(qv, qm, dv, dm))
     inverse = torch.from_numpy(np.argsort(np.concatenate(parts), kind="stable")).to(device)
     return torch.cat(scores, dim=1).index_select(1, inverse)
+
+
+def _contrastive_loss(scores, banned: np.ndarray, own: list):
+    """Mean over queries of ``-log(sum_{p in own[a]} exp(s[a, p]) / sum_{c not banned} exp(s[a, c]))``.
+
+    ``scores`` (n_q, n_cols) tensor (already divided by the temperature); ``banned`` bool (n_q,
+    n_cols): columns left out of query a's softmax (its other positives, excluded rows); ``own[a]``:
+    the columns of query a's sampled positives (never banned). With one positive per query at column
+    a this is the usual cross-entropy of in-batch-negative training.
+    """
+    import torch
+
+    is_pos = np.zeros(banned.shape, dtype=bool)
+    for a, cols in enumerate(own):
+        is_pos[a, cols] = True
+    if (banned & is_pos).any():
+        raise ValueError("a query's sampled positive is banned from its own softmax")
+    scores = scores.masked_fill(torch.from_numpy(banned).to(scores.device), float("-inf"))
+    pos_scores = scores.masked_fill(~torch.from_numpy(is_pos).to(scores.device), float("-inf"))
+    return (torch.logsumexp(scores, dim=1) - torch.logsumexp(pos_scores, dim=1)).mean()
 
 
 def _maxsim(q, q_mask, d, d_mask):
@@ -513,8 +539,18 @@ def _fit(enc, head, docs: _Features, queries: _Features, data: TrainingData, con
         steps = range(0, order.size, config.batch_size)
         for s in tqdm(steps, desc=f"epoch {epoch}/{config.epochs}", unit="step", disable=not show_progress):
             batch = order[s:s + config.batch_size]
-            targets = [int(data.positives[q][rng.integers(len(data.positives[q]))]) for q in batch]
-            negs = []
+            targets, extra_pos = [], []  # first sampled positive of each query (column a), then the others
+            for q in batch:
+                pos = data.positives[q]
+                picked = ([rng.integers(len(pos))] if config.positives == 1
+                          else rng.choice(len(pos), size=min(config.positives, len(pos)), replace=False))
+                targets.append(int(pos[picked[0]]))
+                extra_pos.append([int(pos[i]) for i in picked[1:]])
+            own = [[a] for a in range(len(batch))]  # columns holding query a's sampled positives
+            for a, extra in enumerate(extra_pos):
+                own[a] += list(range(len(targets) + sum(len(e) for e in extra_pos[:a]),
+                                     len(targets) + sum(len(e) for e in extra_pos[:a + 1])))
+            negs = [d for extra in extra_pos for d in extra]
             for q in batch:
                 pool = pools[pos_in_train[int(q)]]
                 n = min(config.negatives, len(pool))
@@ -526,9 +562,8 @@ def _fit(enc, head, docs: _Features, queries: _Features, data: TrainingData, con
             for a, q in enumerate(batch):
                 no = set(data.positives[q]) | set(data.exclude[q])
                 banned[a] = [c in no for c in cols]
-                banned[a, a] = False
-            scores = scores.masked_fill(torch.from_numpy(banned).to(device), float("-inf"))
-            loss = torch.nn.functional.cross_entropy(scores, torch.arange(len(batch), device=device))
+                banned[a, own[a]] = False
+            loss = _contrastive_loss(scores, banned, own)
             opt.zero_grad()
             loss.backward()
             opt.step()

@@ -122,6 +122,40 @@ def test_model_inputs_are_what_the_encoder_feeds_the_backbone():
 
 
 # -- training -------------------------------------------------------------------------------------
+def test_contrastive_loss_matches_numpy_reference():
+    rng = np.random.default_rng(3)
+    scores = rng.standard_normal((3, 7)).astype(np.float32)
+    banned = np.zeros((3, 7), dtype=bool)
+    banned[0, 4] = banned[2, [0, 5]] = True
+    own = [[0], [1, 3, 6], [2, 4]]
+    want = []
+    for a in range(3):
+        allowed = ~banned[a]
+        want.append(np.log(np.exp(scores[a, allowed]).sum()) - np.log(np.exp(scores[a, own[a]]).sum()))
+    got = T._contrastive_loss(torch.from_numpy(scores), banned, own)
+    assert float(got) == pytest.approx(float(np.mean(want)), rel=1e-5)
+    # one positive per query at column a: the cross-entropy of in-batch-negative training
+    one = T._contrastive_loss(torch.from_numpy(scores), np.zeros((3, 7), dtype=bool), [[0], [1], [2]])
+    ce = torch.nn.functional.cross_entropy(torch.from_numpy(scores), torch.arange(3))
+    assert float(one) == pytest.approx(float(ce), rel=1e-6)
+    with pytest.raises(ValueError, match="banned"):
+        T._contrastive_loss(torch.from_numpy(scores), banned, [[4], [1], [2]])
+
+
+def test_several_positives_per_query_train_reproducibly(tmp_path):
+    n = len(PAIRS)
+    data = TrainingData(tuple(f"d{i}" for i in range(n)), tuple(d for _, d in PAIRS), tuple(q for q, _ in PAIRS),
+                        tuple((i, (i + 1) % n, (i + 2) % n) for i in range(n)), ((),) * n, ((),) * n,
+                        (False,) * (n - 2) + (True,) * 2, "test pairs, three positives each")
+    cfg = TrainConfig(**{**FAST.to_dict(), "positives": 2})
+    a = train(str(BASE), data, tmp_path / "a", cfg, show_progress=False)
+    b = train(str(BASE), data, tmp_path / "b", cfg, show_progress=False)
+    assert [h["loss"] for h in a.history] == [h["loss"] for h in b.history]
+    assert a.history[-1]["loss"] < a.history[0]["loss"]
+    one = train(str(BASE), data, tmp_path / "c", FAST, show_progress=False)
+    assert [h["loss"] for h in one.history] != [h["loss"] for h in a.history]
+
+
 def test_head_training_lowers_the_loss_and_writes_a_loadable_checkpoint(tmp_path):
     out = tmp_path / "ck"
     r = train(str(BASE), tiny_data(), out, FAST, show_progress=False)
@@ -234,6 +268,7 @@ def test_full_training_changes_the_backbone(tmp_path):
 def test_bad_settings_are_named():
     for kw, field in [({"epochs": 0}, "epochs"), ({"lr": -1.0}, "lr"), ({"temperature": float("nan")}, "temperature"),
                       ({"metric": "nope@3"}, "nope"), ({"negatives": -1}, "negatives"),
+                      ({"positives": 0}, "positives"),
                       ({"max_minutes": 0}, "max_minutes"), ({"full": 1}, "full"), ({"tune_fusion": None}, "tune_fusion"),
                       ({"metric": "recall@1000"}, "recall@1000")]:
         with pytest.raises(ValueError, match=field):
