@@ -55,15 +55,11 @@ def graded(head):
         qrels[qid] = dev_qrels[qid]
     return evaluate(run, qrels, ['ndcg@10'])['ndcg@10']
 w0 = T._initial_head(enc, T.TrainConfig())
-def make_head():
-    h = torch.nn.Linear(w0.shape[1], w0.shape[0], bias=False)
-    with torch.no_grad(): h.weight.copy_(w0)
-    return h
-print("base graded dev", round(graded(make_head()),4), flush=True)
+print("base graded dev", round(graded(T._head_module(w0)),4), flush=True)
 for spec in args:
     cfg = T.TrainConfig.from_dict(json.loads(spec))
     torch.manual_seed(cfg.seed); rng = np.random.default_rng(cfg.seed)
-    head = make_head(); secs = {}
+    head = T._head_module(w0); secs = {}
     t0=time.time()
     base, best, hist = T._fit(enc, head, docs, queries, data, cfg, 'cpu', rng, secs, False)
     with torch.no_grad(): head.weight.copy_(best[2])

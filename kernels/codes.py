@@ -78,10 +78,6 @@ class ResidualRows(NamedTuple):
     centroids: np.ndarray
     table: np.ndarray
 
-    @property
-    def nbits(self) -> int:
-        return int(self.table.shape[0]).bit_length() - 1
-
 
 def store_shape(store) -> tuple[int, int]:
     """(n_tokens, dim) of a plain array or a compressed store."""

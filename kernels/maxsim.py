@@ -41,7 +41,7 @@ from numba.core import cgutils
 from numba.extending import intrinsic, overload
 
 from .codes import Int8Rows, ResidualRows, decode_int8_block, decode_residual_block, store_shape
-from .simd import tile_shape
+from .simd import splat, tile_shape
 from .topk import _check_array, _check_k, _finish_heaps_kernel, _push_block_kernel, _readonly
 
 __all__ = [
@@ -79,14 +79,11 @@ def _h2f(typingctx, bits):
 def _emit_tile_max(builder, qp_ptr, dim, chunk, rows_ptr, row_stride, r0, r1, mx_ptr, width, n_rows):
     """Emit IR for: mx[0:32] = max(mx[0:32], max_{r0 <= t < r1} qp[chunk].T @ rows[t])."""
     f32 = ir.FloatType()
-    i32 = ir.IntType(32)
     i64 = ir.IntType(64)
     vec = ir.VectorType(f32, width)
     n_vec = _LANES // width
     fma = cgutils.get_or_insert_function(builder.module, ir.FunctionType(vec, [vec, vec, vec]), f"llvm.fma.v{width}f32")
-    undef = ir.Constant(vec, ir.Undefined)
     zero = ir.Constant(vec, [0.0] * width)
-    splat = ir.Constant(ir.VectorType(i32, width), [0] * width)
 
     def c64(v):
         return ir.Constant(i64, v)
@@ -115,7 +112,7 @@ def _emit_tile_max(builder, qp_ptr, dim, chunk, rows_ptr, row_stride, r0, r1, mx
             q = [builder.load(vptr(q_row, c64(width * v)), align=4) for v in range(n_vec)]
             for r in range(n_rows):
                 x = builder.load(builder.gep(row_ptrs[r], [kk.index]))
-                xs = builder.shuffle_vector(builder.insert_element(undef, x, ir.Constant(i32, 0)), undef, splat)
+                xs = splat(builder, x, width)
                 for v in range(n_vec):
                     builder.store(builder.call(fma, [xs, q[v], builder.load(acc[r][v])]), acc[r][v])
         for v in range(n_vec):

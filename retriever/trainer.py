@@ -205,6 +205,16 @@ def _initial_head(enc: ColBERTEncoder, config: TrainConfig):
     return layers[0].weight.detach().to("cpu", torch.float32).clone()
 
 
+def _head_module(w0):
+    """A bias-free ``torch.nn.Linear`` holding a copy of the (dim, hidden) weight ``w0``."""
+    import torch
+
+    head = torch.nn.Linear(w0.shape[1], w0.shape[0], bias=False)
+    with torch.no_grad():
+        head.weight.copy_(w0)
+    return head
+
+
 class _Features:
     """Token features of texts for the trainer: stored hidden states (head only) or a live backbone."""
 
@@ -457,11 +467,7 @@ def train(base: str, data: TrainingData, out: str | Path, config: TrainConfig = 
     seconds = {}
     t0 = time.perf_counter()
     enc = ColBERTEncoder.from_pretrained(base, device=device, **dict(encoder_settings or {}))
-    w0 = _initial_head(enc, config)
-    head = torch.nn.Linear(w0.shape[1], w0.shape[0], bias=False)
-    with torch.no_grad():
-        head.weight.copy_(w0)
-    head.to(device)
+    head = _head_module(_initial_head(enc, config)).to(device)
     logger.info("training %s on %s: %s", "the whole encoder" if config.full else "the head", data.summary(),
                 json.dumps(config.to_dict()))
 
@@ -546,10 +552,10 @@ def _fit(enc, head, docs: _Features, queries: _Features, data: TrainingData, con
                           else rng.choice(len(pos), size=min(config.positives, len(pos)), replace=False))
                 targets.append(int(pos[picked[0]]))
                 extra_pos.append([int(pos[i]) for i in picked[1:]])
-            own = [[a] for a in range(len(batch))]  # columns holding query a's sampled positives
+            own, col = [], len(targets)  # columns holding query a's sampled positives: a, then its extras
             for a, extra in enumerate(extra_pos):
-                own[a] += list(range(len(targets) + sum(len(e) for e in extra_pos[:a]),
-                                     len(targets) + sum(len(e) for e in extra_pos[:a + 1])))
+                own.append([a, *range(col, col + len(extra))])
+                col += len(extra)
             negs = [d for extra in extra_pos for d in extra]
             for q in batch:
                 pool = pools[pos_in_train[int(q)]]

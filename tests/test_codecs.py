@@ -67,18 +67,23 @@ def test_int8_encode_decode_match_reference():
     assert np.all(np.abs(dec - x) <= 0.5 * step * (1 + 2e-3) + 1e-6)
 
 
+def _random_residual_problem(rng, n, n_cent, dim, nbits, id_bytes):
+    """Random unit tokens, centroids, assignments, cut-offs and bucket weights, and the packed rows."""
+    x = _unit(rng.standard_normal((n, dim)))
+    cent = rng.standard_normal((n_cent, dim)).astype(np.float32)
+    ids = rng.integers(0, n_cent, n)
+    cut = np.sort(rng.standard_normal((dim, 2**nbits - 1)), axis=1).astype(np.float32)
+    w = rng.standard_normal((dim, 2**nbits)).astype(np.float32)
+    return x, cent, ids, cut, w, residual_pack(x, ids, cent, cut, nbits, id_bytes)
+
+
 @pytest.mark.parametrize("nbits", [1, 2, 4])
 @pytest.mark.parametrize("id_bytes", [2, 4])
 @pytest.mark.parametrize("dim", [16, 24, 128])  # SIMD loop, scalar tail where 24 is not a multiple of the width, unrolled
 def test_residual_pack_and_decode_match_reference(nbits, id_bytes, dim):
     rng = np.random.default_rng(nbits * 10 + id_bytes + dim)
     n, n_cent = 301, 70
-    x = _unit(rng.standard_normal((n, dim)))
-    cent = rng.standard_normal((n_cent, dim)).astype(np.float32)
-    ids = rng.integers(0, n_cent, n)
-    cut = np.sort(rng.standard_normal((dim, 2**nbits - 1)), axis=1).astype(np.float32)
-    w = rng.standard_normal((dim, 2**nbits)).astype(np.float32)
-    rows = residual_pack(x, ids, cent, cut, nbits, id_bytes)
+    x, cent, ids, cut, w, rows = _random_residual_problem(rng, n, n_cent, dim, nbits, id_bytes)
     np.testing.assert_array_equal(rows, residual_encode_ref(x, ids, cent, cut, nbits, id_bytes))
     store = ResidualRows(rows, cent, residual_table(w))
     np.testing.assert_allclose(decode_rows(store, 0, n), residual_decode_ref(rows, cent, w, nbits), rtol=0, atol=1e-6)
@@ -93,12 +98,7 @@ def test_residual_pack_and_decode_match_reference(nbits, id_bytes, dim):
 def test_simd_row_decoder_matches_reference_and_scalar_twin(width, nbits, dim):
     rng = np.random.default_rng(width + nbits + dim)
     n, n_cent, id_bytes = 97, 40, 2
-    x = _unit(rng.standard_normal((n, dim)))
-    cent = rng.standard_normal((n_cent, dim)).astype(np.float32)
-    ids = rng.integers(0, n_cent, n)
-    cut = np.sort(rng.standard_normal((dim, 2**nbits - 1)), axis=1).astype(np.float32)
-    w = rng.standard_normal((dim, 2**nbits)).astype(np.float32)
-    rows = residual_pack(x, ids, cent, cut, nbits, id_bytes)
+    x, cent, ids, cut, w, rows = _random_residual_problem(rng, n, n_cent, dim, nbits, id_bytes)
     table = residual_table(w)
     decoder = _make_residual_row_decoder(nbits, width)
 
