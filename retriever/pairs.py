@@ -46,6 +46,10 @@ class TrainingData:
         Per query, True when it is held out for validation.
     source : str
         Where the data came from (recorded in the checkpoint's training record).
+    grades : tuple of tuple of int
+        Per query, the relevance grade (>= 1) of each of its ``positives``, in the same order;
+        validation scores graded nDCG with them, as BEIR's test metric does. Empty (the
+        default) means grade 1 for every positive.
     """
 
     doc_ids: tuple
@@ -56,6 +60,7 @@ class TrainingData:
     exclude: tuple
     val: tuple
     source: str
+    grades: tuple = ()
 
     def __post_init__(self) -> None:
         n_docs, n_q = len(self.doc_texts), len(self.queries)
@@ -75,6 +80,19 @@ class TrainingData:
             raise ValueError(f"every query needs at least one positive document: positives[{empty[0]}] is empty")
         if all(self.val):
             raise ValueError("every query is held out for validation: nothing is left to train on")
+        if self.grades:
+            if len(self.grades) != n_q:
+                raise ValueError(f"grades has {len(self.grades)} entries for {n_q} queries")
+            for i, (g, p) in enumerate(zip(self.grades, self.positives)):
+                if len(g) != len(p):
+                    raise ValueError(f"grades[{i}] has {len(g)} grades for {len(p)} positives")
+                if any(isinstance(x, bool) or not isinstance(x, (int, np.integer)) or x < 1 for x in g):
+                    raise ValueError(f"grades[{i}] must hold ints >= 1, got {g!r}")
+
+    def grade_of(self, q: int) -> dict[int, int]:
+        """Document row -> relevance grade of query ``q``'s positives."""
+        g = self.grades[q] if self.grades else (1,) * len(self.positives[q])
+        return {int(d): int(x) for d, x in zip(self.positives[q], g)}
 
     @property
     def n_train(self) -> int:
@@ -99,7 +117,8 @@ def _split_val(n: int, fraction: float, seed: int) -> tuple[bool, ...]:
 
 def beir_pairs(path: str | os.PathLike, split: str = "train", *, val_split: str | None = None,
                val_fraction: float = 0.1, seed: int = 0) -> TrainingData:
-    """Labelled pairs from a BEIR collection's qrels (grade > 0 counts as positive).
+    """Labelled pairs from a BEIR collection's qrels (grade > 0 counts as positive; the grades are
+    kept for graded validation).
 
     Validation queries are the ``val_split`` qrels (e.g. ``"dev"``) when given, else a seeded
     ``val_fraction`` of the ``split`` queries. The document table is the whole corpus.
@@ -108,15 +127,16 @@ def beir_pairs(path: str | os.PathLike, split: str = "train", *, val_split: str 
     doc_ids = tuple(ds.corpus)
     row = {d: i for i, d in enumerate(doc_ids)}
     texts = tuple(doc_text(ds.corpus[d]) for d in doc_ids)
-    queries, positives = [], []
+    queries, positives, grades = [], [], []
 
     def add(qs: dict, qrels: dict) -> int:
         n = 0
         for qid, judged in qrels.items():
-            pos = tuple(sorted(row[d] for d, g in judged.items() if g > 0 and d in row))
-            if qid in qs and pos:
+            graded = sorted((row[d], int(g)) for d, g in judged.items() if g > 0 and d in row)
+            if qid in qs and graded:
                 queries.append(qs[qid])
-                positives.append(pos)
+                positives.append(tuple(r for r, _ in graded))
+                grades.append(tuple(g for _, g in graded))
                 n += 1
         return n
 
@@ -139,7 +159,8 @@ def beir_pairs(path: str | os.PathLike, split: str = "train", *, val_split: str 
         val = _split_val(n_train, val_fraction, seed)
     n = len(queries)
     return TrainingData(doc_ids, texts, tuple(queries), tuple(positives), ((),) * n, ((),) * n, val,
-                        f"BEIR {Path(path).name} {split}" + (f" (validation: {val_split})" if val_split else ""))
+                        f"BEIR {Path(path).name} {split}" + (f" (validation: {val_split})" if val_split else ""),
+                        tuple(grades))
 
 
 def jsonl_pairs(path: str | os.PathLike, *, corpus: str | os.PathLike | None = None, val_fraction: float = 0.1,

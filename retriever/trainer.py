@@ -97,7 +97,8 @@ class TrainConfig:
     patience : int
         Stop after this many epochs without a better validation ``metric``.
     metric : str
-        Validation metric (``retriever.eval`` name, e.g. ``"ndcg@10"``, ``"mrr@10"``).
+        Validation metric (``retriever.eval`` name, e.g. ``"ndcg@10"``, ``"mrr@10"``), over the
+        positives' grades where the data has them (BEIR qrels), as BEIR's test metric is.
     seed : int
     dim : int
         Output width of a new head when the base model has none (otherwise the base head's).
@@ -388,7 +389,7 @@ def _metric_of(data: TrainingData, val_q: np.ndarray, ranked: np.ndarray, metric
         banned = set(data.exclude[q])
         kept = [int(d) for d in row if d >= 0 and int(d) not in banned][:_RANK_DEPTH]
         run[f"q{q}"] = {f"d{d}": float(len(kept) - i) for i, d in enumerate(kept)}
-        qrels[f"q{q}"] = {f"d{d}": 1 for d in data.positives[q]}
+        qrels[f"q{q}"] = {f"d{d}": g for d, g in data.grade_of(q).items()}
     return float(evaluate(run, qrels, [metric], ignore_identical_ids=False)[metric])
 
 

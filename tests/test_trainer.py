@@ -335,6 +335,7 @@ def test_beir_pairs(tmp_path):
     d = beir_pairs(root, "train", val_fraction=0.0)
     assert d.doc_ids == ("a", "b", "c") and d.doc_texts == ("T alpha", "beta", "gamma")
     assert d.queries == ("one", "three") and d.positives == ((0, 1), (2,))  # grade 0 is not a positive
+    assert d.grades == ((1, 2), (1,)) and d.grade_of(0) == {0: 1, 1: 2}
     assert d.val == (False, False)
     d = beir_pairs(root, "train", val_split="dev")
     assert d.queries == ("one", "three", "four") and d.val == (False, False, True)
@@ -401,6 +402,30 @@ def test_training_data_checks():
         TrainingData(("a",), ("x",), ("q",), ((3,),), ((),), ((),), (False,), "t")
     with pytest.raises(ValueError, match="nothing is left to train"):
         TrainingData(("a",), ("x",), ("q",), ((0,),), ((),), ((),), (True,), "t")
+    ok = (("a", "b"), ("x", "y"), ("q",), ((0, 1),), ((),), ((),), (False,), "t")
+    assert TrainingData(*ok).grade_of(0) == {0: 1, 1: 1}
+    for grades, msg in [(((1, 2), (1,)), "grades has 2 entries for 1 queries"),
+                        (((1,),), "grades\\[0\\] has 1 grades for 2 positives"),
+                        (((1, 0),), "grades\\[0\\] must hold ints >= 1"), (((1, True),), "ints >= 1")]:
+        with pytest.raises(ValueError, match=msg):
+            TrainingData(*ok, grades)
+
+
+def test_validation_uses_the_grades_as_beir_test_does():
+    """Graded nDCG@10 of the validation ranking, against the formula by hand (exp-free gain = grade)."""
+    from retriever.trainer import _metric_of
+
+    data = TrainingData(("a", "b", "c"), ("x", "y", "z"), ("q0", "q1"), ((0, 2), (1,)), ((), ()), ((), ()),
+                        (False, True), "t", ((1, 2), (1,)))
+    ranked = np.array([[0, 1, 2], [1, 0, 2]])
+    # query 0: grade 1 at rank 1, grade 2 at rank 3; ideal: 2 then 1
+    dcg = 1 / np.log2(2) + 2 / np.log2(4)
+    ideal = 2 / np.log2(2) + 1 / np.log2(3)
+    assert _metric_of(data, np.array([0]), ranked[:1], "ndcg@10") == pytest.approx(dcg / ideal)
+    binary = TrainingData(*[getattr(data, f) for f in ("doc_ids", "doc_texts", "queries", "positives", "negatives",
+                                                        "exclude", "val", "source")])
+    assert _metric_of(binary, np.array([0]), ranked[:1], "ndcg@10") == pytest.approx(
+        (1 + 1 / np.log2(4)) / (1 + 1 / np.log2(3)))
 
 
 # -- command line -----------------------------------------------------------------------------------
