@@ -77,8 +77,9 @@ def run(name: str, config: TrainConfig, threads: int | None) -> None:
         row = {"run": name, "trained_on": data.source, "evaluated_on": f"{target} test",
                "config": config.to_dict(), "train_seconds": round(train_s, 1),
                "stage_seconds": {k: round(v, 1) for k, v in res.seconds.items()},
-               "validation": {"metric": config.metric, "base": round(res.base_metric, 4),
-                              "best": round(res.best_metric, 4), "best_epoch": res.best_epoch},
+               "validation": {"metric": config.metric, "graded": bool(data.grades),
+                              "base": round(res.base_metric, 4), "best": round(res.best_metric, 4),
+                              "best_epoch": res.best_epoch},
                "history": res.history, "load_avg_1m": load_avg(),
                "ndcg@10": {m: by[m]["ndcg@10"] for m in ("exhaustive", "fde", "hybrid") if m in by},
                "recall@100": {m: by[m]["recall@100"] for m in ("exhaustive", "fde", "hybrid") if m in by},
@@ -91,15 +92,25 @@ def run(name: str, config: TrainConfig, threads: int | None) -> None:
               flush=True)
 
 
+def _settings(config: dict) -> str:
+    """The TrainConfig fields a row changed from the defaults, e.g. ``lr 0.03, positives 4``."""
+    default = TrainConfig().to_dict()
+    changed = [f"{k} {v}" for k, v in config.items() if k in default and default[k] != v]
+    return ", ".join(changed) or "defaults"
+
+
 def report() -> None:
     rows = [json.loads(x) for x in open(RESULTS)]
-    lines = ["| run | trained on | evaluated on | train s | validation (base -> best, epoch) | exhaustive MaxSim "
-             "nDCG@10 | pipeline | hybrid pipeline (default) | hybrid R@100 |", "|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| run | settings | trained on | evaluated on | train s | validation (base -> best, epoch) | exhaustive "
+             "MaxSim nDCG@10 | pipeline | hybrid pipeline (default) | hybrid R@100 |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         v = r["validation"]
         n = r["ndcg@10"]
-        lines.append(f"| {r['run']} | {r['trained_on']} | {r['evaluated_on']} | {r['train_seconds']:.0f} | "
-                     f"{v['base']:.4f} -> {v['best']:.4f} ({v['best_epoch']}) | {n.get('exhaustive', float('nan')):.4f} "
+        graded = " graded" if v.get("graded") else ""  # rows before graded validation have no such field
+        lines.append(f"| {r['run']} | {_settings(r['config'])} | {r['trained_on']} | {r['evaluated_on']} | "
+                     f"{r['train_seconds']:.0f} | {v['base']:.4f} -> {v['best']:.4f} ({v['best_epoch']}){graded} | "
+                     f"{n.get('exhaustive', float('nan')):.4f} "
                      f"| {n.get('fde', float('nan')):.4f} | {n.get('hybrid', float('nan')):.4f} | "
                      f"{r['recall@100'].get('hybrid', float('nan')):.3f} |")
     out = RESULTS.with_suffix(".md")
