@@ -8,6 +8,8 @@ setting; this script encodes it once.
 
     .venv/bin/python bench/train_sweep.py '{}' '{"lr": 0.03}' '{"lr": 0.03, "positives": 4}'
     .venv/bin/python bench/train_sweep.py --beir ../shared/beir/nfcorpus '{"lr": 0.01}'
+
+Rows are appended to ``bench/results/train_sweep.jsonl``.
 """
 
 import json
@@ -26,6 +28,7 @@ from retriever import trainer as T  # noqa: E402
 from retriever.encoder import ColBERTEncoder  # noqa: E402
 from retriever.pairs import beir_pairs  # noqa: E402
 
+RESULTS = ROOT / "bench" / "results" / "train_sweep.jsonl"
 args = sys.argv[1:]
 BEIR = str(ROOT.parent / "shared" / "beir" / "nfcorpus")
 if args[:1] == ["--beir"]:
@@ -45,6 +48,9 @@ for spec in args:
     head = T._head_module(w0)
     t0 = time.time()
     base, best, hist = T._fit(enc, head, docs, queries, data, cfg, "cpu", rng, {}, False)
-    print(json.dumps({"cfg": spec, "dev_base": round(base, 4), "dev_best": round(best[0], 4), "best_epoch": best[1],
-                      "hist": [(h["epoch"], round(h["metric"], 4)) for h in hist], "s": round(time.time() - t0)}),
-          flush=True)
+    row = {"collection": Path(BEIR).name, "cfg": json.loads(spec), "validation": "graded", "dev_base": round(base, 4),
+           "dev_best": round(best[0], 4), "best_epoch": best[1],
+           "hist": [(h["epoch"], round(h["metric"], 4)) for h in hist], "s": round(time.time() - t0)}
+    with open(RESULTS, "a") as fh:
+        fh.write(json.dumps(row) + "\n")
+    print(json.dumps(row), flush=True)
