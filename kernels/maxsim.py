@@ -40,7 +40,7 @@ from numba import njit, prange, types
 from numba.core import cgutils
 from numba.extending import intrinsic, overload
 
-from .codes import Int8Rows, ResidualRows, decode_int8_block, decode_residual_block, store_shape
+from .codes import Int8Rows, ResidualRows, decode_int8_block, decode_residual_block, residual_lanes, store_shape
 from .simd import splat, tile_shape
 from .topk import _check_array, _check_k, _finish_heaps_kernel, _push_block_kernel, _readonly
 
@@ -205,7 +205,7 @@ def _f32_rows_impl(tokens, start, n, buf):
     if store_class is ResidualRows:
 
         def residual(tokens, start, n, buf):
-            decode_residual_block(tokens.rows, tokens.centroids, tokens.table, start, n, buf)
+            decode_residual_block(tokens.rows, tokens.centroids, tokens.table, tokens.lanes, start, n, buf)
             return buf, 0
 
         return residual
@@ -366,7 +366,10 @@ def _check_codes(store):
             f"tokens.rows has {store.rows.shape[1]} columns: {id_bytes} bytes of centroid id before the "
             f"{n_bytes} code bytes do not fit {store.centroids.shape[0]} centroids"
         )
-    return ResidualRows(_readonly(store.rows), _readonly(store.centroids), _readonly(store.table))
+    _check_array("tokens.lanes", store.lanes, (np.float32,), 2)
+    if not np.array_equal(store.lanes, residual_lanes(store.table)):
+        raise ValueError("tokens.lanes is not residual_lanes(tokens.table) (build stores with kernels.codes.residual_rows)")
+    return ResidualRows(_readonly(store.rows), _readonly(store.centroids), _readonly(store.table), _readonly(store.lanes))
 
 
 def _check_doc_ids(name: str, ids: np.ndarray, doc_offsets: np.ndarray, n_tokens: int) -> None:
@@ -618,7 +621,7 @@ def warmup(stores: tuple[str, ...] = ("float16", "float32")) -> None:
     public function on a tiny store of each type, so that the first real query does not pay the
     JIT cost.
     """
-    from .codes import int8_encode, residual_pack, residual_table
+    from .codes import int8_encode, residual_pack, residual_rows
     from .topk import topk, topk_candidates
 
     rng = np.random.default_rng(0)
@@ -636,7 +639,7 @@ def warmup(stores: tuple[str, ...] = ("float16", "float32")) -> None:
             cent = x[:2].copy()
             cut = np.zeros((8, 3), dtype=np.float32)
             rows = residual_pack(x, np.zeros(5, dtype=np.int64), cent, cut, 2, 2)
-            tokens = ResidualRows(rows, cent, residual_table(np.zeros((8, 4), dtype=np.float32)))
+            tokens = residual_rows(rows, cent, np.zeros((8, 4), dtype=np.float32))
         else:
             raise ValueError(f"unknown store type {kind!r}; expected float16, float32, int8 or residual")
         maxsim_scores(q, tokens, doc_offsets, cand[1])

@@ -38,7 +38,7 @@ from dataclasses import asdict, dataclass
 import faiss
 import numpy as np
 
-from kernels.codes import Int8Rows, ResidualRows, decode_rows, int8_encode, residual_pack, residual_table
+from kernels.codes import Int8Rows, ResidualRows, decode_rows, int8_encode, residual_lanes, residual_pack, residual_table
 
 from .configs import check_keys, is_int
 
@@ -169,6 +169,7 @@ class TokenCodec:
         self.cutoffs = cutoffs
         self.weights = weights
         self._table = None
+        self._lanes = None
         self._assigner = None
         if config.kind == "residual":
             if centroids is None or cutoffs is None or weights is None:
@@ -181,6 +182,7 @@ class TokenCodec:
                     f"(n_centroids, {self.dim}), ({self.dim}, {b - 1}), ({self.dim}, {b})"
                 )
             self._table = residual_table(weights)
+            self._lanes = residual_lanes(self._table)
 
     # -- description ---------------------------------------------------------------------
     @property
@@ -308,7 +310,7 @@ class TokenCodec:
             return rows
         if self.kind == "int8":
             return Int8Rows(rows)
-        return ResidualRows(rows, self.centroids, self._table)
+        return ResidualRows(rows, self.centroids, self._table, self._lanes)
 
     def decode(self, rows: np.ndarray) -> np.ndarray:
         """float32 ``(n, dim)`` vectors of store rows (what search scores against)."""
