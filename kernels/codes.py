@@ -240,12 +240,12 @@ def _make_residual_row_decoder(nbits: int, width: int, unrolled_dim: int = 128):
 
 
 def _make_residual4_block_decoder():
-    """Build the intrinsic ``decode_block(rows, start, code_off, centroids, cids, table_t, buf, r0)``.
+    """Build the intrinsic ``decode_block(rows, start, code_off, centroids, cids, lanes, buf, r0)``.
 
     AVX-512, 4-bit codes, ``dim == 128`` only. Writes ``buf[r0 + t] = unit(centroids[cids[t]] +
     residual(rows[start + t, code_off:]))`` for the 16 rows ``t < 16``, dimension-major: the 16
     tokens' code words are transposed into one vector per word (lane = token), each dimension's
-    residual is one ``vpermps`` of that dimension's 16 bucket values (``table_t`` float32
+    residual is one ``vpermps`` of that dimension's 16 bucket values (``lanes`` float32
     ``(dim, 16)``) by the shifted word, and a 16x16 register transpose turns each group of 16
     dimensions back into rows. The sums run in the same order as the row decoder's, so the
     results are bit-identical to it.
@@ -253,16 +253,16 @@ def _make_residual4_block_decoder():
     width, dim, n_groups = 16, 128, 8
 
     @intrinsic
-    def decode_block(typingctx, rows, start, code_off, centroids, cids, table_t, buf, r0):
+    def decode_block(typingctx, rows, start, code_off, centroids, cids, lanes, buf, r0):
         def c_array(t, dtype, ndim=2):
             return isinstance(t, types.Array) and t.dtype == dtype and t.ndim == ndim and t.layout == "C"
 
         if not (c_array(rows, types.uint8) and c_array(cids, types.int64, 1)
-                and all(c_array(t, types.float32) for t in (centroids, table_t, buf))):
+                and all(c_array(t, types.float32) for t in (centroids, lanes, buf))):
             return None
         if not all(isinstance(t, types.Integer) for t in (start, code_off, r0)):
             return None
-        sig = types.void(rows, start, code_off, centroids, cids, table_t, buf, r0)
+        sig = types.void(rows, start, code_off, centroids, cids, lanes, buf, r0)
 
         def codegen(context, builder, signature, args):
             f32, i32, i64 = ir.FloatType(), ir.IntType(32), ir.IntType(64)
@@ -476,6 +476,8 @@ def decode_rows(store, start: int, stop: int) -> np.ndarray:
     if isinstance(store, Int8Rows):
         _decode_int8_range(np.ascontiguousarray(store.rows), start, out)
     elif isinstance(store, ResidualRows):
+        if np.shape(store.lanes) != (dim, 16):
+            raise ValueError(f"store.lanes must have shape ({dim}, 16) (residual_lanes(table)), got {np.shape(store.lanes)}")
         _decode_residual_range(
             np.ascontiguousarray(store.rows), np.ascontiguousarray(store.centroids), np.ascontiguousarray(store.table),
             np.ascontiguousarray(store.lanes), start, out

@@ -162,6 +162,8 @@ def test_dimension_major_block_decoder_is_bit_identical_to_the_row_decoder(id_by
     out = np.full((16, dim), np.nan, dtype=np.float32)
     codes_mod.decode_residual_block(zero.rows, zero.centroids, zero.table, zero.lanes, 0, 16, out)
     np.testing.assert_array_equal(out, 0.0)  # a zero row stays zero (no division by its norm)
+    with pytest.raises(ValueError, match="store.lanes must have shape"):
+        decode_rows(store._replace(lanes=store.lanes[:, :8].copy()), 0, 1)
 
 
 def _stores(rng, dim=16, n=400):
