@@ -130,6 +130,22 @@ def decode_int8_block(rows, start, n, buf):
             buf[r, k] = (np.float32(rows[row, k]) - np.float32(128.0)) * s
 
 
+def _c_array(t, dtype, ndim: int = 2) -> bool:
+    """Whether numba type ``t`` is a C-contiguous ``ndim``-D array of ``dtype`` (intrinsic typing)."""
+    return isinstance(t, types.Array) and t.dtype == dtype and t.ndim == ndim and t.layout == "C"
+
+
+def _inverse_norm(builder: ir.IRBuilder, sum_sq, width: int):
+    """``1 / sqrt(sum_sq)`` splat to ``width`` lanes; 1 where ``sum_sq`` is not > 0 (a zero row stays zero).
+
+    Both residual decoders rescale through this, so their results stay bit-identical."""
+    f32 = ir.FloatType()
+    sqrt = cgutils.get_or_insert_function(builder.module, ir.FunctionType(f32, [f32]), "llvm.sqrt.f32")
+    inv = builder.fdiv(ir.Constant(f32, 1.0), builder.call(sqrt, [sum_sq]))
+    inv = builder.select(builder.fcmp_ordered(">", sum_sq, ir.Constant(f32, 0.0)), inv, ir.Constant(f32, 1.0))
+    return splat(builder, inv, width)
+
+
 def _make_residual_row_decoder(nbits: int, width: int, unrolled_dim: int = 128):
     """Build the intrinsic ``decode_row(rows, row, code_off, centroids, c, table, buf, r)``.
 
@@ -144,10 +160,7 @@ def _make_residual_row_decoder(nbits: int, width: int, unrolled_dim: int = 128):
 
     @intrinsic
     def decode_row(typingctx, rows, row, code_off, centroids, c, table, buf, r):
-        def c_array(t, dtype):
-            return isinstance(t, types.Array) and t.dtype == dtype and t.ndim == 2 and t.layout == "C"
-
-        if not (c_array(rows, types.uint8) and all(c_array(t, types.float32) for t in (centroids, table, buf))):
+        if not (_c_array(rows, types.uint8) and all(_c_array(t, types.float32) for t in (centroids, table, buf))):
             return None
         if not all(isinstance(t, types.Integer) for t in (row, code_off, c, r)):
             return None
@@ -176,7 +189,6 @@ def _make_residual_row_decoder(nbits: int, width: int, unrolled_dim: int = 128):
             cen_ptr = builder.gep(cen_a.data, [builder.mul(int_arg(4), dim)])
             buf_ptr = builder.gep(buf_a.data, [builder.mul(int_arg(7), dim)])
             fma = cgutils.get_or_insert_function(builder.module, ir.FunctionType(vf, [vf, vf, vf]), f"llvm.fma.v{width}f32")
-            sqrt = cgutils.get_or_insert_function(builder.module, ir.FunctionType(f32, [f32]), "llvm.sqrt.f32")
             zero_i = ir.Constant(vi, [0] * width)
             # lane l holds dimension k0 + l: its code bits start at bit (l * nbits) of the group's bytes
             bit_masks = [ir.Constant(vi, [1 << ((lane * nbits) % 32 + bit) for lane in range(width)]) for bit in range(nbits)]
@@ -203,12 +215,6 @@ def _make_residual_row_decoder(nbits: int, width: int, unrolled_dim: int = 128):
                     level = [builder.select(take, level[2 * i + 1], level[2 * i]) for i in range(len(level) // 2)]
                 return builder.fadd(level[0], builder.load(vptr(cen_ptr, k0), align=4)), k0
 
-            def inverse_norm(sum_sq):
-                """1 / sqrt(sum_sq) as a vector; 1 where sum_sq is not > 0 (a zero row stays zero)."""
-                inv = builder.fdiv(ir.Constant(f32, 1.0), builder.call(sqrt, [sum_sq]))
-                inv = builder.select(builder.fcmp_ordered(">", sum_sq, ir.Constant(f32, 0.0)), inv, ir.Constant(f32, 1.0))
-                return splat(builder, inv, width)
-
             n_groups = builder.sdiv(dim, c64(width))
             unrolled_groups = unrolled_dim // width
             with builder.if_else(builder.icmp_signed("==", n_groups, c64(unrolled_groups))) as (straight, looped):
@@ -219,7 +225,7 @@ def _make_residual_row_decoder(nbits: int, width: int, unrolled_dim: int = 128):
                         x, k0 = decode_group(c64(g))
                         decoded.append((x, k0))
                         acc = builder.call(fma, [x, x, acc])
-                    inv = inverse_norm(hsum(builder, acc, width))
+                    inv = _inverse_norm(builder, hsum(builder, acc, width), width)
                     for x, k0 in decoded:
                         builder.store(builder.fmul(x, inv), vptr(buf_ptr, k0), align=4)
                 with looped:
@@ -228,7 +234,7 @@ def _make_residual_row_decoder(nbits: int, width: int, unrolled_dim: int = 128):
                         x, k0 = decode_group(loop.index)
                         builder.store(x, vptr(buf_ptr, k0), align=4)
                         builder.store(builder.call(fma, [x, x, builder.load(acc_p)]), acc_p)
-                    inv = inverse_norm(hsum(builder, builder.load(acc_p), width))
+                    inv = _inverse_norm(builder, hsum(builder, builder.load(acc_p), width), width)
                     with cgutils.for_range(builder, n_groups) as loop:
                         p = vptr(buf_ptr, builder.mul(loop.index, c64(width)))
                         builder.store(builder.fmul(builder.load(p, align=4), inv), p, align=4)
@@ -254,11 +260,8 @@ def _make_residual4_block_decoder():
 
     @intrinsic
     def decode_block(typingctx, rows, start, code_off, centroids, cids, lanes, buf, r0):
-        def c_array(t, dtype, ndim=2):
-            return isinstance(t, types.Array) and t.dtype == dtype and t.ndim == ndim and t.layout == "C"
-
-        if not (c_array(rows, types.uint8) and c_array(cids, types.int64, 1)
-                and all(c_array(t, types.float32) for t in (centroids, lanes, buf))):
+        if not (_c_array(rows, types.uint8) and _c_array(cids, types.int64, 1)
+                and all(_c_array(t, types.float32) for t in (centroids, lanes, buf))):
             return None
         if not all(isinstance(t, types.Integer) for t in (start, code_off, r0)):
             return None
@@ -282,7 +285,6 @@ def _make_residual4_block_decoder():
             permvar = cgutils.get_or_insert_function(builder.module, ir.FunctionType(vf, [vf, vi]),
                                                      "llvm.x86.avx512.permvar.sf.512")
             fma = cgutils.get_or_insert_function(builder.module, ir.FunctionType(vf, [vf, vf, vf]), "llvm.fma.v16f32")
-            sqrt = cgutils.get_or_insert_function(builder.module, ir.FunctionType(f32, [f32]), "llvm.sqrt.f32")
             lo_mask = ir.Constant(vi, [k // 2 + (16 if k % 2 else 0) for k in range(16)])
             hi_mask = ir.Constant(vi, [8 + k // 2 + (16 if k % 2 else 0) for k in range(16)])
 
@@ -327,10 +329,7 @@ def _make_residual4_block_decoder():
                     x = builder.load(vptr(buf_ptrs[t], g * width), align=4)
                     xs.append(x)
                     acc = builder.call(fma, [x, x, acc])
-                sum_sq = hsum(builder, acc, width)
-                inv = builder.fdiv(ir.Constant(f32, 1.0), builder.call(sqrt, [sum_sq]))
-                inv = builder.select(builder.fcmp_ordered(">", sum_sq, ir.Constant(f32, 0.0)), inv, ir.Constant(f32, 1.0))
-                inv = splat(builder, inv, width)
+                inv = _inverse_norm(builder, hsum(builder, acc, width), width)
                 for g, x in enumerate(xs):
                     builder.store(builder.fmul(x, inv), vptr(buf_ptrs[t], g * width), align=4)
             return context.get_dummy_value()
