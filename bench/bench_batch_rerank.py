@@ -20,7 +20,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import kernels.maxsim as km  # noqa: E402
+import retriever_kernels.maxsim as km  # noqa: E402
 from retriever import Retriever  # noqa: E402
 from retriever.ann import faiss_search  # noqa: E402
 from retriever.tokens import TokenEmbeddings  # noqa: E402

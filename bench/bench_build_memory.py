@@ -87,7 +87,7 @@ def main() -> None:
     ap.add_argument("--results", default="bench/results/build_memory.jsonl")
     args = ap.parse_args()
 
-    from kernels.maxsim import warmup
+    from retriever_kernels.maxsim import warmup
     from retriever.benchmark import git_revision, machine_info
     from retriever.beir import doc_text, iter_corpus
     from retriever.encoder import ColBERTEncoder

@@ -2,7 +2,7 @@
 
 A hybrid search adds to the MaxSim pipeline (``retriever.hybrid``): the BM25 top-``depth`` (an
 inverted-index pass over the query terms' postings), the dense top-``depth`` (an exact scan of the
-float16 pooled vectors, ``kernels/dense.py``), and the exact MaxSim of up to ``2 * depth`` more
+float16 pooled vectors, ``kernels/retriever_kernels/dense.py``), and the exact MaxSim of up to ``2 * depth`` more
 documents. This script measures the first two where they grow with the corpus:
 
 * BM25 on the 300,000-document real-text corpus of ``bench/realtext.py`` (its 1,000 held-out queries):
@@ -34,7 +34,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from retriever.beir import doc_text  # noqa: E402
-from kernels.dense import dense_topk  # noqa: E402
+from retriever_kernels.dense import dense_topk  # noqa: E402
 from retriever.lexical import BM25Config, LexicalAppender, LexicalIndex  # noqa: E402
 
 log = logging.getLogger("bench_hybrid_scale")

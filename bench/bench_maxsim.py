@@ -29,7 +29,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from kernels.maxsim import maxsim_exhaustive_topk, maxsim_scores, warmup  # noqa: E402
+from retriever_kernels.maxsim import maxsim_exhaustive_topk, maxsim_scores, warmup  # noqa: E402
 
 
 def median_ms(fn, repeat: int, warm: int = 2) -> float:

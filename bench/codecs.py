@@ -146,8 +146,8 @@ def fde_source(name: str, split: str, specs: list[str], encoder, cache_dir: Path
     """
     import numpy as np
 
-    from kernels.maxsim import maxsim_scores_batch
-    from kernels.topk import topk_candidates
+    from retriever_kernels.maxsim import maxsim_scores_batch
+    from retriever_kernels.topk import topk_candidates
     from retriever.ann import faiss_search
     from retriever.beir import load_beir
     from retriever.benchmark import _digest, _quality, exact_topk, open_index

@@ -5,7 +5,7 @@ documents; or MUVERA FDEs, one vector per document, in a FAISS inner-product ind
 (late interaction) rerank in numba kernels.
 
 The text encoder (``retriever.encoder``, transformers) is imported only when used; torch itself is
-imported with the kernels, before any numba kernel runs (see ``kernels/__init__.py``).
+imported with the kernels, before any numba kernel runs (see ``kernels/retriever_kernels/__init__.py``).
 """
 
 __version__ = "0.1.0"

@@ -131,7 +131,7 @@ def _pooled(emb: TokenEmbeddings, pool_factor: int) -> TokenEmbeddings:
     vectors = np.ascontiguousarray(emb.vectors, dtype=np.float32)
     if pool_factor == 1:
         return TokenEmbeddings(vectors, emb.offsets)
-    from kernels.pooling import pool_tokens
+    from retriever_kernels.pooling import pool_tokens
 
     pooled, offsets = pool_tokens(vectors, np.ascontiguousarray(emb.offsets, dtype=np.int64), int(pool_factor))
     return TokenEmbeddings(pooled, offsets)

@@ -14,7 +14,7 @@ documents). This stage works at the token level instead, as PLAID and WARP do:
   (centroid, document) pair, ~0.8 per token; derived, never stored);
 * **search**: each query token's inner products with the coarse centroids, then with the fine
   centroids of its ``probe_cells`` best cells; its ``nprobe`` best lists; the approximate
-  late-interaction score of every document those lists hold (``kernels.centroids``); the best
+  late-interaction score of every document those lists hold (``retriever_kernels.centroids``); the best
   ``n_candidates`` are reranked by exact MaxSim over the stored tokens like FDE candidates.
 * **residual codes** (``residual_pq``; by default 4 bytes per token for corpora of up to
   ``AUTO_PQ_MAX_TOKENS`` tokens): each token's residual from its centroid, product-quantised (256
@@ -45,7 +45,7 @@ import faiss
 import numba
 import numpy as np
 
-from kernels.centroids import build_lists, build_token_lists, centroid_candidates, probe_cells
+from retriever_kernels.centroids import build_lists, build_token_lists, centroid_candidates, probe_cells
 
 from .configs import check_keys, is_int
 

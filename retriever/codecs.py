@@ -2,7 +2,7 @@
 
 A codec turns float32 token vectors into fixed-width rows of the token store
 (``tokens.npy``) and gives the MaxSim kernels a store object that decodes them inside the
-kernel (``kernels.codes``). Choose one with ``IndexConfig(codec=CodecConfig(...))``:
+kernel (``retriever_kernels.codes``). Choose one with ``IndexConfig(codec=CodecConfig(...))``:
 
 ``float16``
     256 bytes per 128-d token; exact to float16 rounding. The reference.
@@ -38,7 +38,7 @@ from dataclasses import asdict, dataclass
 import faiss
 import numpy as np
 
-from kernels.codes import Int8Rows, ResidualRows, decode_rows, int8_encode, residual_lanes, residual_pack, residual_table
+from retriever_kernels.codes import Int8Rows, ResidualRows, decode_rows, int8_encode, residual_lanes, residual_pack, residual_table
 
 from .configs import check_keys, is_int
 

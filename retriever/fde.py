@@ -17,7 +17,7 @@ count-sketch final projection. The random matrices are drawn from PCG64 streams,
 reference's ``std::mt19937``, so outputs are equal in distribution to the reference,
 not bit-for-bit.
 
-Encoding is batched: one numba kernel (:func:`kernels.fde.fde_encode`), parallel over
+Encoding is batched: one numba kernel (:func:`retriever_kernels.fde.fde_encode`), parallel over
 items, computes the SimHash products, sums the raw tokens of each partition and projects
 each partition sum (the projections are linear, so this equals summing projected tokens,
 at a fraction of the cost; the count-sketch runs sparse). Queries and documents share
@@ -31,7 +31,7 @@ from numbers import Integral
 
 import numpy as np
 
-from kernels.fde import (
+from retriever_kernels.fde import (
     PROJ_DENSE,
     PROJ_IDENTITY,
     PROJ_SPARSE,

@@ -5,7 +5,7 @@ An index built from text can store, beside its token vectors, two more signals p
 * ``"dense"``: the encoder backbone's pooled single vector (``ColBERTEncoder.encode_documents(...,
   return_pooled=True)``: the attention-masked mean of the last hidden states, from the same forward
   pass as the token vectors), stored float16 (``dense.npy``) and scanned exactly by
-  ``kernels/dense.py``;
+  ``kernels/retriever_kernels/dense.py``;
 * ``"bm25"``: a BM25 inverted index over the words of the text (:mod:`retriever.lexical`).
 
 A hybrid search (:func:`score_union`, then :func:`rank_fused`) scores, per query, the union of
@@ -32,8 +32,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from kernels.dense import dense_scores_rows, dense_topk
-from kernels.maxsim import maxsim_scores_batch
+from retriever_kernels.dense import dense_scores_rows, dense_topk
+from retriever_kernels.maxsim import maxsim_scores_batch
 
 from .configs import check_keys
 from .lexical import BM25Config, LexicalIndex

@@ -1131,7 +1131,7 @@ def _load_centroid_stage(path: Path, m: dict, config: IndexConfig, dim: int, n_t
 
 
 def _warmup(kind: str = "float16") -> None:
-    from kernels.maxsim import warmup
+    from retriever_kernels.maxsim import warmup
 
     warmup((kind,))
 

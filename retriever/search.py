@@ -10,8 +10,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from kernels.maxsim import _LANES, maxsim_exhaustive_topk, maxsim_scores_batch
-from kernels.topk import topk_candidates
+from retriever_kernels.maxsim import _LANES, maxsim_exhaustive_topk, maxsim_scores_batch
+from retriever_kernels.topk import topk_candidates
 
 from .ann import faiss_search
 from .centroids import auto_candidates
@@ -50,7 +50,7 @@ def auto_rule(stage: str):
 def exhaustive_is_cheaper(query_lengths: np.ndarray, n_candidates: int, n_docs: int, margin: float = 1.25) -> bool:
     """Whether exhaustive MaxSim over ``n_docs`` documents costs less than reranking ``n_candidates`` per query.
 
-    Cost model of the two kernels (``kernels.maxsim``), in "document token x 32-lane chunk" steps, with
+    Cost model of the two kernels (``retriever_kernels.maxsim``), in "document token x 32-lane chunk" steps, with
     converting a token to float32 counted as one step (int8: ~17 ns against ~20 ns for 32 lanes x 128
     dims): the rerank runs ``ceil(len_q / 32)`` chunks per (query, candidate) pair and converts each
     distinct candidate document once for the batch (at most ``n_docs``, at most ``N * n_queries``); the

@@ -2,7 +2,7 @@
 
 Written directly from the reference C++ (google/graph-mining,
 ``sketching/point_cloud/fixed_dimensional_encoding.cc``), one item and one repetition at
-a time, without sharing code with ``retriever/fde.py`` or ``kernels/fde.py``. It takes
+a time, without sharing code with ``retriever/fde.py`` or ``kernels/retriever_kernels/fde.py``. It takes
 the random matrices as arguments (drawing them is tested separately), so the batch
 encoder can be compared with it exactly.
 """

@@ -1,4 +1,4 @@
-"""Plain-numpy oracles for the numba kernels in ``kernels/`` (slow, obvious, float64).
+"""Plain-numpy oracles for the numba kernels in ``kernels/retriever_kernels/`` (slow, obvious, float64).
 
 * MaxSim is ``(q @ d.T).max(1).sum()`` per (query, document) pair, with the kernels'
   conventions for empty inputs: a query with no tokens scores 0, a document with no tokens
@@ -134,7 +134,7 @@ def check_topk_with_ties(ref_scores: np.ndarray, got_idx: np.ndarray, got_vals: 
         assert np.all(np.abs(vals - best) <= np.max(tol[r]) * 2 + 1e-30), f"row {r}: scores differ from reference top-{k}"
 
 
-# -- token codecs (twins of kernels/codes.py) ---------------------------------------------------
+# -- token codecs (twins of kernels/retriever_kernels/codes.py) ---------------------------------------------------
 
 
 def int8_encode_ref(x: np.ndarray) -> np.ndarray:

@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from kernels.centroids import build_lists, build_token_lists, centroid_candidates, probe_cells
+from retriever_kernels.centroids import build_lists, build_token_lists, centroid_candidates, probe_cells
 from lifecycle_util import SMALL_FDE, make_docs, make_queries, unit
 from retriever import IndexConfig, Retriever
 from retriever import format as fmt

@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from kernels.codes import (
+from retriever_kernels.codes import (
     Int8Rows,
     ResidualRows,
     _make_residual_row_decoder,
@@ -22,8 +22,8 @@ from kernels.codes import (
     residual_rows,
     residual_table,
 )
-from kernels import codes as codes_mod
-from kernels.maxsim import maxsim_exhaustive, maxsim_exhaustive_topk, maxsim_scores, maxsim_scores_batch
+from retriever_kernels import codes as codes_mod
+from retriever_kernels.maxsim import maxsim_exhaustive, maxsim_exhaustive_topk, maxsim_scores, maxsim_scores_batch
 from lifecycle_util import CFG, DIM, build, make_docs, make_queries
 from reference import (
     int8_decode_ref,
@@ -477,7 +477,7 @@ def test_word_pooling_is_refused_for_token_embeddings():
 def test_batch_rerank_grouped_by_document_equals_query_by_query(kind, max_rows, monkeypatch):
     """A batch's pairs are scored document by document (one decode per shared document): bit-identical to
     scoring each query alone, for documents decoded whole and one too long for the buffer."""
-    import kernels.maxsim as km
+    import retriever_kernels.maxsim as km
 
     monkeypatch.setattr(km, "_GROUP_MAX_ROWS", max_rows)
     rng = np.random.default_rng(11)

@@ -1,11 +1,11 @@
-"""kernels/dense.py against numpy: float16 document vectors, float32 queries, exact top-k."""
+"""kernels/retriever_kernels/dense.py against numpy: float16 document vectors, float32 queries, exact top-k."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from kernels.dense import dense_scores_all, dense_scores_rows, dense_topk
+from retriever_kernels.dense import dense_scores_all, dense_scores_rows, dense_topk
 
 
 def _data(n=300, d=48, n_q=5, seed=0):
@@ -36,7 +36,7 @@ def test_scores_all_and_rows_equal_numpy():
 
 @pytest.mark.parametrize("block", [None, 7 * 5 * 4])  # one block, or many (merged across blocks)
 def test_topk_is_exact_with_ties_by_row(monkeypatch, block):
-    import kernels.dense as kd
+    import retriever_kernels.dense as kd
 
     if block is not None:
         monkeypatch.setattr(kd, "_BLOCK_BYTES", block)

@@ -1,4 +1,4 @@
-"""Tests of the MUVERA FDE encoder (retriever/fde.py, kernels/fde.py).
+"""Tests of the MUVERA FDE encoder (retriever/fde.py, kernels/retriever_kernels/fde.py).
 
 Structure is tested exactly (dimensions, Gray-code partition ids, sum vs average, fill
 targets); values against the independent per-item numpy reference in

@@ -8,7 +8,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from numba import njit
 
-from kernels.maxsim import (
+from retriever_kernels.maxsim import (
     _f32_rows,
     _make_tile_max,
     _pack_per_query,
@@ -18,7 +18,7 @@ from kernels.maxsim import (
     maxsim_scores_batch,
     warmup,
 )
-from kernels.topk import topk
+from retriever_kernels.topk import topk
 from tests.reference import (
     assert_scores_close,
     check_topk_with_ties,
@@ -204,7 +204,7 @@ def test_exhaustive_topk(dtype, k):
 
 
 def test_exhaustive_topk_spans_several_blocks(monkeypatch):
-    import kernels.maxsim as km
+    import retriever_kernels.maxsim as km
 
     monkeypatch.setattr(km, "_TOPK_BLOCK_BYTES", 1)  # 256-document blocks
     rng = np.random.default_rng(6)

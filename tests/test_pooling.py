@@ -1,4 +1,4 @@
-"""Tests of hierarchical token pooling (kernels/pooling.py).
+"""Tests of hierarchical token pooling (kernels/retriever_kernels/pooling.py).
 
 The slow twin is scipy: ``fcluster(linkage(X, "ward"), t, "maxclust")`` on the token vectors
 (``linkage`` on an observation matrix uses the Euclidean distance, as the kernel does). The
@@ -14,7 +14,7 @@ import numba
 import numpy as np
 import pytest
 
-from kernels.pooling import pool_tokens, pool_tokens_with_rows, pooled_lengths
+from retriever_kernels.pooling import pool_tokens, pool_tokens_with_rows, pooled_lengths
 
 from scipy.cluster import hierarchy  # noqa: E402  (a dev dependency: the twin must never skip)
 

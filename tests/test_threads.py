@@ -1,4 +1,4 @@
-"""The OpenMP runtime order of kernels/__init__.py: torch's runtime is loaded before numba's kernels run."""
+"""The OpenMP runtime order of kernels/retriever_kernels/__init__.py: torch's runtime is loaded before numba's kernels run."""
 
 from __future__ import annotations
 

@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from kernels.topk import topk, topk_candidates
+from retriever_kernels.topk import topk, topk_candidates
 from tests.reference import check_topk_with_ties, topk_ref
 
 

@@ -1,7 +1,7 @@
 """Exact top-k selection over score matrices, in numba.
 
 Every function here follows one set of rules, shared with
-:func:`kernels.maxsim.maxsim_exhaustive_topk`:
+:func:`retriever_kernels.maxsim.maxsim_exhaustive_topk`:
 
 * results are sorted by score, descending; equal scores are ordered by the lower id;
 * an entry whose score is ``-inf`` (or NaN) is never returned as a hit;
@@ -162,7 +162,7 @@ def _finish_heaps_kernel(heap_s, heap_i, sizes):
 
 
 # --------------------------------------------------------------------------------------
-# validation helpers (shared with kernels.maxsim)
+# validation helpers (shared with retriever_kernels.maxsim)
 # --------------------------------------------------------------------------------------
 def _check_k(k) -> int:
     if isinstance(k, (bool, np.bool_)) or not isinstance(k, numbers.Integral):

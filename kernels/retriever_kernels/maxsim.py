@@ -368,7 +368,7 @@ def _check_codes(store):
         )
     _check_array("tokens.lanes", store.lanes, (np.float32,), 2)
     if not np.array_equal(store.lanes, residual_lanes(store.table)):
-        raise ValueError("tokens.lanes is not residual_lanes(tokens.table) (build stores with kernels.codes.residual_rows)")
+        raise ValueError("tokens.lanes is not residual_lanes(tokens.table) (build stores with retriever_kernels.codes.residual_rows)")
     return ResidualRows(_readonly(store.rows), _readonly(store.centroids), _readonly(store.table), _readonly(store.lanes))
 
 
@@ -448,7 +448,7 @@ def maxsim_scores(query: np.ndarray, tokens: np.ndarray, doc_offsets: np.ndarray
     ----------
     query : ndarray, shape (n_q_tokens, dim), float32, C-contiguous
     tokens : ndarray, shape (n_tokens, dim), float16 or float32, C-contiguous; or a compressed
-        store (``kernels.codes.Int8Rows`` / ``ResidualRows``), decoded inside the kernel
+        store (``retriever_kernels.codes.Int8Rows`` / ``ResidualRows``), decoded inside the kernel
         The token store; a read-only ``np.memmap`` is fine (it is never copied).
     doc_offsets : ndarray, shape (n_docs + 1,), int64
         CSR offsets of the documents in ``tokens``.
@@ -490,7 +490,7 @@ def maxsim_scores_batch(
     q_offsets : ndarray, shape (n_q + 1,), int64
         CSR offsets of the queries in ``q_vectors``.
     tokens : ndarray, shape (n_tokens, dim), float16 or float32, C-contiguous; or a compressed
-        store (``kernels.codes.Int8Rows`` / ``ResidualRows``), decoded inside the kernel
+        store (``retriever_kernels.codes.Int8Rows`` / ``ResidualRows``), decoded inside the kernel
     doc_offsets : ndarray, shape (n_docs + 1,), int64
     candidates : ndarray, shape (n_q, n_cand), int64, C-contiguous
         Document rows per query; ``-1`` is padding.
@@ -544,7 +544,7 @@ def maxsim_exhaustive(
     q_vectors : ndarray, shape (total_q_tokens, dim), float32, C-contiguous
     q_offsets : ndarray, shape (n_q + 1,), int64
     tokens : ndarray, shape (n_tokens, dim), float16 or float32, C-contiguous; or a compressed
-        store (``kernels.codes.Int8Rows`` / ``ResidualRows``), decoded inside the kernel
+        store (``retriever_kernels.codes.Int8Rows`` / ``ResidualRows``), decoded inside the kernel
     doc_offsets : ndarray, shape (n_docs + 1,), int64, non-decreasing
     allowed : ndarray, shape (n_docs,), bool or uint8, optional
         Documents whose entry is false/0 are not scored and get ``-inf``.
@@ -576,7 +576,7 @@ def maxsim_exhaustive_topk(
     q_vectors : ndarray, shape (total_q_tokens, dim), float32, C-contiguous
     q_offsets : ndarray, shape (n_q + 1,), int64
     tokens : ndarray, shape (n_tokens, dim), float16 or float32, C-contiguous; or a compressed
-        store (``kernels.codes.Int8Rows`` / ``ResidualRows``), decoded inside the kernel
+        store (``retriever_kernels.codes.Int8Rows`` / ``ResidualRows``), decoded inside the kernel
     doc_offsets : ndarray, shape (n_docs + 1,), int64, non-decreasing
     k : int
         Results per query, ``>= 1``; may exceed the number of documents.

@@ -2,7 +2,7 @@
 
 A token store is one 2-D array with a row per token, so every store type is written, appended,
 copied and memory-mapped the same way. Besides plain ``float16`` / ``float32`` arrays, the
-MaxSim kernels (``kernels.maxsim``) accept two compressed stores, passed as named tuples of
+MaxSim kernels (``retriever_kernels.maxsim``) accept two compressed stores, passed as named tuples of
 arrays (numba compiles one specialisation per store type):
 
 ``Int8Rows(rows)``
@@ -43,8 +43,8 @@ bit-identical to the row decoder, which decodes the 0-15 rows left over).
 ``tests/reference.py`` holds the plain-numpy twin of both encoders and decoders.
 
 Note for developers: numba's on-disk cache keys a compiled function by its own file, so the
-kernels of ``kernels/maxsim.py`` cached before an edit of the decoders here keep the old
-decoders. After changing this file, delete ``kernels/__pycache__/*.nbi`` and ``*.nbc`` (a fresh
+kernels of ``kernels/retriever_kernels/maxsim.py`` cached before an edit of the decoders here keep the old
+decoders. After changing this file, delete ``kernels/retriever_kernels/__pycache__/*.nbi`` and ``*.nbc`` (a fresh
 install or checkout has no cache).
 """
 
@@ -102,7 +102,7 @@ def store_shape(store) -> tuple[int, int]:
 
 
 # --------------------------------------------------------------------------------------
-# row decoders (called from numba code: here and in kernels.maxsim)
+# row decoders (called from numba code: here and in retriever_kernels.maxsim)
 # --------------------------------------------------------------------------------------
 @njit(cache=True)
 def _half_to_f32(lo, hi):

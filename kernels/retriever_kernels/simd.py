@@ -1,7 +1,7 @@
 """What the SIMD micro-kernels are built for: the CPU's vector width, and small LLVM IR helpers.
 
-The hand-written kernels (the MaxSim register tile in ``kernels.maxsim``, the residual-code
-decoder in ``kernels.codes``) emit LLVM vector IR through llvmlite, numba's own code
+The hand-written kernels (the MaxSim register tile in ``retriever_kernels.maxsim``, the residual-code
+decoder in ``retriever_kernels.codes``) emit LLVM vector IR through llvmlite, numba's own code
 generator, sized for the CPU numba compiles for: 16 float32 lanes with AVX-512, 8 otherwise.
 """
 
