@@ -10,6 +10,8 @@ imported with the kernels, before any numba kernel runs (see ``kernels/retriever
 
 __version__ = "0.1.0"
 
+import retriever_kernels  # noqa: E402,F401  first: sets the OpenMP wait policy before faiss/torch load theirs
+
 from .centroids import CentroidConfig  # noqa: E402
 from .codecs import CodecConfig  # noqa: E402
 from .fde import FDEConfig, FDEEncoder  # noqa: E402

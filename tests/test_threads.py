@@ -32,3 +32,34 @@ def test_torch_openmp_runtime_is_loaded_before_numba_kernels_run():
         if not torch_gomp:
             pytest.skip("this torch build ships no libgomp of its own")
     assert out.stdout.strip().endswith("torch-gomp"), out.stdout
+
+
+POLICY = r"""
+import os, sys
+import retriever  # noqa: F401
+print(os.environ.get("OMP_WAIT_POLICY", "<unset>"))
+"""
+
+
+@pytest.mark.parametrize("user_env, expected", [
+    ({}, "PASSIVE"),                                  # the default: OpenMP workers sleep between regions
+    ({"OMP_WAIT_POLICY": "active"}, "active"),         # the user's choice is kept
+    ({"GOMP_SPINCOUNT": "10000"}, "<unset>"),          # a spin count is a choice too: no policy added
+])
+def test_openmp_wait_policy_is_passive_unless_the_user_chose(user_env, expected):
+    import os
+
+    env = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")}
+    out = subprocess.run([sys.executable, "-c", POLICY], cwd=REPO, capture_output=True, text=True, timeout=300,
+                         env={**env, **user_env})
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip() == expected
+
+
+def test_apply_openmp_defaults_on_a_mapping():
+    from retriever_kernels.runtime import OPENMP_DEFAULTS, apply_openmp_defaults
+
+    env: dict[str, str] = {}
+    assert apply_openmp_defaults(env) == OPENMP_DEFAULTS == env
+    kept = {"OMP_WAIT_POLICY": "ACTIVE"}
+    assert apply_openmp_defaults(kept) == {} and kept == {"OMP_WAIT_POLICY": "ACTIVE"}

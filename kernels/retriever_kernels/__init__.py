@@ -1,8 +1,13 @@
 """numba kernels for the retriever package: pure functions over numpy arrays.
 
 This package imports only numpy and numba (and torch, first, when it is installed: see below),
-never ``retriever``.
+never ``retriever``. Importing it applies the process's OpenMP defaults (:mod:`.runtime`) before
+any OpenMP runtime is loaded.
 """
+
+from .runtime import apply_openmp_defaults
+
+apply_openmp_defaults()
 
 # Import order decides which GNU OpenMP runtime the process runs on: torch ships its own
 # ``libgomp.so.1`` and numba's OpenMP threading layer loads the system's. When a numba parallel
