@@ -506,6 +506,20 @@ class Retriever:
         return self._search(queries, k, n_candidates=n_candidates, mode=mode, ef_search=ef_search, nprobe=nprobe,
                             subset=subset, hybrid=hybrid, query_texts=query_texts, query_pooled=query_pooled)
 
+    def warmup(self) -> None:
+        """Answer one throw-away query along the default path, so that the first real one pays no
+        compilation or lazy loading: the numba kernels (compiled, or read from numba's on-disk cache),
+        the text encoder and its first forward pass, the candidate stage's first use. A text query
+        when the index has an encoder, else a random unit query of ``dim``. The service calls this
+        before it reports healthy."""
+        if self.n_docs == 0:
+            return
+        if self._encoder is not None or self.encoder_info is not None:
+            self.search(["warm up"], k=10)
+        else:
+            q = np.random.default_rng(0).standard_normal((4, self.dim)).astype(np.float32)
+            self.search([q / np.linalg.norm(q, axis=1, keepdims=True)], k=10)
+
     def hybrid_union(self, queries, k: int = 10, **kwargs):
         """A hybrid search stopped before ranking: ``(fusion, scored, ids)``, with ``scored`` per query
         ``(rows of U, {signal: scores over U}, {signal: its own top scores})`` (see

@@ -144,8 +144,10 @@ class SearchService:
         self.limits = limits or ServerLimits()
         self.read_only = read_only
         self.retriever = Retriever.load(self.path, encoder=encoder)
-        if encoder is None and self.retriever.encoder_info is not None:
-            _ = self.retriever.encoder  # load the text encoder now, not on the first request
+        # one throw-away search before the server listens (so before /health answers): the text
+        # encoder is loaded and the kernels compiled or read from numba's cache now, not on the
+        # first request
+        self.retriever.warmup()
         self._lock = RWLock()
         self._lat = deque(maxlen=100_000)
         self._lat_lock = threading.Lock()

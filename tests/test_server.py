@@ -439,3 +439,27 @@ def test_cli_serve_with_workers_is_read_only(index_dir):
     finally:
         proc.terminate()
         proc.wait(30)
+
+
+def test_service_warms_up_before_it_serves(index_dir, encoder, monkeypatch):
+    """The service answers one throw-away text search while it loads, before the server listens."""
+    seen = []
+    real = Retriever.search
+
+    def spy(self, queries, *a, **kw):
+        seen.append(queries)
+        return real(self, queries, *a, **kw)
+
+    monkeypatch.setattr(Retriever, "search", spy)
+    service = SearchService(index_dir, encoder=encoder, limits=LIMITS)
+    assert seen == [["warm up"]]
+    assert service.counts["search_requests"] == 0 and service.stats()["n_docs"] == len(IDS)
+
+
+def test_warmup_of_an_embeddings_index_and_of_an_empty_one(tmp_path):
+    rng = np.random.default_rng(0)
+    docs = [rng.standard_normal((5, 16)).astype(np.float32) for _ in range(10)]
+    r = Retriever.build(docs, config=CFG, show_progress=False)
+    r.warmup()  # a random unit query of the index's dimension
+    r.delete(list(range(10)))
+    r.warmup()  # nothing to search: returns
