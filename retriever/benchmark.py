@@ -16,15 +16,27 @@ and appends rows to a JSONL results file:
 
 Quality: the BEIR metrics of :func:`retriever.eval.evaluate` (metrics deeper than ``k`` are
 ``null``: the run is cut at ``k``), and Chamfer recall@10/@100: the share of the exact MaxSim top-k
-that the method's own top-k holds. The exact top-k is computed once and cached beside the index,
-keyed by the token store (encoder + corpus) and the query set.
+that the method's own top-k holds. Every method's quality comes from one batched search pass over
+all queries (cut into chunks for a progress bar; results do not depend on the batch), never from
+the timing loops. The exact top-k (the ground truth) is one batched exhaustive pass, cached beside
+the index, keyed by the token store (encoder + corpus) and the query set; the exhaustive baseline's
+ranking *is* that ground truth, so it is not searched again.
 
-Timing: the query encoder and the search are timed separately. Latency = single queries (p50/p99
-over the timed queries, after untimed warm-up queries); QPS = one batch of the same queries.
+Timing: the query encoder and the search are timed separately, on a sample of the queries
+(:attr:`BenchSettings.timing_queries`, default 200, drawn with a fixed seed: the same queries for
+every method). Latency = single queries (p50/p99 over the timed queries, after untimed warm-up
+queries); QPS = one batch of the same queries.
+
+Reuse: the queries are encoded once (token vectors and pooled vectors from the same pass); the
+single-vector baseline takes the documents' pooled vectors stored by the index's hybrid ``"dense"``
+signal when the first index has them, and encodes the corpus only when it has not. Every long stage
+shows a progress bar with an ETA (``show_progress``) and logs its wall time; rows record them in
+``wall_s``.
 """
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import hashlib
 import json
@@ -65,6 +77,7 @@ __all__ = [
     "index_cache_name",
     "open_index",
     "run_benchmark",
+    "timing_sample",
 ]
 
 BASELINES = ("exhaustive", "single_vector", "bm25")
@@ -73,6 +86,11 @@ DEFAULT_RESULTS = Path("bench") / "results" / "results.jsonl"
 SCHEMA_VERSION = 1
 _EXACT_DEPTH = 1000  # exact top-k kept in the cache (any run's k up to this reuses it)
 _SIDECAR = ".bench.json"
+# batched passes are cut into chunks of consecutive queries for the progress bar: at least this many
+# query tokens each (the exhaustive kernel packs 32 query tokens per lane chunk and converts each
+# document once per call: at 4,096 tokens that conversion is under 1% of the work), at most _MAX_CHUNKS
+_CHUNK_TOKENS = 4096
+_MAX_CHUNKS = 100
 
 
 @dataclass(frozen=True)
@@ -93,24 +111,29 @@ class BenchSettings:
     threads : int >= 1 or None
         Threads for numba, FAISS and torch; ``None`` keeps the current settings.
     timing_queries : int >= 1 or None
-        Single-query latencies are measured on this many evenly spaced queries (the same ones for
-        every method); ``None``: all queries.
+        Single-query latencies and batch QPS are measured on this many queries (default 200),
+        drawn without replacement by :func:`timing_sample` (the same ones for every method);
+        ``None``: all queries. Quality always covers every query.
     warmup : int >= 0
         Untimed single queries before each latency measurement.
+    timing_seed : int >= 0
+        Seed of the timing sample.
     """
 
     k: int = 100
     n_candidates: tuple[int | str, ...] = ("auto",)
     baselines: tuple[str, ...] = BASELINES
     threads: int | None = None
-    timing_queries: int | None = None
+    timing_queries: int | None = 200
     warmup: int = 5
+    timing_seed: int = 0
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "n_candidates", tuple(self.n_candidates))
         object.__setattr__(self, "baselines", tuple(self.baselines))
         checks = [("k", self.k, 1, False), ("threads", self.threads, 1, True),
-                  ("timing_queries", self.timing_queries, 1, True), ("warmup", self.warmup, 0, False)]
+                  ("timing_queries", self.timing_queries, 1, True), ("warmup", self.warmup, 0, False),
+                  ("timing_seed", self.timing_seed, 0, False)]
         checks += [("n_candidates", n, self.k, False) for n in self.n_candidates if n != "auto"]
         for name, v, lo, optional in checks:
             if not (optional and v is None) and (isinstance(v, bool) or not isinstance(v, int) or v < lo):
@@ -155,11 +178,11 @@ def _tokens_key(dataset: str, corpus_sha: str, encoder) -> str:
 def index_cache_name(dataset: str, corpus_sha: str, config: IndexConfig, encoder) -> str:
     """``<dataset>-<12 hex>``: a hash of the index config, the encoder identity, the corpus and the
     source of the FDE and FAISS modules (cheap to rebuild from a cached token store)."""
-    files = ["retriever/fde.py", "kernels/fde.py", "retriever/ann.py"]
+    files = ["retriever/fde.py", "kernels/retriever_kernels/fde.py", "retriever/ann.py"]
     if config.codec.kind != "float16":
-        files += ["retriever/codecs.py", "kernels/codes.py"]
+        files += ["retriever/codecs.py", "kernels/retriever_kernels/codes.py"]
     if config.pool_factor > 1:
-        files += ["kernels/pooling.py"]
+        files += ["kernels/retriever_kernels/pooling.py"]
     code = _code_digest(*files)
     key = _digest({"tokens": _tokens_key(dataset, corpus_sha, encoder), "index": config.to_dict(), "code": code})
     return f"{dataset}-{key}"
@@ -253,30 +276,94 @@ def _store_bytes(path: Path) -> int:
 
 
 def exact_topk(
-    r: Retriever, queries: TokenEmbeddings, query_ids: list[str], k: int, cache_file: Path
+    r: Retriever, queries: TokenEmbeddings, query_ids: list[str], k: int, cache_file: Path,
+    show_progress: bool = False, info: dict | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Exact MaxSim top-``k`` per query (exhaustive kernel), read from ``cache_file`` or computed and saved.
+    """Exact MaxSim top-``k`` per query, read from ``cache_file`` or computed and saved.
 
-    The cache holds the top ``max(k, 1000)`` so that later runs with another ``k`` reuse it.
+    Computed in one batched exhaustive pass over all queries (``Retriever.search(mode="exact")``,
+    i.e. ``retriever_kernels.maxsim.maxsim_exhaustive_topk`` on many queries at once), cut into
+    chunks of consecutive queries only for the progress bar. The cache holds the top
+    ``max(k, 1000)`` so that later runs with another ``k`` reuse it.
+
+    Parameters
+    ----------
+    show_progress : a progress bar (with ETA) over the queries while computing
+    info : optional dict, filled with ``cached`` (bool) and ``wall_s`` (seconds spent here)
 
     Returns
     -------
     ids : ndarray (n_queries, k), str (unicode) external ids; ``""`` pads when the corpus is smaller
     scores : ndarray (n_queries, k), float32, descending; ``-inf`` pads
     """
+    t0 = time.perf_counter()
+    info = {} if info is None else info
     qids = np.asarray(query_ids, dtype=str)
     if cache_file.is_file():
         with np.load(cache_file, allow_pickle=False) as z:
             if z["ids"].shape[1] >= k and np.array_equal(z["query_ids"], qids):
+                info.update(cached=True, wall_s=round(time.perf_counter() - t0, 3))
+                log.info("exact MaxSim top-%d of %d queries read from %s", k, len(qids), cache_file)
                 return z["ids"][:, :k], z["scores"][:, :k]
         log.warning("exact results in %s do not fit this run; recomputing", cache_file)
-    res = r.search(queries, k=max(k, _EXACT_DEPTH), mode="exact")
-    ids = np.where(res.rows >= 0, res.ids, "").astype(str)
+    depth = max(k, _EXACT_DEPTH)
+
+    def part(a: int, b: int):
+        res = r.search(_slice(queries, a, b), k=depth, mode="exact")
+        return np.where(res.rows >= 0, res.ids, "").astype(str), res.scores
+
+    ids, scores = _batched(part, queries, "exact MaxSim (ground truth)", show_progress)
     cache_file.parent.mkdir(parents=True, exist_ok=True)
     tmp = cache_file.with_name(cache_file.name + f".tmp{os.getpid()}.npz")
-    np.savez(tmp, ids=ids, scores=res.scores, query_ids=qids)
+    np.savez(tmp, ids=ids, scores=scores, query_ids=qids)
     os.replace(tmp, cache_file)
-    return ids[:, :k], res.scores[:, :k]
+    info.update(cached=False, wall_s=round(time.perf_counter() - t0, 3))
+    log.info("exact MaxSim top-%d of %d queries: %.1f s (cached in %s)", depth, len(qids), info["wall_s"], cache_file)
+    return ids[:, :k], scores[:, :k]
+
+
+def _slice(q: TokenEmbeddings, a: int, b: int) -> TokenEmbeddings:
+    """Queries ``a:b`` of a batch (a view of its vectors)."""
+    o = q.offsets
+    return TokenEmbeddings(q.vectors[o[a]: o[b]], o[a: b + 1] - o[a])
+
+
+def _chunks(lengths: np.ndarray) -> list[tuple[int, int]]:
+    """``(start, stop)`` ranges of consecutive queries that cut a batched pass for its progress bar:
+    at least ``_CHUNK_TOKENS`` query tokens each (the last may hold fewer), at most about ``_MAX_CHUNKS``."""
+    lengths = np.asarray(lengths, dtype=np.int64)
+    target = max(_CHUNK_TOKENS, -(-int(lengths.sum()) // _MAX_CHUNKS))
+    out, start, acc = [], 0, 0
+    for i, n in enumerate(lengths.tolist()):
+        acc += max(1, n)
+        if acc >= target:
+            out.append((start, i + 1))
+            start, acc = i + 1, 0
+    if start < len(lengths):
+        out.append((start, len(lengths)))
+    return out
+
+
+def _batched(search, queries: TokenEmbeddings, desc: str, show_progress: bool) -> tuple:
+    """One batched pass over all queries: ``search(a, b)`` returns a tuple of arrays with one row
+    per query of ``a:b``; the chunks' rows are concatenated. Shows a progress bar with an ETA."""
+    from tqdm.auto import tqdm
+
+    parts = []
+    with tqdm(total=len(queries), desc=desc, unit="query", disable=not show_progress) as bar:
+        for a, b in _chunks(queries.lengths):
+            parts.append(search(a, b))
+            bar.update(b - a)
+    return tuple(np.concatenate([p[j] for p in parts]) for j in range(len(parts[0])))
+
+
+def timing_sample(n_queries: int, n: int | None, seed: int = 0) -> list[int]:
+    """The queries whose latencies are timed: ``n`` distinct indices of ``range(n_queries)`` drawn by
+    ``numpy.random.default_rng(seed)``, sorted (the same for the same arguments); all when ``n`` is
+    ``None`` or at least ``n_queries``."""
+    if n is None or n >= n_queries:
+        return list(range(n_queries))
+    return sorted(np.random.default_rng(seed).choice(n_queries, size=n, replace=False).tolist())
 
 
 # -- baselines -------------------------------------------------------------------------------
@@ -300,8 +387,11 @@ def _backbone_sha(encoder) -> str:
     return str(encoder.identity()["weights_sha256"])
 
 
-def mean_pool(encoder, texts: list[str], max_length: int, batch_size: int = 32) -> np.ndarray:
+def mean_pool(encoder, texts: list[str], max_length: int, batch_size: int = 32, show_progress: bool = False,
+              desc: str = "mean pooling") -> np.ndarray:
     """Single-vector embeddings of the encoder's backbone: masked mean of the last hidden states.
+
+    ``show_progress``: a progress bar (with ETA) over the texts.
 
     Returns
     -------
@@ -309,12 +399,14 @@ def mean_pool(encoder, texts: list[str], max_length: int, batch_size: int = 32) 
     """
     import torch
     import torch.nn.functional as F
+    from tqdm.auto import tqdm
 
     out = np.empty((len(texts), int(encoder.backbone.config.hidden_size)), dtype=np.float32)
     order = np.argsort([-len(t) for t in texts], kind="stable")
     autocast = (torch.autocast("cpu", dtype=torch.bfloat16) if encoder.config.dtype == "bfloat16"
                 else contextlib.nullcontext())
-    with torch.inference_mode():
+    bar = tqdm(total=len(texts), desc=desc, unit="text", disable=not show_progress)
+    with torch.inference_mode(), bar:
         for s in range(0, len(order), batch_size):
             rows = order[s:s + batch_size]
             enc = encoder.tokenizer([texts[i].strip() for i in rows], padding=True, truncation=True,
@@ -324,6 +416,7 @@ def mean_pool(encoder, texts: list[str], max_length: int, batch_size: int = 32) 
             m = enc["attention_mask"].unsqueeze(-1).float()
             pooled = (h.float() * m).sum(1) / m.sum(1).clamp(min=1e-9)
             out[rows] = F.normalize(pooled, p=2, dim=-1).numpy()
+            bar.update(len(rows))
     return out
 
 
@@ -385,9 +478,13 @@ def _quiet(name: str):
         logger.setLevel(level)
 
 
-def _measure(single, batch, timed: list[int], warmup: int) -> dict:
-    """Latency of ``single(i)`` for each ``i`` in ``timed`` (after ``warmup`` untimed calls), QPS of ``batch(timed)``."""
-    with _quiet("retriever.encoder"):
+def _measure(single, batch, timed: list[int], warmup: int, desc: str = "timing", show_progress: bool = False) -> dict:
+    """Latency of ``single(i)`` for each ``i`` in ``timed`` (after ``warmup`` untimed calls), QPS of
+    ``batch(timed)``; a progress bar (with ETA) over the single queries. ``_wall_s``: the whole measurement."""
+    from tqdm.auto import tqdm
+
+    t_start = time.perf_counter()
+    with _quiet("retriever.encoder"), tqdm(total=len(timed), desc=desc, unit="query", disable=not show_progress) as bar:
         for i in timed[:warmup]:
             single(i)
         lat = np.empty(len(timed))
@@ -395,10 +492,15 @@ def _measure(single, batch, timed: list[int], warmup: int) -> dict:
             t0 = time.perf_counter()
             single(i)
             lat[j] = time.perf_counter() - t0
+            bar.update()
+        bar.set_postfix_str(f"one batch of {len(timed)}")
         _, batch_s = _timed(lambda: batch(timed))
     p50, p99 = np.percentile(lat, [50, 99]) * 1e3
     latency = {"p50_ms": round(float(p50), 3), "p99_ms": round(float(p99), 3), "mean_ms": round(1e3 * lat.mean(), 3)}
-    return {"latency": latency, "qps": round(len(timed) / batch_s, 2), "_p50_s": float(np.median(lat)), "_batch_s": batch_s}
+    wall = time.perf_counter() - t_start
+    log.info("%s: %d single queries and one batch in %.1f s", desc, len(timed), wall)
+    return {"latency": latency, "qps": round(len(timed) / batch_s, 2), "_p50_s": float(np.median(lat)), "_batch_s": batch_s,
+            "_wall_s": wall}
 
 
 # -- environment -----------------------------------------------------------------------------
@@ -502,10 +604,17 @@ def run_benchmark(
     settings : :class:`BenchSettings`
     results : JSONL file to append to (parents created); ``None`` writes nothing
     cache_dir : where indexes, build records, exact results and baseline vectors are cached
+    show_progress : progress bars (with ETA) for the index build, the encodings, every batched
+        search pass and every timing loop
 
     Returns
     -------
-    list of dict: the baseline rows, then one ``"fde"`` row per (index config, ``n_candidates``).
+    list of dict: the baseline rows, then one ``"fde"`` row (and, for an index with hybrid
+    signals, one ``"hybrid"`` row) per (index config, ``n_candidates``). Each row's ``wall_s``
+    holds the wall seconds of its stages: ``quality`` (its batched pass over all queries; for the
+    exhaustive baseline the ground truth pass, 0 when read from the cache), ``timing`` (the latency
+    and QPS measurement) and, for the single-vector baseline, ``vectors`` (reading or encoding the
+    documents' vectors).
     """
     settings = settings or BenchSettings()
     if index_configs is None or isinstance(index_configs, IndexConfig):
@@ -518,118 +627,163 @@ def run_benchmark(
 
     threads = _set_threads(settings.threads)
     cache_dir = Path(cache_dir)
+    show = show_progress
     data = load_beir(data_dir, split=split)
     if not data.queries:
         raise ValueError(f"{data_dir}: split {split!r} has no queries")
+    where = f"{data.name}/{split}"
     r, info = open_index(data_dir, data.corpus, index_configs[0], encoder, cache_dir, show_progress)
     qids, texts = list(data.queries), list(data.queries.values())
     n_q, k, warm = len(qids), settings.k, settings.warmup
-    timed = sorted(set(np.linspace(0, n_q - 1, min(n_q, settings.timing_queries or n_q)).round().astype(int).tolist()))
+    timed = timing_sample(n_q, settings.timing_queries, settings.timing_seed)
+    log.info("%s: %d queries; latencies and QPS on %d of them (timing_queries=%s, seed %d)", where, n_q, len(timed),
+             settings.timing_queries, settings.timing_seed)
 
-    log.info("%s/%s: encoding %d queries", data.name, split, n_q)
+    # one encoding pass: the token vectors every method searches with and (same forward pass) the
+    # pooled vectors of the hybrid "dense" signal and of the single-vector baseline
     encoder.encode_queries(texts[: max(1, warm)])
-    q = encoder.encode_queries(texts, show_progress=show_progress)  # the embeddings every method searches with
+    t0 = time.perf_counter()
+    if hasattr(encoder, "pooled_dim"):
+        q, qp = encoder.encode_queries(texts, show_progress=show, return_pooled=True)
+    else:
+        q, qp = encoder.encode_queries(texts, show_progress=show), None
+    log.info("%s: encoded %d queries in %.1f s", where, n_q, time.perf_counter() - t0)
     enc = _measure(lambda i: encoder.encode_queries([texts[i]]), lambda ix: encoder.encode_queries([texts[i] for i in ix]),
-                   timed, warm)
-    singles = [q.select([i]) for i in range(n_q)]
-    subset = q if len(timed) == n_q else TokenEmbeddings.from_list([singles[i].vectors for i in timed])
+                   timed, warm, "timing the query encoder", show)
+    singles = {i: q.select([i]) for i in timed}
+    subset = q if len(timed) == n_q else q.select(timed)
     qhash = _digest({"ids": qids, "texts": texts})
-    log.info("%s/%s: exact MaxSim top-%d (cached after the first run)", data.name, split, max(k, 100))
-    exact_ids, exact_scores = exact_topk(r, q, qids, max(k, 100), cache_dir / f"{data.name}-exact-{_digest([info['tokens_key'], qhash])}.npz")
+    gt: dict = {}
+    exact_ids, exact_scores = exact_topk(r, q, qids, max(k, 100), cache_dir / f"{data.name}-exact-{_digest([info['tokens_key'], qhash])}.npz",
+                                         show_progress=show, info=gt)
 
     base = {
         "schema": SCHEMA_VERSION, "run_id": uuid.uuid4().hex[:12],
         "timestamp": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "dataset": data.name, "split": split, "n_queries": n_q, "n_docs": r.n_docs, "n_tokens": r.n_tokens,
         "encoder": encoder_key(encoder.identity()), "k": k, "threads": threads, "timed_queries": len(timed),
-        "warmup_queries": warm, "ignore_identical_ids": True, "machine": machine_info(), "git": git_revision(),
-        "version": __version__,
+        "timing_seed": settings.timing_seed, "warmup_queries": warm, "ignore_identical_ids": True,
+        "machine": machine_info(), "git": git_revision(), "version": __version__,
     }
     rows: list[dict] = []
     if results is not None:
         Path(results).parent.mkdir(parents=True, exist_ok=True)
 
-    def add(method, config, quality, search, encode, build, index_bytes, extra=None):
+    def add(method, config, quality, search, encode, build, index_bytes, extra=None, wall=None):
         e2e = len(timed) / (search["_batch_s"] + (encode["_batch_s"] if encode else 0.0))
         rows.append({**base, "method": method, "config": config, **quality, "encode": _public(encode),
                      "search": _public(search), "qps_end_to_end": round(e2e, 2), "build": build,
                      "index_bytes": index_bytes, "peak_rss_mb": _peak_rss_mb(),
-                     "load_avg_1m": round(os.getloadavg()[0], 2), **(extra or {})})  # others' load skews timings
-        log.info("%s/%s: %s %s: nDCG@10 %s, p50 %.2f ms", data.name, split, method,
+                     "load_avg_1m": round(os.getloadavg()[0], 2),  # others' load skews timings
+                     "wall_s": {key: round(v, 3) for key, v in (wall or {}).items()}, **(extra or {})})
+        log.info("%s: %s %s: nDCG@10 %s, p50 %.2f ms", where, method,
                  {c: v for c, v in config.items() if c != "index"}, quality.get("ndcg@10"), search["_p50_s"] * 1e3)
         if results is not None:  # row by row: a long sweep that fails keeps what it measured
             with open(results, "a", encoding="utf-8") as fh:
                 fh.write(json.dumps(rows[-1], allow_nan=False) + "\n")
 
-    exh = qp = None  # qp: the queries' pooled vectors, for hybrid rows
+    def quality_pass(search, desc):
+        """(ids, scores, seconds) of one batched pass of ``search(a, b) -> SearchResults`` over all queries."""
+        t0 = time.perf_counter()
+        ids, scores = _batched(lambda a, b: (lambda res: (res.ids, res.scores))(search(a, b)), q, desc, show)
+        s = time.perf_counter() - t0
+        log.info("%s: %s over %d queries in %.1f s", where, desc, n_q, s)
+        return ids, scores, s
+
+    exh = None
     if "exhaustive" in settings.baselines:
-        log.info("%s/%s: timing exhaustive MaxSim", data.name, split)
         exh = _measure(lambda i: r.search(singles[i], k=k, mode="exact"), lambda ix: r.search(subset, k=k, mode="exact"),
-                       timed, warm)
+                       timed, warm, "timing exhaustive MaxSim", show)
+        # exhaustive MaxSim over every document is the ground truth: its ranking, not searched again
         ids = np.where(exact_ids[:, :k] != "", exact_ids[:, :k], None).astype(object)
         quality = _quality(qids, ids, exact_scores[:, :k], data.qrels, exact_ids, k, True)
-        extra = _store_extra(r, info)
-        add("exhaustive", {"mode": "exact"}, quality, exh, enc, info["build"], extra["store_bytes"], extra)
+        extra = {**_store_extra(r, info), "ground_truth_cached": gt["cached"]}
+        add("exhaustive", {"mode": "exact"}, quality, exh, enc, info["build"], extra["store_bytes"], extra,
+            {"quality": 0.0 if gt["cached"] else gt["wall_s"], "timing": exh["_wall_s"]})
     corpus_texts = [doc_text(d) for d in data.corpus.values()]
     doc_ids = np.asarray(list(data.corpus), dtype=object)
     if "single_vector" in settings.baselines:
         import faiss
 
-        log.info("%s/%s: single-vector baseline (mean pooling; the corpus is encoded once and cached)", data.name, split)
-        max_len, bs = _st_max_length(encoder), encoder.config.batch_size
-        sv_key = [data.name, _corpus_sha(Path(data_dir)), _backbone_sha(encoder), encoder.config.dtype, max_len]
-        sv_file = cache_dir / f"{data.name}-single-{_digest(sv_key)}.npy"
-        if sv_file.is_file():
-            dv, sv_build = np.load(sv_file, allow_pickle=False), json.loads(sv_file.with_suffix(".json").read_text())
+        t0 = time.perf_counter()
+        if getattr(r, "dense", None) is not None and qp is not None and r.dense.shape[1] == qp.shape[1]:
+            # the index's hybrid "dense" signal stores exactly these vectors (masked mean of the
+            # backbone's last hidden states, unit rows, float16), computed in the index's encoding
+            # pass; the queries' come from the query encoding pass above
+            log.info("%s: single-vector baseline from the pooled vectors stored in %s (no re-encoding)", where,
+                     info["name"])
+            dv = np.ascontiguousarray(r.dense, dtype=np.float32)
+            sv_ids = np.asarray(list(r.doc_ids), dtype=object)
+            qv, sv_enc = np.ascontiguousarray(qp, dtype=np.float32), enc
+            sv_build = {"vectors_from": info["name"]}
+            config = {"pooling": "mean", "normalize": True, "max_length": int(encoder.config.document_length),
+                      "faiss": "IndexFlatIP", "vectors": "index"}
         else:
-            dv, s = _timed(lambda: mean_pool(encoder, corpus_texts, max_len, bs))
-            np.save(sv_file, dv, allow_pickle=False)
-            sv_build = {"encode_s": round(s, 3)}
-            _write_json(sv_file.with_suffix(".json"), sv_build)
+            log.info("%s: single-vector baseline (mean pooling; the corpus is encoded once and cached)", where)
+            max_len, bs = _st_max_length(encoder), encoder.config.batch_size
+            sv_key = [data.name, _corpus_sha(Path(data_dir)), _backbone_sha(encoder), encoder.config.dtype, max_len]
+            sv_file = cache_dir / f"{data.name}-single-{_digest(sv_key)}.npy"
+            if sv_file.is_file():
+                dv, sv_build = np.load(sv_file, allow_pickle=False), json.loads(sv_file.with_suffix(".json").read_text())
+            else:
+                dv, s = _timed(lambda: mean_pool(encoder, corpus_texts, max_len, bs, show, "mean pooling the corpus"))
+                np.save(sv_file, dv, allow_pickle=False)
+                sv_build = {"encode_s": round(s, 3)}
+                _write_json(sv_file.with_suffix(".json"), sv_build)
+            sv_ids = doc_ids
+            mean_pool(encoder, texts[: max(1, warm)], max_len)
+            qv = mean_pool(encoder, texts, max_len, bs, show, "mean pooling the queries")
+            sv_enc = _measure(lambda i: mean_pool(encoder, [texts[i]], max_len),
+                              lambda ix: mean_pool(encoder, [texts[i] for i in ix], max_len, bs), timed, warm,
+                              "timing the mean-pool query encoder", show)
+            config = {"pooling": "mean", "normalize": True, "max_length": max_len, "faiss": "IndexFlatIP"}
+        vectors_s = time.perf_counter() - t0
         flat = faiss.IndexFlatIP(dv.shape[1])
         _, add_s = _timed(lambda: flat.add(dv))
         kk = min(k, flat.ntotal)
-        mean_pool(encoder, texts[: max(1, warm)], max_len)
-        qv = mean_pool(encoder, texts, max_len, bs)
-        sv_enc = _measure(lambda i: mean_pool(encoder, [texts[i]], max_len),
-                          lambda ix: mean_pool(encoder, [texts[i] for i in ix], max_len, bs), timed, warm)
-        sv = _measure(lambda i: flat.search(qv[i: i + 1], kk), lambda ix: flat.search(qv[ix], kk), timed, warm)
-        scores, rws = flat.search(qv, kk)
+        sv = _measure(lambda i: flat.search(qv[i: i + 1], kk), lambda ix: flat.search(qv[ix], kk), timed, warm,
+                      "timing single-vector search", show)
+        (scores, rws), sv_q_s = _timed(lambda: flat.search(qv, kk))
         rws, scores = _pad(rws.astype(np.int64), scores, k)
-        quality = _quality(qids, _ext(doc_ids, rws), scores, data.qrels, exact_ids, k, True)
-        config = {"pooling": "mean", "normalize": True, "max_length": max_len, "faiss": "IndexFlatIP"}
-        add("single_vector", config, quality, sv, sv_enc, {**sv_build, "faiss_s": round(add_s, 3)}, int(dv.nbytes))
+        quality = _quality(qids, _ext(sv_ids, rws), scores, data.qrels, exact_ids, k, True)
+        add("single_vector", config, quality, sv, sv_enc, {**sv_build, "faiss_s": round(add_s, 3)}, int(dv.nbytes),
+            wall={"vectors": vectors_s, "quality": sv_q_s, "timing": sv["_wall_s"]})
     if "bm25" in settings.baselines:
-        log.info("%s/%s: BM25 baseline", data.name, split)
+        log.info("%s: BM25 baseline", where)
         (tok, model, config), bm_build_s = _timed(lambda: _bm25(corpus_texts))
         bm = _measure(lambda i: _bm25_search(tok, model, [texts[i]], k),
-                      lambda ix: _bm25_search(tok, model, [texts[i] for i in ix], k), timed, warm)
-        rws, scores = _bm25_search(tok, model, texts, k)
+                      lambda ix: _bm25_search(tok, model, [texts[i] for i in ix], k), timed, warm, "timing BM25", show)
+        (rws, scores), bm_q_s = _timed(lambda: _bm25_search(tok, model, texts, k))
         quality = _quality(qids, _ext(doc_ids, rws), scores, data.qrels, exact_ids, k, False)
-        add("bm25", config, quality, bm, None, {"index_s": round(bm_build_s, 3)}, None)
+        add("bm25", config, quality, bm, None, {"index_s": round(bm_build_s, 3)}, None,
+            wall={"quality": bm_q_s, "timing": bm["_wall_s"]})
     for j, cfg in enumerate(index_configs):
         if j:
             r, info = open_index(data_dir, data.corpus, cfg, encoder, cache_dir, show_progress)
             if exh is not None and not cfg.exact_store:
                 # exhaustive MaxSim over this store: what the codec / pooling alone costs in quality
                 m = _measure(lambda i: r.search(singles[i], k=k, mode="exact"),
-                             lambda ix: r.search(subset, k=k, mode="exact"), timed, warm)
-                res = r.search(q, k=k, mode="exact")
-                quality = _quality(qids, res.ids, res.scores, data.qrels, exact_ids, k, True)
+                             lambda ix: r.search(subset, k=k, mode="exact"), timed, warm,
+                             f"timing exhaustive MaxSim ({r.codec.config.name})", show)
+                ids, scores, q_s = quality_pass(lambda a, b: r.search(_slice(q, a, b), k=k, mode="exact"),
+                                                f"exhaustive MaxSim ({r.codec.config.name})")
+                quality = _quality(qids, ids, scores, data.qrels, exact_ids, k, True)
                 extra = _store_extra(r, info)
                 add("exhaustive", {"mode": "exact", "index": info["index_config"]}, quality, m, enc, info["build"],
-                    extra["store_bytes"], extra)
+                    extra["store_bytes"], extra, {"quality": q_s, "timing": m["_wall_s"]})
         store_extra = _store_extra(r, info)
         # the pipeline's candidate stage: the token centroid stage when the index has one, else the FDEs
         stage = candidate_stage(r.centroid_stage is not None, "auto")
         for n_spec in settings.n_candidates:
             n_cand = auto_rule(stage)(r.n_docs, k) if n_spec == "auto" else n_spec
-            log.info("%s/%s: timing the pipeline (%s candidates), N=%d (%s)", data.name, split, stage, n_cand,
-                     r.config.faiss_factory)
+            what = f"pipeline ({stage} candidates, N={n_cand}, {r.config.faiss_factory}, {r.codec.config.name})"
             m = _measure(lambda i: r.search(singles[i], k=k, n_candidates=n_cand, mode=stage),
-                         lambda ix: r.search(subset, k=k, n_candidates=n_cand, mode=stage), timed, warm)
-            res = r.search(q, k=k, n_candidates=n_cand, mode=stage)  # the pipeline, even where exhaustive is cheaper
-            quality = _quality(qids, res.ids, res.scores, data.qrels, exact_ids, k, True)
+                         lambda ix: r.search(subset, k=k, n_candidates=n_cand, mode=stage), timed, warm,
+                         f"timing the {what}", show)
+            # the pipeline, even where exhaustive is cheaper
+            ids, scores, q_s = quality_pass(lambda a, b: r.search(_slice(q, a, b), k=k, n_candidates=n_cand, mode=stage),
+                                            f"the {what}")
+            quality = _quality(qids, ids, scores, data.qrels, exact_ids, k, True)
             extra = {"index_name": info["name"], "index_cached": info["cached"], **store_extra}
             if exh is not None:
                 extra["speedup_vs_exhaustive"] = {"p50": round(exh["_p50_s"] / m["_p50_s"], 3),
@@ -637,26 +791,29 @@ def run_benchmark(
             config = {"mode": stage, "n_candidates": n_cand, "index": info["index_config"]}
             if n_spec == "auto":
                 config["n_candidates_auto"] = True
-            add("fde", config, quality, m, enc, info["build"], info["index_bytes"], extra)
+            add("fde", config, quality, m, enc, info["build"], info["index_bytes"], extra,
+                {"quality": q_s, "timing": m["_wall_s"]})
             if r.config.hybrid.enabled:
                 # fused with the stored signals, from the same query embeddings plus the queries' texts
                 # and pooled vectors (the encoder returns those in the same pass: "encode" as above)
-                log.info("%s/%s: timing the hybrid pipeline, N=%d (%s)", data.name, split, n_cand,
-                         "+".join(r.config.hybrid.signals))
                 if qp is None:
                     _, qp = encoder.encode_queries(texts, return_pooled=True)
                 hkw = dict(k=k, n_candidates=n_cand, mode=stage)
+                hwhat = f"hybrid pipeline ({'+'.join(r.config.hybrid.signals)}, N={n_cand}, {r.codec.config.name})"
                 hm = _measure(lambda i: r.search(singles[i], query_texts=[texts[i]], query_pooled=qp[i : i + 1], **hkw),
                               lambda ix: r.search(subset, query_texts=[texts[i] for i in ix], query_pooled=qp[ix], **hkw),
-                              timed, warm)
-                res = r.search(q, query_texts=texts, query_pooled=qp, **hkw)
-                quality = _quality(qids, res.ids, res.scores, data.qrels, exact_ids, k, False)
+                              timed, warm, f"timing the {hwhat}", show)
+                ids, scores, q_s = quality_pass(
+                    lambda a, b: r.search(_slice(q, a, b), query_texts=texts[a:b], query_pooled=qp[a:b], **hkw),
+                    f"the {hwhat}")
+                quality = _quality(qids, ids, scores, data.qrels, exact_ids, k, False)
                 hextra = {key: v for key, v in extra.items() if key != "speedup_vs_exhaustive"}
                 if exh is not None:
                     hextra["speedup_vs_exhaustive"] = {"p50": round(exh["_p50_s"] / hm["_p50_s"], 3),
                                                        "qps": round(exh["_batch_s"] / hm["_batch_s"], 3)}
                 config = {**config, "hybrid": r.config.hybrid.to_dict()}
-                add("hybrid", config, quality, hm, enc, info["build"], info["index_bytes"], hextra)
+                add("hybrid", config, quality, hm, enc, info["build"], info["index_bytes"], hextra,
+                    {"quality": q_s, "timing": hm["_wall_s"]})
     return rows
 
 
@@ -677,11 +834,26 @@ def add_bench_parser(subparsers) -> None:
     p.add_argument("--baselines", default=",".join(BASELINES),
                    help=f"comma-separated subset of {','.join(BASELINES)}, or 'none'")
     p.add_argument("--threads", type=int, default=None, help="threads for numba, FAISS and torch")
-    p.add_argument("--timing-queries", type=int, default=None, help="time single queries on this many (default: all)")
+    p.add_argument("--timing-queries", type=_count_or_all, default=200,
+                   help="latencies and QPS are timed on this many queries, drawn with a fixed seed (default: 200); "
+                        "'all' times every query. Quality always covers every query, from one batched pass")
 
     add_encoder_args(p, "default")
     add_index_config_args(p)
     p.set_defaults(func=cmd_bench)
+
+
+def _count_or_all(text: str) -> int | None:
+    """``--timing-queries``: a positive int, or ``"all"`` (None)."""
+    if text.strip().lower() == "all":
+        return None
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer or 'all', got {text!r}") from None
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer or 'all', got {text!r}")
+    return n
 
 
 def cmd_bench(args) -> int:

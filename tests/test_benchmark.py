@@ -6,6 +6,7 @@ real MiniLM or the real collections.
 
 from __future__ import annotations
 
+import argparse
 import importlib.util
 import json
 import random
@@ -20,7 +21,9 @@ from retriever.cli import main as cli_main
 from retriever.encoder import ColBERTEncoder
 from retriever.eval import chamfer_recall, evaluate, run_from_arrays
 from retriever.fde import FDEConfig
+from retriever.hybrid import HybridConfig
 from retriever.index import IndexConfig, Retriever
+from retriever.tokens import TokenEmbeddings
 
 FIXTURES = REPO / "tests" / "fixtures" / "encoder"
 CFG_A = IndexConfig(fde=FDEConfig(num_repetitions=3, num_simhash_projections=2, projection_dimension=4), codec="float16")
@@ -221,7 +224,8 @@ def test_bm25_stems_english():
 
 @pytest.mark.parametrize("kw, field", [({"k": 0}, "k"), ({"k": 10, "n_candidates": (5,)}, "n_candidates"),
                                        ({"baselines": ("colbert",)}, "baselines"), ({"threads": 0}, "threads"),
-                                       ({"timing_queries": 0}, "timing_queries"), ({"warmup": -1}, "warmup")])
+                                       ({"timing_queries": 0}, "timing_queries"), ({"warmup": -1}, "warmup"),
+                                       ({"timing_seed": -1}, "timing_seed")])
 def test_settings_are_validated(kw, field):
     with pytest.raises(ValueError, match=f"BenchSettings.{field}"):
         bm.BenchSettings(**kw)
@@ -269,13 +273,54 @@ def test_report_writes_table_and_plot(bench_run, tmp_path, capsys):
     assert report.main(["--results", str(results), "--split", "dev", "--out", str(md), "--plot", str(png)]) == 1
 
 
-def test_single_vector_doc_vectors_are_cached(bench_run):
-    files = sorted(bench_run["cache"].glob("tinybeir-single-*.npy"))
+def test_single_vector_reencodes_and_caches_without_stored_pooled_vectors(tmp_path, encoder, monkeypatch):
+    # an index without the hybrid "dense" signal: the baseline mean-pools the corpus itself, once
+    data = write_collection(tmp_path / "nodense", n_docs=12, n_queries=6)
+    cfg = IndexConfig(fde=CFG_A.fde, codec="float16", hybrid=HybridConfig(signals=("bm25",)))
+    settings = bm.BenchSettings(k=10, n_candidates=(10,), baselines=("single_vector",), **FAST)
+    kw = dict(index_configs=cfg, encoder=encoder, settings=settings, results=None, cache_dir=tmp_path / "cache")
+    row = bm.run_benchmark(data, **kw)[0]
+    assert row["method"] == "single_vector" and "vectors" not in row["config"] and row["build"]["encode_s"] > 0
+    files = sorted((tmp_path / "cache").glob("nodense-single-*.npy"))
     assert len(files) == 1
-    data = load_beir(bench_run["data"], split="test")
     v = np.load(files[0], allow_pickle=False)
-    assert v.shape[0] == len(data.corpus)
+    assert v.shape[0] == len(load_beir(data).corpus)
     assert json.loads(files[0].with_suffix(".json").read_text())["encode_s"] > 0
+    calls = []
+    real = bm.mean_pool
+    monkeypatch.setattr(bm, "mean_pool", lambda enc, texts, *a, **k: calls.append(len(texts)) or real(enc, texts, *a, **k))
+    again = bm.run_benchmark(data, **kw)[0]
+    assert again["ndcg@10"] == row["ndcg@10"] and len(load_beir(data).corpus) not in calls  # the cached corpus vectors
+
+
+def test_single_vector_reuses_the_pooled_vectors_stored_in_the_index(bench_run, encoder, monkeypatch):
+    import faiss
+
+    def no_encoding(*a, **kw):
+        raise AssertionError("the corpus was encoded again")
+
+    monkeypatch.setattr(encoder, "encode_documents", no_encoding)
+    monkeypatch.setattr(bm, "mean_pool", no_encoding)
+    settings = bm.BenchSettings(k=20, n_candidates=(20,), baselines=("single_vector",), **FAST)
+    rows = bm.run_benchmark(bench_run["data"], index_configs=CFG_A, encoder=encoder, settings=settings,
+                            results=None, cache_dir=bench_run["cache"])
+    row = rows[0]
+    assert row["method"] == "single_vector" and row["config"]["vectors"] == "index"
+    assert row["config"]["max_length"] == encoder.config.document_length
+    assert row["build"]["vectors_from"] == rows[1]["index_name"] and "encode_s" not in row["build"]
+    assert not list(bench_run["cache"].glob("tinybeir-single-*.npy"))  # nothing re-encoded or cached
+    # the row is the stored vectors searched with the queries' pooled vectors
+    data = load_beir(bench_run["data"], split="test")
+    r = Retriever.load(bench_run["cache"] / rows[1]["index_name"], encoder=encoder)
+    _, qp = ColBERTEncoder.encode_queries(encoder, list(data.queries.values()), return_pooled=True)
+    flat = faiss.IndexFlatIP(r.dense.shape[1])
+    flat.add(np.asarray(r.dense, dtype=np.float32))
+    scores, rws = flat.search(qp, 20)
+    ids = np.where(rws >= 0, np.asarray(r.doc_ids, dtype=object)[np.maximum(rws, 0)], None)
+    expected = evaluate(run_from_arrays(list(data.queries), ids, scores), data.qrels)
+    assert row["ndcg@10"] == pytest.approx(expected["ndcg@10"], abs=1e-5)
+    assert row["mrr@10"] == pytest.approx(expected["mrr@10"], abs=1e-5)
+    assert row["ndcg@10"] == bench_run["rows"][1]["ndcg@10"]  # the same as in the first run
 
 
 def test_cli_bench_of_a_compressed_store_measures_it_against_float16(tmp_path):
@@ -293,3 +338,132 @@ def test_cli_bench_of_a_compressed_store_measures_it_against_float16(tmp_path):
     assert rows[0]["chamfer_recall@10"] == 1.0 and rows[3]["stored_tokens"] < rows[0]["stored_tokens"]
     assert rows[3]["store_bytes"] < rows[0]["store_bytes"] / 3  # half the bytes per token, half the tokens
     assert rows[4]["build"]["tokens_from"] == rows[1]["index_name"]
+
+
+# -- run-time bounds: a timing sample, batched quality passes, reuse of the ground truth ---------
+
+
+def test_timing_sample_is_bounded_and_deterministic():
+    assert bm.BenchSettings().timing_queries == 200  # bounded by default
+    a = bm.timing_sample(3237, 200, seed=0)
+    assert len(a) == 200 == len(set(a)) and a == sorted(a) and 0 <= a[0] and a[-1] < 3237
+    assert a == bm.timing_sample(3237, 200, seed=0)
+    assert a != bm.timing_sample(3237, 200, seed=1)
+    assert a != list(np.linspace(0, 3236, 200).round().astype(int))  # drawn, not evenly spaced
+    assert bm.timing_sample(50, None) == list(range(50)) == bm.timing_sample(50, 80)  # all, on request
+    assert bm._count_or_all("all") is None and bm._count_or_all("7") == 7
+    for bad in ("0", "-3", "some"):
+        with pytest.raises(argparse.ArgumentTypeError):
+            bm._count_or_all(bad)
+
+
+def test_chunks_cover_every_query_once():
+    lengths = np.array([3, 50, 1, 7, 7, 7, 2, 90, 4])
+    for tokens, most in ((1, 100), (20, 100), (10_000, 100), (1, 3)):
+        bm._CHUNK_TOKENS, bm._MAX_CHUNKS = tokens, most
+        try:
+            chunks = bm._chunks(lengths)
+        finally:
+            bm._CHUNK_TOKENS, bm._MAX_CHUNKS = 4096, 100
+        assert [i for a, b in chunks for i in range(a, b)] == list(range(len(lengths)))
+        assert len(chunks) <= max(most, 1) + 1
+    assert bm._chunks(np.zeros(0, dtype=np.int64)) == []
+
+
+@pytest.fixture(scope="module")
+def chunked_run(tmp_path_factory, encoder):
+    """A fresh run (ground truth computed, not cached) with small chunks and every search call recorded."""
+    tmp = tmp_path_factory.mktemp("chunked")
+    data = write_collection(tmp / "chunkbeir", seed=3, n_docs=36, n_queries=26)  # 13 test queries
+    calls = []
+    real = Retriever.search
+
+    def spy(self, queries, k=10, **kw):
+        calls.append((len(queries), k, kw.get("mode"), kw.get("query_texts") is not None))
+        return real(self, queries, k, **kw)
+
+    mp = pytest.MonkeyPatch()
+    mp.setattr(Retriever, "search", spy)
+    mp.setattr(bm, "_CHUNK_TOKENS", 1)
+    mp.setattr(bm, "_MAX_CHUNKS", 4)  # several chunks per batched pass
+    try:
+        settings = bm.BenchSettings(k=10, n_candidates=(10,), baselines=("exhaustive",), timing_queries=3, warmup=1)
+        rows = bm.run_benchmark(data, index_configs=CFG_A, encoder=encoder, settings=settings, results=None,
+                                cache_dir=tmp / "cache")
+    finally:
+        mp.undo()
+    return {"data": data, "rows": rows, "calls": calls, "cache": tmp / "cache"}
+
+
+def _per_query_reference(run, encoder):
+    data = load_beir(run["data"], split="test")
+    qids, texts = list(data.queries), list(data.queries.values())
+    q, qp = encoder.encode_queries(texts, return_pooled=True)
+    r = Retriever.load(run["cache"] / run["rows"][1]["index_name"], encoder=encoder)
+    one = [q.select([i]) for i in range(len(qids))]
+
+    def stack(results):
+        return np.concatenate([x.ids for x in results]), np.concatenate([x.scores for x in results])
+
+    exact = [r.search(x, k=100, mode="exact") for x in one]
+    exact_ids = np.concatenate([np.where(x.rows >= 0, x.ids, "").astype(str) for x in exact])
+    return data, qids, texts, qp, r, one, stack, exact_ids
+
+
+def test_batched_quality_equals_per_query_searches(chunked_run, encoder):
+    rows = chunked_run["rows"]
+    assert [x["method"] for x in rows] == ["exhaustive", "fde", "hybrid"]
+    data, qids, texts, qp, r, one, stack, exact_ids = _per_query_reference(chunked_run, encoder)
+    assert len(qids) == 13 and all(x["n_queries"] == 13 for x in rows)
+    stage = rows[1]["config"]["mode"]
+    per = {
+        "exhaustive": (stack([r.search(x, k=10, mode="exact") for x in one]), True),
+        "fde": (stack([r.search(x, k=10, n_candidates=10, mode=stage) for x in one]), True),
+        "hybrid": (stack([r.search(x, k=10, n_candidates=10, mode=stage, query_texts=[texts[i]],
+                                   query_pooled=qp[i: i + 1]) for i, x in enumerate(one)]), False),
+    }
+    for row in rows:
+        (ids, scores), chamfer = per[row["method"]]
+        expected = bm._quality(qids, ids, scores, data.qrels, exact_ids, 10, chamfer)
+        assert {m: row[m] for m in expected} == expected, row["method"]
+    assert rows[1]["chamfer_recall@10"] < 1.0  # N=10 of 36 documents: the pipeline is not exact here
+
+
+def test_batched_passes_and_timing_sample_bound_the_searches(chunked_run):
+    calls, n_q = chunked_run["calls"], 13
+    # the ground truth: one exhaustive pass over all queries (in chunks), at the cached depth
+    gt = [c for c in calls if c[2] == "exact" and c[1] == bm._EXACT_DEPTH]
+    assert sum(c[0] for c in gt) == n_q and len(gt) > 1
+    # the exhaustive baseline: 1 warm-up + 3 timed single queries and one batch of the 3; never a quality pass
+    exact = [c[0] for c in calls if c[2] == "exact" and c[1] == 10]
+    assert sorted(exact) == [1, 1, 1, 1, 3]
+    for hybrid in (False, True):
+        # the pipeline and the hybrid pipeline: the same timing calls, then one pass over every query (in chunks)
+        pipe = [c[0] for c in calls if c[2] not in ("exact", None) and c[3] == hybrid]
+        assert pipe[:5] == [1, 1, 1, 1, 3] and sum(pipe[5:]) == n_q and len(pipe[5:]) > 1
+    for row in chunked_run["rows"]:
+        assert row["timed_queries"] == 3 and row["timing_seed"] == 0
+        assert set(row["wall_s"]) == {"quality", "timing"} and row["wall_s"]["timing"] > 0
+    assert chunked_run["rows"][0]["ground_truth_cached"] is False and chunked_run["rows"][0]["wall_s"]["quality"] > 0
+
+
+def test_exhaustive_quality_is_the_ground_truth_ranking(chunked_run, encoder):
+    data = load_beir(chunked_run["data"], split="test")
+    (f,) = chunked_run["cache"].glob("chunkbeir-exact-*.npz")
+    with np.load(f, allow_pickle=False) as z:
+        ids, scores = z["ids"], z["scores"]
+    top = np.where(ids[:, :10] != "", ids[:, :10], None).astype(object)
+    expected = bm._quality(list(data.queries), top, scores[:, :10], data.qrels, ids[:, :100], 10, True)
+    row = chunked_run["rows"][0]
+    assert {m: row[m] for m in expected} == expected and row["chamfer_recall@10"] == 1.0
+    # and the ground truth is exhaustive MaxSim, query by query
+    _, _, _, _, _, _, _, exact_ids = _per_query_reference(chunked_run, encoder)
+    np.testing.assert_array_equal(ids[:, :100], exact_ids)
+
+
+def test_cli_times_a_bounded_sample_by_default():
+    parser = argparse.ArgumentParser()
+    bm.add_bench_parser(parser.add_subparsers())
+    assert parser.parse_args(["bench", "--data", "x"]).timing_queries == 200
+    assert parser.parse_args(["bench", "--data", "x", "--timing-queries", "all"]).timing_queries is None
+    assert parser.parse_args(["bench", "--data", "x", "--timing-queries", "50"]).timing_queries == 50
