@@ -17,6 +17,7 @@ from .cli_args import (
     auto_or_int,
     encoder_from_args,
     index_config_from_args,
+    index_encoder_from_args,
 )
 
 log = logging.getLogger("retriever.cli")
@@ -94,7 +95,7 @@ def cmd_search(args) -> int:
 
     from .shards import ShardedRetriever, is_sharded
 
-    encoder = encoder_from_args(args) if args.model else None
+    encoder = index_encoder_from_args(args, args.index)
     if is_sharded(args.index):
         r = ShardedRetriever.load(args.index, encoder=encoder, backend=args.backend)
     elif args.backend != "local":
@@ -143,7 +144,7 @@ def cmd_serve(args) -> int:
     if args.workers < 1:
         raise SystemExit(f"error: --workers must be >= 1, got {args.workers}")
     serve(args.index, host=args.host, port=args.port, workers=args.workers, model=args.model, api_key=args.api_key,
-          read_only=args.read_only)
+          read_only=args.read_only, device=args.device, dtype=args.dtype)
     return 0
 
 
@@ -347,6 +348,9 @@ def build_parser() -> argparse.ArgumentParser:
     pserve.add_argument("--read-only", action="store_true", help="refuse mutations (409)")
     pserve.add_argument("--api-key", default=None, help="require this key (or set RETRIEVER_API_KEY)")
     pserve.add_argument("--model", default=None, help="text encoder (default: the one the index was built with)")
+    pserve.add_argument("--device", default=None, help="torch device of the text encoder (default cpu)")
+    pserve.add_argument("--dtype", choices=["bfloat16", "float32"], default=None,
+                        help="text encoder precision (default: as the index's manifest records)")
     pserve.set_defaults(func=cmd_serve)
 
     pt = sub.add_parser("train", help="train a ColBERT head (or --full encoder) on labelled pairs; writes a "

@@ -16,7 +16,22 @@ def encoder_from_args(args):
         overrides["batch_size"] = args.batch_size
     if getattr(args, "batch_tokens", None):
         overrides["batch_tokens"] = args.batch_tokens
-    return ColBERTEncoder.from_pretrained(args.model, **overrides)
+    return ColBERTEncoder.from_pretrained(args.model, device=getattr(args, "device", None) or "cpu", **overrides)
+
+
+def index_encoder_from_args(args, index):
+    """The encoder for searching ``index`` (a single or sharded index directory): ``--model`` when
+    given; else, when ``--device`` or ``--dtype`` is, the encoder the index was built with (read
+    from its manifest, the first shard's for a sharded index) on that device / at that precision;
+    else None (the index creates its own encoder on first use, on the CPU)."""
+    if getattr(args, "model", None):
+        return encoder_from_args(args)
+    device, dtype = getattr(args, "device", None), getattr(args, "dtype", None)
+    if not device and not dtype:
+        return None
+    from .shards import index_encoder
+
+    return index_encoder(index, device=device, dtype=dtype)  # ValueError (exit 2) names what is wrong
 
 
 def add_index_config_args(p) -> None:
@@ -110,7 +125,11 @@ def _hybrid_arg(text: str):
 
 def add_encoder_args(p, default_model):
     p.add_argument("--model", default=default_model, help="encoder: 'default' (bundled MiniLM), a local dir or a hub id")
-    p.add_argument("--dtype", choices=["bfloat16", "float32"], default=None, help="encoder compute dtype")
+    p.add_argument("--dtype", choices=["bfloat16", "float32"], default=None,
+                   help="encoder compute precision (default: the model's setting, bfloat16 for the bundled one; "
+                        "an index's queries are encoded as its manifest records unless this is given)")
+    p.add_argument("--device", default=None,
+                   help="torch device of the encoder: cpu (default), cuda, cuda:1, mps, ...")
     p.add_argument("--batch-size", type=int, default=None, help="encoder batch size (most texts per forward pass)")
     p.add_argument("--batch-tokens", type=int, default=None,
                    help="most padded tokens per encoder forward pass (bounds memory; default 2048)")

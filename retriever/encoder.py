@@ -595,6 +595,11 @@ class ColBERTEncoder:
         import transformers
         from transformers import AutoConfig, AutoModel, AutoTokenizer
 
+        try:
+            torch.device(device)
+        except (RuntimeError, TypeError) as e:
+            raise ValueError(f"device must be a torch device such as 'cpu', 'cuda' or 'cuda:1', got {device!r} ({e})") from None
+
         bb = info.backbone_dir
         config_file = bb / "config.json"
         if not config_file.is_file():

@@ -449,33 +449,45 @@ def create_app(service: SearchService, *, api_key: str | None = None):
     return app
 
 
+def _service_encoder(index, model: str | None, device: str | None, dtype: str | None):
+    """The encoder the service searches with: ``model`` when given, else the index's own (as its
+    manifest records it) when a device or precision is asked for, else None (the index's, on the CPU)."""
+    if model:
+        from .encoder import ColBERTEncoder
+
+        return ColBERTEncoder.from_pretrained(model, device=device or "cpu", **({"dtype": dtype} if dtype else {}))
+    if device or dtype:
+        from .shards import index_encoder
+
+        return index_encoder(index, device=device, dtype=dtype)
+    return None
+
+
 def app_from_env():
     """uvicorn factory for ``--workers`` > 1: settings come from ``RETRIEVER_SERVE_*`` variables."""
-    from .encoder import ColBERTEncoder
-
-    model = os.environ.get("RETRIEVER_SERVE_MODEL") or None
-    encoder = ColBERTEncoder.from_pretrained(model) if model else None
-    service = SearchService(os.environ["RETRIEVER_SERVE_INDEX"], encoder=encoder, read_only=True)
+    env = {k: os.environ.get(f"RETRIEVER_SERVE_{k.upper()}") or None for k in ("model", "device", "dtype")}
+    index = os.environ["RETRIEVER_SERVE_INDEX"]
+    service = SearchService(index, encoder=_service_encoder(index, **env), read_only=True)
     return create_app(service, api_key=os.environ.get(API_KEY_ENV) or None)
 
 
 def serve(index: str | os.PathLike, *, host: str = "127.0.0.1", port: int = 8000, workers: int = 1,
-          model: str | None = None, api_key: str | None = None, read_only: bool = False) -> None:
-    """Run the service until interrupted (blocking)."""
+          model: str | None = None, api_key: str | None = None, read_only: bool = False,
+          device: str | None = None, dtype: str | None = None) -> None:
+    """Run the service until interrupted (blocking). ``device`` / ``dtype``: where and at which
+    precision the text encoder runs (default: the CPU, the precision the index records)."""
     import uvicorn
 
     api_key = api_key or os.environ.get(API_KEY_ENV) or None
     if workers > 1:
         os.environ["RETRIEVER_SERVE_INDEX"] = str(index)
-        if model:
-            os.environ["RETRIEVER_SERVE_MODEL"] = model
+        for key, value in (("MODEL", model), ("DEVICE", device), ("DTYPE", dtype)):
+            if value:
+                os.environ[f"RETRIEVER_SERVE_{key}"] = value
         if api_key:
             os.environ[API_KEY_ENV] = api_key
         uvicorn.run("retriever.server:app_from_env", factory=True, host=host, port=port, workers=workers,
                     log_level="info")
         return
-    from .encoder import ColBERTEncoder
-
-    encoder = ColBERTEncoder.from_pretrained(model) if model else None
-    service = SearchService(index, encoder=encoder, read_only=read_only)
+    service = SearchService(index, encoder=_service_encoder(index, model, device, dtype), read_only=read_only)
     uvicorn.run(create_app(service, api_key=api_key), host=host, port=port, log_level="info")

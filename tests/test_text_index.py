@@ -129,6 +129,29 @@ def test_cli_index_and_search(tmp_path, capsys, monkeypatch):
     assert "FAILED" in capsys.readouterr().out
     assert cli_main(["-q", "search", "--index", str(tmp_path / "nope"), "--query", "x"]) == 2
 
+    # --device / --dtype: the index's own encoder (from its manifest) on that device, at that precision
+    from retriever.shards import index_encoder
+
+    (out / "doc_ids.txt").write_text("".join(f"{d['_id']}\n" for d in DOCS))
+    assert r.encoder.config.dtype == "bfloat16"  # the checkpoint's default, recorded at build
+    enc32 = index_encoder(out, dtype="float32", device="cpu")
+    assert enc32.config.dtype == "float32" and enc32.device == "cpu"
+    enc32.check_identity(r.encoder_info)  # precision is a runtime setting: the same encoder for the index
+    run32 = tmp_path / "run32.trec"
+    assert cli_main(["-q", "search", "--index", str(out), "--queries", str(queries), "--k", "3", "--out", str(run32),
+                     "--dtype", "float32", "--device", "cpu"]) == 0
+    res32 = Retriever.load(out, encoder=enc32).search(["aspirin fever", "tea and coffee"], k=3)
+    got32 = read_trec_run(run32)
+    for i, qid in enumerate(["q0", "q1"]):
+        assert got32[qid] == pytest.approx({d: float(sc) for d, sc in zip(res32.ids[i], res32.scores[i])}, abs=1e-4)
+    capsys.readouterr()
+    assert cli_main(["-q", "search", "--index", str(out), "--query", "x", "--device", "no-such-device"]) == 2
+    assert "device must be a torch device" in capsys.readouterr().err
+    embeddings_index = tmp_path / "emb"
+    Retriever.build([np.eye(4, 8, dtype=np.float32)], config=CFG, path=embeddings_index, show_progress=False)
+    with pytest.raises(ValueError, match="without an encoder"):
+        index_encoder(embeddings_index, device="cpu")
+
 
 def test_word_pooling_build_and_add_agree_with_the_encoder(tmp_path, encoder):
     """Whole-word pooling: build and add store the encoder's word-pooled vectors, with any codec."""
