@@ -31,7 +31,7 @@ Usage (the runs behind the table in the encoder report; encodings are cached, so
 Outcome: no markers, no query expansion, punctuation skipped, query_length 64, document_length
 512, and the fixed Gaussian 384->128 head (seed 0, the first draw; seeds 0-4 are reported).
 
-Prints a Markdown table; appends JSON rows to ``bench/results_encoder_defaults.jsonl``.
+Prints a Markdown table; appends JSON rows to ``bench/results/encoder_defaults.jsonl``.
 """
 
 from __future__ import annotations
@@ -61,7 +61,7 @@ BEIR = Path("/work/shared/beir")
 COLLECTIONS = ("scifact", "nfcorpus")
 HEAD_FILE = ROOT / "retriever" / "assets" / "minilm_l6_gauss128.npy"
 SHIPPED_HEAD = "gauss128"  # numpy default_rng(0).standard_normal((128, 384)), float32
-RESULTS = ROOT / "bench" / "results_encoder_defaults.jsonl"
+RESULTS = ROOT / "bench" / "results" / "encoder_defaults.jsonl"
 MARKERS = {"query_prefix": "[unused0]", "document_prefix": "[unused1]"}
 SPECIAL = ("[CLS]", "[SEP]", "[unused0]", "[unused1]")
 

@@ -59,6 +59,7 @@ from .cli_args import (
     auto_or_int,
     encoder_from_args,
     index_config_from_args,
+    n_candidates_help,
 )
 from .eval import DEFAULT_METRICS, chamfer_recall, evaluate, run_from_arrays
 from .index import IndexConfig, Retriever
@@ -827,8 +828,8 @@ def add_bench_parser(subparsers) -> None:
     p.add_argument("--split", default="test", help="qrels split whose queries are run (default: test)")
     p.add_argument("--k", type=int, default=100, help="results per query (default: 100)")
     p.add_argument("--n-candidates", type=auto_or_int, nargs="+", default=["auto"],
-                   help="candidates reranked per query, or 'auto' (FDEs: 20 sqrt(n_docs); token centroid stage: "
-                        "50 n_docs^0.25, at least 400; at least 10 k); one row each (default: auto)")
+                   help=f"candidates reranked per query, or 'auto' ({n_candidates_help()}); one row each "
+                        "(default: auto)")
     p.add_argument("--results", default=str(DEFAULT_RESULTS), help="JSONL file to append rows to")
     p.add_argument("--cache-dir", default=str(DEFAULT_CACHE_DIR), help="cached indexes and exact results")
     p.add_argument("--baselines", default=",".join(BASELINES),

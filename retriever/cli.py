@@ -18,6 +18,7 @@ from .cli_args import (
     encoder_from_args,
     index_config_from_args,
     index_encoder_from_args,
+    n_candidates_help,
 )
 
 log = logging.getLogger("retriever.cli")
@@ -303,8 +304,7 @@ def build_parser() -> argparse.ArgumentParser:
     ps.add_argument("--query", help="one query text (hits are printed)")
     ps.add_argument("--k", type=int, default=10)
     ps.add_argument("--n-candidates", type=auto_or_int, default="auto",
-                    help="candidates reranked per query, or 'auto' (default: 20 sqrt(n_docs) FDE candidates, "
-                         "50 n_docs^0.25 (at least 400) from the centroid stage; at least 10 k)")
+                    help=f"candidates reranked per query, or 'auto' (default: {n_candidates_help()})")
     ps.add_argument("--mode", choices=["auto", "fde", "centroids", "exact"], default="auto",
                     help="auto (default): candidates from the centroid stage when the index has one, else the "
                          "FDEs, then exact rerank; or exhaustive where that is cheaper")

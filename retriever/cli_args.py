@@ -133,3 +133,12 @@ def add_encoder_args(p, default_model):
     p.add_argument("--batch-size", type=int, default=None, help="encoder batch size (most texts per forward pass)")
     p.add_argument("--batch-tokens", type=int, default=None,
                    help="most padded tokens per encoder forward pass (bounds memory; default 2048)")
+
+
+def n_candidates_help() -> str:
+    """The ``n_candidates='auto'`` rules, spelled from the constants the code uses (never stale)."""
+    from .centroids import AUTO_FLOOR, AUTO_SCALE
+    from .search import AUTO_N_SCALE
+
+    return (f"{AUTO_SCALE:g} n_docs^0.25 (at least {AUTO_FLOOR}) from the token centroid stage, "
+            f"{AUTO_N_SCALE:g} sqrt(n_docs) FDE candidates; at least 10 k")
