@@ -252,12 +252,29 @@ class _EncoderWorker:
         device = "cuda" if gpu and torch.cuda.is_available() else "cpu"
         self.encoder = ColBERTEncoder.from_config(EncoderConfig.from_dict(encoder_config), device=device)
 
-    def encode(self, pairs: list, path: str, word_pooling: bool) -> int:
-        """Encode and write ``path`` atomically (a temporary file renamed: the file is the done-marker)."""
+    def encode(self, pairs: list, path: str, word_pooling: bool, progress=None) -> int:
+        """Encode and write ``path`` atomically (a temporary file renamed: the file is the done-marker).
+
+        The chunk is encoded ``_PROGRESS_DOCS`` documents at a time; after each step the count goes to
+        ``progress`` (a :class:`_Progress` actor), so the driver's bar moves per document, not per chunk.
+        """
         import json as _json
 
+        from .tokens import TokenEmbeddings
+
         texts = [t for _, t in pairs]
-        emb, pooled = self.encoder.encode_documents(texts, word_pooling=word_pooling, return_pooled=True)
+        parts, pooled_parts = [], []
+        for s in range(0, len(texts), _PROGRESS_DOCS):
+            e, p = self.encoder.encode_documents(texts[s:s + _PROGRESS_DOCS], word_pooling=word_pooling,
+                                                 return_pooled=True)
+            parts.append(e)
+            pooled_parts.append(p)
+            if progress is not None:
+                progress.add.remote(len(p))
+        offsets = np.zeros(len(texts) + 1, dtype=np.int64)
+        np.cumsum(np.concatenate([np.diff(e.offsets) for e in parts]), out=offsets[1:])
+        emb = TokenEmbeddings(np.concatenate([e.vectors for e in parts]), offsets)
+        pooled = np.concatenate(pooled_parts)
         tmp = path + ".partial"  # not a chunk name: an interrupted write is never taken for a finished chunk
         with open(tmp, "wb") as fh:
             # float32 as encoded: a shard built from these files stores what a build from the texts stores
@@ -267,6 +284,23 @@ class _EncoderWorker:
             os.fsync(fh.fileno())
         os.replace(tmp, path)
         return len(pairs)
+
+
+_PROGRESS_DOCS = 32  # documents an encoder actor encodes between two progress reports
+_PROGRESS_POLL_S = 1.0  # the driver reads the running count this often while chunks are encoded
+
+
+class _Progress:
+    """Documents encoded so far by every encoder actor of one build (wrapped by ``ray.remote``)."""
+
+    def __init__(self) -> None:
+        self.n = 0
+
+    def add(self, n: int) -> None:
+        self.n += int(n)
+
+    def value(self) -> int:
+        return self.n
 
 
 def _read_chunk(path: Path):
@@ -311,7 +345,7 @@ def _build_shard(chunk_paths: list[str], shard: int, n_shards: int, out_dir: str
 def build_sharded_on_ray(documents, path, *, n_shards: int, config=None, encoder=None, workers: int = 2,
                          chunk_docs: int = 1024, resume: bool = False, address: str | None = None,
                          threads_per_worker: int | None = 1, gpus_per_worker: float = 0.0,
-                         show_progress: bool = True):
+                         show_progress: bool = True, stall_timeout_s: float = 900.0):
     """Build a sharded index with Ray: encoder actors encode chunks of the corpus, shard tasks build the shards.
 
     ``documents``: texts as for :meth:`Retriever.build` (strings with ids, ``(id, text)`` pairs, BEIR dicts).
@@ -323,6 +357,9 @@ def build_sharded_on_ray(documents, path, *, n_shards: int, config=None, encoder
     ``gpus_per_worker`` > 0 places each encoder actor on a GPU (the encoder then runs there: its
     ``device`` is taken from the actor's assigned GPU). The encoder actors are named
     ``retriever-encoder-<build dir>-<i>`` (``ray.get_actor``), so an operator can find them.
+    The progress bar counts documents as the actors encode them (every ``_PROGRESS_DOCS``); when no
+    document is encoded for ``stall_timeout_s`` seconds (no actor placed, say) the build stops with
+    a ``RuntimeError`` saying so, keeping the encoded chunks for ``resume=True``.
     """
     import json as _json
     import shutil
@@ -389,21 +426,39 @@ def build_sharded_on_ray(documents, path, *, n_shards: int, config=None, encoder
                                                                            bool(gpus_per_worker))
               for i in range(min(workers, max(1, len(todo))))]
     word_pooling = bool(config.word_pooling)
-    with tqdm(total=len(pairs), initial=sum(len(chunks[j]) for j in range(len(chunks)) if j not in set(todo)),
-              desc="encoding documents (Ray)", unit="doc", disable=not show_progress) as bar:
+    progress = ray.remote(num_cpus=0)(_Progress).remote()
+    before = sum(len(chunks[j]) for j in range(len(chunks)) if j not in set(todo))
+    with tqdm(total=len(pairs), initial=before, desc="encoding documents (Ray)", unit="doc",
+              disable=not show_progress) as bar:
         pending = {}
         queue = list(todo)
         free = list(actors)
+        finished, last_change, seen = before, _time.monotonic(), -1
         while queue or pending:
             while queue and free:
                 j, a = queue.pop(0), free.pop(0)
-                pending[a.encode.remote(chunks[j], str(paths[j]), word_pooling)] = (j, a)
-            done, _ = ray.wait(list(pending), num_returns=1)
-            j, a = pending.pop(done[0])
-            bar.update(ray.get(done[0]))
-            free.append(a)
+                pending[a.encode.remote(chunks[j], str(paths[j]), word_pooling, progress)] = (j, a)
+            done, _ = ray.wait(list(pending), num_returns=1, timeout=_PROGRESS_POLL_S)
+            if done:
+                j, a = pending.pop(done[0])
+                finished += ray.get(done[0])
+                free.append(a)
+            # per document: the actors' running count (a retried chunk may count twice: capped)
+            encoded = max(finished, min(len(pairs), before + ray.get(progress.value.remote())))
+            if encoded != seen:
+                bar.update(encoded - bar.n)
+                seen, last_change = encoded, _time.monotonic()
+            elif _time.monotonic() - last_change > stall_timeout_s:
+                for a in actors:
+                    ray.kill(a, no_restart=True)
+                raise RuntimeError(
+                    f"no document encoded in {stall_timeout_s:.0f} s ({encoded} of {len(pairs)} done): the encoder "
+                    f"actors may not have been placed (see `ray status`: each needs a CPU"
+                    f"{' and a GPU' if gpus_per_worker else ''}); the chunks encoded so far are kept in {work}, "
+                    f"rerun with resume=True (--resume) to continue")
     for a in actors:
         ray.kill(a, no_restart=True)
+    ray.kill(progress)
     encode_s = _time.perf_counter() - t0
     tmp = make_temp_dir_beside(target)
     try:

@@ -314,3 +314,41 @@ def test_sigkill_driver_then_resume_gives_the_uninterrupted_index(local_ray, tmp
         np.testing.assert_array_equal(np.asarray(a.tokens), np.asarray(b.tokens))
         assert a.doc_ids.tolist() == b.doc_ids.tolist()
     ShardedRetriever.verify(out)
+
+
+def test_encoder_worker_reports_progress_per_step_and_writes_the_whole_chunk(tmp_path, encoder):
+    """The actor's encode, called in-process: a progress report every _PROGRESS_DOCS documents, and the
+    chunk file holds what one encode call of the whole chunk gives."""
+    from retriever.distributed import _PROGRESS_DOCS, _EncoderWorker, _read_chunk
+
+    class Counter:
+        def __init__(self):
+            self.calls = []
+            self.add = self
+
+        def remote(self, n):
+            self.calls.append(n)
+
+    pairs = [(d["_id"], d["text"]) for d in _corpus(2 * _PROGRESS_DOCS + 5, seed=7)]
+    worker = _EncoderWorker(encoder.config.to_dict(), None)
+    counter = Counter()
+    path = str(tmp_path / "chunk-000000.npz")
+    assert worker.encode(pairs, path, False, counter) == len(pairs)
+    assert counter.calls == [_PROGRESS_DOCS, _PROGRESS_DOCS, 5]
+    vectors, offsets, pooled, ids, texts = _read_chunk(tmp_path / "chunk-000000.npz")
+    emb, ref_pooled = worker.encoder.encode_documents([t for _, t in pairs], return_pooled=True)
+    np.testing.assert_array_equal(offsets, emb.offsets)
+    np.testing.assert_allclose(vectors, emb.vectors, atol=1e-5)
+    np.testing.assert_allclose(pooled, ref_pooled, atol=1e-5)
+    assert ids == [i for i, _ in pairs] and texts == [t for _, t in pairs]
+
+
+def test_a_build_whose_encoders_cannot_be_placed_stops_with_a_clear_error(local_ray, tmp_path, encoder):
+    from retriever.distributed import build_sharded_on_ray
+
+    if ray.cluster_resources().get("GPU"):
+        pytest.skip("this Ray cluster has a GPU: the encoder actors would be placed")
+    with pytest.raises(RuntimeError, match="no document encoded in 3 s .*ray status"):
+        build_sharded_on_ray(_corpus(12), tmp_path / "idx", n_shards=2, config=CFG, encoder=encoder, workers=1,
+                             chunk_docs=8, gpus_per_worker=1.0, show_progress=False, stall_timeout_s=3.0)
+    assert not (tmp_path / "idx").exists() and (tmp_path / ".idx.build").is_dir()  # kept for --resume
