@@ -1,4 +1,4 @@
-"""Command line: ``retriever index | search | verify | serve | train | adapt | bench`` (also ``python -m retriever``).
+"""Command line: ``retriever index | search | centroids | verify | serve | train | adapt | bench`` (also ``python -m retriever``).
 
 The CLI only parses arguments and calls the Python API.
 """
@@ -291,7 +291,8 @@ def build_parser() -> argparse.ArgumentParser:
     pi.add_argument("--workers", type=int, default=2, help="Ray encoder actors (with --ray-address; default 2)")
     pi.add_argument("--gpus-per-worker", type=float, default=0.0,
                     help="GPUs per Ray encoder actor (with --ray-address; default 0: CPU)")
-    pi.add_argument("--chunk-docs", type=int, default=1024, help="documents per encoded chunk (with --ray-address)")
+    pi.add_argument("--chunk-docs", type=auto_or_int, default="auto",
+                    help="documents per encoded chunk (with --ray-address; default auto: n_docs / 16 within [32, 1024])")
     pi.add_argument("--resume", action="store_true",
                     help="continue an interrupted Ray build: chunks already encoded are kept (with --ray-address)")
     add_encoder_args(pi, "default")

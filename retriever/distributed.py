@@ -286,6 +286,15 @@ class _EncoderWorker:
         return len(pairs)
 
 
+def auto_chunk_docs(n_docs: int) -> int:
+    """Documents per encoded chunk for ``chunk_docs="auto"``: ``n_docs / 16`` within [32, 1024], so that a
+    small corpus still makes enough chunks to keep every encoder actor busy (one 1,024-document chunk
+    left one of two actors idle: 300 SciFact documents took 42 s against 18 s for the local build), while
+    a large one keeps few chunk files. It depends on the corpus only, so ``resume`` finds the same plan
+    whatever ``workers`` is."""
+    return int(min(1024, max(32, -(-int(n_docs) // 16))))
+
+
 _PROGRESS_DOCS = 32  # documents an encoder actor encodes between two progress reports
 _PROGRESS_POLL_S = 1.0  # the driver reads the running count this often while chunks are encoded
 
@@ -343,7 +352,7 @@ def _build_shard(chunk_paths: list[str], shard: int, n_shards: int, out_dir: str
 
 
 def build_sharded_on_ray(documents, path, *, n_shards: int, config=None, encoder=None, workers: int = 2,
-                         chunk_docs: int = 1024, resume: bool = False, address: str | None = None,
+                         chunk_docs: int | str = "auto", resume: bool = False, address: str | None = None,
                          threads_per_worker: int | None = 1, gpus_per_worker: float = 0.0,
                          show_progress: bool = True, stall_timeout_s: float = 900.0):
     """Build a sharded index with Ray: encoder actors encode chunks of the corpus, shard tasks build the shards.
@@ -375,8 +384,8 @@ def build_sharded_on_ray(documents, path, *, n_shards: int, config=None, encoder
     n_shards = _check_n_shards(n_shards)
     if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
         raise ValueError(f"workers must be a positive integer, got {workers!r}")
-    if isinstance(chunk_docs, bool) or not isinstance(chunk_docs, int) or chunk_docs < 1:
-        raise ValueError(f"chunk_docs must be a positive integer, got {chunk_docs!r}")
+    if chunk_docs != "auto" and (isinstance(chunk_docs, bool) or not isinstance(chunk_docs, int) or chunk_docs < 1):
+        raise ValueError(f"chunk_docs must be 'auto' or a positive integer, got {chunk_docs!r}")
     config = config or IndexConfig()
     if encoder is None:
         from .encoder import ColBERTEncoder
@@ -394,6 +403,8 @@ def build_sharded_on_ray(documents, path, *, n_shards: int, config=None, encoder
             raise ValueError(f"document id {i!r} appears twice")
         seen.add(i)
     _check_not_empty(np.bincount([shard_of(i, n_shards) for i, _ in pairs], minlength=n_shards).tolist(), n_shards)
+    if chunk_docs == "auto":
+        chunk_docs = auto_chunk_docs(len(pairs))
     work = target.parent / f".{target.name}.build"
     plan = {"n_docs": len(pairs), "chunk_docs": chunk_docs, "n_shards": n_shards, "encoder": encoder.identity(),
             "config": config.to_dict(),

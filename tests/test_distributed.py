@@ -352,3 +352,10 @@ def test_a_build_whose_encoders_cannot_be_placed_stops_with_a_clear_error(local_
         build_sharded_on_ray(_corpus(12), tmp_path / "idx", n_shards=2, config=CFG, encoder=encoder, workers=1,
                              chunk_docs=8, gpus_per_worker=1.0, show_progress=False, stall_timeout_s=3.0)
     assert not (tmp_path / "idx").exists() and (tmp_path / ".idx.build").is_dir()  # kept for --resume
+
+
+def test_auto_chunk_docs_keeps_every_actor_busy_on_small_corpora():
+    from retriever.distributed import auto_chunk_docs
+
+    assert auto_chunk_docs(1) == 32 and auto_chunk_docs(300) == 32  # 300 documents: 10 chunks, not one
+    assert auto_chunk_docs(1000) == 63 and auto_chunk_docs(16 * 1024) == 1024 and auto_chunk_docs(10**7) == 1024
