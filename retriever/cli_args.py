@@ -6,32 +6,27 @@ from __future__ import annotations
 import argparse
 
 
+def _encoder_overrides(args) -> dict:
+    """The encoder settings the command line gives (``--dtype``, ``--batch-size``, ``--batch-tokens``)."""
+    return {k: getattr(args, k) for k in ("dtype", "batch_size", "batch_tokens") if getattr(args, k, None)}
+
+
 def encoder_from_args(args):
     from .encoder import ColBERTEncoder
 
-    overrides = {}
-    if getattr(args, "dtype", None):
-        overrides["dtype"] = args.dtype
-    if getattr(args, "batch_size", None):
-        overrides["batch_size"] = args.batch_size
-    if getattr(args, "batch_tokens", None):
-        overrides["batch_tokens"] = args.batch_tokens
-    return ColBERTEncoder.from_pretrained(args.model, device=getattr(args, "device", None) or "cpu", **overrides)
+    return ColBERTEncoder.from_pretrained(args.model, device=getattr(args, "device", None) or "cpu",
+                                          **_encoder_overrides(args))
 
 
 def index_encoder_from_args(args, index):
-    """The encoder for searching ``index`` (a single or sharded index directory): ``--model`` when
-    given; else, when ``--device`` or ``--dtype`` is, the encoder the index was built with (read
-    from its manifest, the first shard's for a sharded index) on that device / at that precision;
-    else None (the index creates its own encoder on first use, on the CPU)."""
-    if getattr(args, "model", None):
-        return encoder_from_args(args)
-    device, dtype = getattr(args, "device", None), getattr(args, "dtype", None)
-    if not device and not dtype:
-        return None
-    from .shards import index_encoder
+    """The encoder for searching ``index`` (a single or sharded index directory), see
+    :func:`retriever.shards.search_encoder`: ``--model`` when given; else, when ``--device`` or
+    ``--dtype`` is, the encoder the index was built with on that device / at that precision; else
+    None. A ``ValueError`` (exit 2) names what is wrong."""
+    from .shards import search_encoder
 
-    return index_encoder(index, device=device, dtype=dtype)  # ValueError (exit 2) names what is wrong
+    return search_encoder(index, model=getattr(args, "model", None), device=getattr(args, "device", None),
+                          **_encoder_overrides(args))
 
 
 def add_index_config_args(p) -> None:

@@ -450,17 +450,10 @@ def create_app(service: SearchService, *, api_key: str | None = None):
 
 
 def _service_encoder(index, model: str | None, device: str | None, dtype: str | None):
-    """The encoder the service searches with: ``model`` when given, else the index's own (as its
-    manifest records it) when a device or precision is asked for, else None (the index's, on the CPU)."""
-    if model:
-        from .encoder import ColBERTEncoder
+    """The encoder the service searches with (:func:`retriever.shards.search_encoder`)."""
+    from .shards import search_encoder
 
-        return ColBERTEncoder.from_pretrained(model, device=device or "cpu", **({"dtype": dtype} if dtype else {}))
-    if device or dtype:
-        from .shards import index_encoder
-
-        return index_encoder(index, device=device, dtype=dtype)
-    return None
+    return search_encoder(index, model=model, device=device, **({"dtype": dtype} if dtype else {}))
 
 
 def app_from_env():

@@ -43,7 +43,7 @@ from .tokens import TokenEmbeddings, as_token_embeddings
 
 log = logging.getLogger(__name__)
 
-__all__ = ["ShardedRetriever", "shard_of", "is_sharded", "index_encoder", "SHARDED_MANIFEST"]
+__all__ = ["ShardedRetriever", "shard_of", "is_sharded", "index_encoder", "search_encoder", "SHARDED_MANIFEST"]
 
 SHARDED_MANIFEST = fmt.SHARDED_MANIFEST
 SHARDED_FORMAT = "retriever-sharded-index"
@@ -62,29 +62,36 @@ def is_sharded(path) -> bool:
     return (Path(path) / SHARDED_MANIFEST).is_file()
 
 
-def index_encoder(path, *, device: str | None = None, dtype: str | None = None):
-    """The text encoder a (single or sharded) index was built with, as its manifest records it (the
-    first shard's for a sharded index), on ``device`` (default CPU) and, when given, at precision
-    ``dtype`` (a runtime setting: the index does not depend on it). ``ValueError`` when the index was
-    built from token embeddings without an encoder."""
+def index_encoder(path, *, device: str | None = None, **overrides):
+    """The text encoder a (single or sharded) index was built with, as its manifest records it, on
+    ``device`` (default CPU), with ``overrides`` of its runtime fields (``dtype``, ``batch_size``,
+    ``batch_tokens``: the index does not depend on them). ``ValueError`` when the index was built
+    from token embeddings without an encoder."""
     from dataclasses import replace
 
     from .encoder import ColBERTEncoder, EncoderConfig
 
     where = Path(path)
-    if is_sharded(where):
-        shards = sorted(p for p in where.iterdir() if p.is_dir() and (p / fmt.MANIFEST).is_file())
-        if not shards:
-            raise ValueError(f"{where} holds no shard with a {fmt.MANIFEST}")
-        where = shards[0]
-    info = fmt.read_manifest(where).get("encoder")
+    m = read_sharded_manifest(where) if is_sharded(where) else fmt.read_manifest(where)
+    info = m.get("encoder")
     if info is None:
         raise ValueError(f"{where} was built from token embeddings without an encoder: give an encoder (--model) to "
                          "search it with text")
-    config = EncoderConfig.from_dict(info["config"])
-    if dtype is not None:
-        config = replace(config, dtype=dtype)
+    config = replace(EncoderConfig.from_dict(info["config"]), **overrides)
     return ColBERTEncoder.from_config(config, device=device or "cpu")
+
+
+def search_encoder(path, *, model: str | None = None, device: str | None = None, **overrides):
+    """The encoder to search index ``path`` with, as ``retriever search`` and ``retriever serve`` choose it:
+    ``model`` (with ``overrides``) when given; else, when a ``device`` or a ``dtype`` is asked for, the
+    index's own (:func:`index_encoder`); else None (the index creates its own on first use, on the CPU)."""
+    if model:
+        from .encoder import ColBERTEncoder
+
+        return ColBERTEncoder.from_pretrained(model, device=device or "cpu", **overrides)
+    if device or overrides.get("dtype"):
+        return index_encoder(path, device=device, **overrides)
+    return None
 
 
 def _shard_dir(i: int) -> str:
