@@ -263,17 +263,15 @@ class _EncoderWorker:
         from .tokens import TokenEmbeddings
 
         texts = [t for _, t in pairs]
-        parts, pooled_parts = [], []
+        docs, pooled_parts = [], []
         for s in range(0, len(texts), _PROGRESS_DOCS):
             e, p = self.encoder.encode_documents(texts[s:s + _PROGRESS_DOCS], word_pooling=word_pooling,
                                                  return_pooled=True)
-            parts.append(e)
+            docs.extend(e)
             pooled_parts.append(p)
             if progress is not None:
                 progress.add.remote(len(p))
-        offsets = np.zeros(len(texts) + 1, dtype=np.int64)
-        np.cumsum(np.concatenate([np.diff(e.offsets) for e in parts]), out=offsets[1:])
-        emb = TokenEmbeddings(np.concatenate([e.vectors for e in parts]), offsets)
+        emb = TokenEmbeddings.from_list(docs)
         pooled = np.concatenate(pooled_parts)
         tmp = path + ".partial"  # not a chunk name: an interrupted write is never taken for a finished chunk
         with open(tmp, "wb") as fh:
@@ -439,37 +437,37 @@ def build_sharded_on_ray(documents, path, *, n_shards: int, config=None, encoder
     word_pooling = bool(config.word_pooling)
     progress = ray.remote(num_cpus=0)(_Progress).remote()
     before = sum(len(chunks[j]) for j in range(len(chunks)) if j not in set(todo))
-    with tqdm(total=len(pairs), initial=before, desc="encoding documents (Ray)", unit="doc",
-              disable=not show_progress) as bar:
-        pending = {}
-        queue = list(todo)
-        free = list(actors)
-        finished, last_change, seen = before, _time.monotonic(), -1
-        while queue or pending:
-            while queue and free:
-                j, a = queue.pop(0), free.pop(0)
-                pending[a.encode.remote(chunks[j], str(paths[j]), word_pooling, progress)] = (j, a)
-            done, _ = ray.wait(list(pending), num_returns=1, timeout=_PROGRESS_POLL_S)
-            if done:
-                j, a = pending.pop(done[0])
-                finished += ray.get(done[0])
-                free.append(a)
-            # per document: the actors' running count (a retried chunk may count twice: capped)
-            encoded = max(finished, min(len(pairs), before + ray.get(progress.value.remote())))
-            if encoded != seen:
-                bar.update(encoded - bar.n)
-                seen, last_change = encoded, _time.monotonic()
-            elif _time.monotonic() - last_change > stall_timeout_s:
-                for a in actors:
-                    ray.kill(a, no_restart=True)
-                raise RuntimeError(
-                    f"no document encoded in {stall_timeout_s:.0f} s ({encoded} of {len(pairs)} done): the encoder "
-                    f"actors may not have been placed (see `ray status`: each needs a CPU"
-                    f"{' and a GPU' if gpus_per_worker else ''}); the chunks encoded so far are kept in {work}, "
-                    f"rerun with resume=True (--resume) to continue")
-    for a in actors:
-        ray.kill(a, no_restart=True)
-    ray.kill(progress)
+    try:
+        with tqdm(total=len(pairs), initial=before, desc="encoding documents (Ray)", unit="doc",
+                  disable=not show_progress) as bar:
+            pending = {}
+            queue = list(todo)
+            free = list(actors)
+            finished, last_change, seen = before, _time.monotonic(), -1
+            while queue or pending:
+                while queue and free:
+                    j, a = queue.pop(0), free.pop(0)
+                    pending[a.encode.remote(chunks[j], str(paths[j]), word_pooling, progress)] = (j, a)
+                done, _ = ray.wait(list(pending), num_returns=1, timeout=_PROGRESS_POLL_S)
+                if done:
+                    j, a = pending.pop(done[0])
+                    finished += ray.get(done[0])
+                    free.append(a)
+                # per document: the actors' running count (a retried chunk may count twice: capped)
+                encoded = max(finished, min(len(pairs), before + ray.get(progress.value.remote())))
+                if encoded != seen:
+                    bar.update(encoded - bar.n)
+                    seen, last_change = encoded, _time.monotonic()
+                elif _time.monotonic() - last_change > stall_timeout_s:
+                    raise RuntimeError(
+                        f"no document encoded in {stall_timeout_s:.0f} s ({encoded} of {len(pairs)} done): the "
+                        f"encoder actors may not have been placed (see `ray status`: each needs a CPU"
+                        f"{' and a GPU' if gpus_per_worker else ''}); the chunks encoded so far are kept in {work}, "
+                        f"rerun with resume=True (--resume) to continue")
+    finally:  # the named actors go with the build, also when it fails (a rerun names them again)
+        for a in actors:
+            ray.kill(a, no_restart=True)
+        ray.kill(progress)
     encode_s = _time.perf_counter() - t0
     tmp = make_temp_dir_beside(target)
     try:
