@@ -105,8 +105,6 @@ def main() -> int:
     with open(data / "queries.jsonl", encoding="utf-8") as fh:
         queries = [json.loads(line)["text"] for _, line in zip(range(args.queries), fh)]
     info = machine_info()
-    flags = next((line for line in open("/proc/cpuinfo") if line.startswith("flags")), "").split()
-    info["isa"] = [f for f in ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_bf16", "amx_int8") if f in flags]
     ref, ref_rate = None, None
     for variant in variants:
         enc = load_encoder(variant)

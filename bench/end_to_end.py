@@ -110,11 +110,6 @@ def machine() -> dict:
 
     info = machine_info()
     info["git"] = git_revision()
-    try:
-        flags = next(line for line in open("/proc/cpuinfo") if line.startswith("flags")).split()
-        info["isa"] = [f for f in ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_bf16", "amx_int8") if f in flags]
-    except (OSError, StopIteration):
-        info["isa"] = None
     info["threads_env"] = {k: os.environ[k] for k in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "OMP_NUM_THREADS",
                                                       "NUMBA_THREADING_LAYER", "NUMBA_NUM_THREADS") if k in os.environ}
     return info

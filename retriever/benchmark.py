@@ -520,18 +520,26 @@ def _set_threads(n: int | None) -> int:
     return int(numba.get_num_threads())
 
 
+_ISA_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_bf16", "amx_int8")
+
+
 def machine_info() -> dict:
-    """CPU model, logical cores, cores this process may use, OS and Python."""
-    cpu = platform.processor() or platform.machine()
+    """CPU model, the vector ISA flags that matter here (``isa``; None where ``/proc/cpuinfo`` is not
+    readable), logical cores, cores this process may use, OS and Python."""
+    cpu, isa = platform.processor() or platform.machine(), None
     try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
     except OSError:
-        pass
+        lines = []
+    for line in lines:
+        if line.startswith("model name"):
+            cpu = line.split(":", 1)[1].strip()
+            break
+    flags = next((line.split(":", 1)[1].split() for line in lines if line.startswith("flags")), None)
+    if flags is not None:
+        isa = [f for f in _ISA_FLAGS if f in flags]
     usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return {"cpu": cpu, "cores": os.cpu_count(), "usable_cores": usable, "os": platform.platform(),
+    return {"cpu": cpu, "isa": isa, "cores": os.cpu_count(), "usable_cores": usable, "os": platform.platform(),
             "python": platform.python_version()}
 
 
