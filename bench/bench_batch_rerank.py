@@ -22,15 +22,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import retriever_kernels.maxsim as km  # noqa: E402
 from retriever import Retriever  # noqa: E402
-from retriever.ann import faiss_search  # noqa: E402
-from retriever.tokens import TokenEmbeddings  # noqa: E402
+from retriever.candidates.ann import faiss_search  # noqa: E402
+from retriever.store.tokens import TokenEmbeddings  # noqa: E402
 
 
 def per_pair(q_vectors, q_offsets, store, offsets, candidates) -> np.ndarray:
     """The batch scored pair by pair (the kernel single queries use)."""
     out = np.empty(candidates.shape, dtype=np.float32)
     qp, q_chunks, q_ntok, max_chunks = km._pack_per_query(q_vectors, q_offsets)
-    km._pairs_kernel(qp, q_chunks, q_ntok, store, offsets, km._readonly(candidates), max_chunks, out)
+    km._pairs_kernel(qp, q_chunks, q_ntok, store, offsets, km.readonly(candidates), max_chunks, out)
     return out
 
 

@@ -61,7 +61,7 @@ class PeakSampler(threading.Thread):
 def warm_every_width(enc) -> list[int]:
     """Encode one full batch at every padded width documents can have (16, 32, ..., document_length);
     returns the widths covered."""
-    from retriever.encoder import _WIDTH_STEP, _padded_width
+    from retriever.encoders.colbert import _WIDTH_STEP, _padded_width
 
     cfg = enc.config
     special = len(enc.tokenize([""], is_query=False)[0])
@@ -88,10 +88,11 @@ def main() -> None:
     args = ap.parse_args()
 
     from retriever_kernels.maxsim import warmup
-    from retriever.benchmark import git_revision, machine_info
-    from retriever.beir import doc_text, iter_corpus
-    from retriever.encoder import ColBERTEncoder
-    from retriever.index import IndexConfig, Retriever
+    from retriever.evaluation.benchmark import git_revision, machine_info
+    from retriever.core.beir import doc_text, iter_corpus
+    from retriever.encoders.colbert import ColBERTEncoder
+    from retriever.index.config import IndexConfig
+    from retriever.index.retriever import Retriever
 
     enc = ColBERTEncoder.from_pretrained(args.model)
     enc.encode_documents(["warm-up text"] * 4)
@@ -109,8 +110,8 @@ def main() -> None:
     sampler.start()
     t0 = time.perf_counter()
     if args.encode_only:
-        from retriever import builder as builder_mod
-        from retriever.memory import release_freed_memory
+        from retriever.index import builder as builder_mod
+        from retriever.core.memory import release_freed_memory
 
         n_docs = n_tokens = 0
         it = corpus()

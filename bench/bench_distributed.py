@@ -27,10 +27,11 @@ import numpy as np  # noqa: E402
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from retriever.beir import load_beir  # noqa: E402
-from retriever.benchmark import DEFAULT_CACHE_DIR  # noqa: E402
-from retriever.encoder import ColBERTEncoder  # noqa: E402
-from retriever.shards import ShardedRetriever, is_sharded  # noqa: E402
+from retriever.core.beir import load_beir  # noqa: E402
+from retriever.evaluation.benchmark import DEFAULT_CACHE_DIR  # noqa: E402
+from retriever.encoders.colbert import ColBERTEncoder  # noqa: E402
+from retriever.cluster.distributed import RayShardedRetriever  # noqa: E402
+from retriever.cluster.shards import ShardedRetriever, is_sharded  # noqa: E402
 
 from bench_shards import cached_parts  # noqa: E402  (bench/ is this script's directory)
 
@@ -88,7 +89,7 @@ def main(argv=None) -> int:
                 ShardedRetriever.build(emb, ids, n_shards=n, encoder=encoder, path=path, texts=texts, pooled=pooled,
                                        show_progress=False)
             local = ShardedRetriever.load(path, encoder=encoder)
-            remote = ShardedRetriever.load(path, backend="ray", encoder=encoder)
+            remote = RayShardedRetriever.load(path, encoder=encoder)
             row = {"dataset": data.name, "n_shards": n, "n_queries": len(qtexts), "k": args.k}
             for name, sr in (("local", local), ("ray", remote)):
                 row[name] = _timings(sr.search, len(qtexts), singles, qtexts, qp, args.k)
@@ -104,7 +105,7 @@ def main(argv=None) -> int:
             rows.append(row)
             print(json.dumps(row))
         if args.build_docs:
-            from retriever.distributed import build_sharded_on_ray
+            from retriever.cluster.distributed import build_sharded_on_ray
 
             docs = [{"_id": i, **d} for i, d in list(data.corpus.items())[: args.build_docs]]
             base_rate = None

@@ -29,8 +29,8 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from retriever.beir import doc_text, load_beir  # noqa: E402
-from retriever.encoder import ColBERTEncoder  # noqa: E402
+from retriever.core.beir import doc_text, load_beir  # noqa: E402
+from retriever.encoders.colbert import ColBERTEncoder  # noqa: E402
 
 
 def padded_batches(enc: ColBERTEncoder, texts: list[str], is_query: bool):

@@ -31,8 +31,8 @@ for p in (ROOT, ROOT / "tests"):
 
 from fde_reference import fde_reference_encoder  # noqa: E402
 
-from retriever.fde import FDEConfig, FDEEncoder  # noqa: E402
-from retriever.tokens import TokenEmbeddings  # noqa: E402
+from retriever.candidates.fde import FDEConfig, FDEEncoder  # noqa: E402
+from retriever.store.tokens import TokenEmbeddings  # noqa: E402
 
 
 def _idle_ticks() -> tuple[int, int] | None:

@@ -1,6 +1,6 @@
 """What the hybrid signals cost at scale: BM25 over the real-text corpus, the dense scan at 100k-1M.
 
-A hybrid search adds to the MaxSim pipeline (``retriever.hybrid``): the BM25 top-``depth`` (an
+A hybrid search adds to the MaxSim pipeline (``retriever.hybrid.fusion``): the BM25 top-``depth`` (an
 inverted-index pass over the query terms' postings), the dense top-``depth`` (an exact scan of the
 float16 pooled vectors, ``kernels/retriever_kernels/dense.py``), and the exact MaxSim of up to ``2 * depth`` more
 documents. This script measures the first two where they grow with the corpus:
@@ -33,9 +33,9 @@ from tqdm.auto import tqdm
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from retriever.beir import doc_text  # noqa: E402
+from retriever.core.beir import doc_text  # noqa: E402
 from retriever_kernels.dense import dense_topk  # noqa: E402
-from retriever.lexical import BM25Config, LexicalAppender, LexicalIndex  # noqa: E402
+from retriever.hybrid.lexical import BM25Config, LexicalAppender, LexicalIndex  # noqa: E402
 
 log = logging.getLogger("bench_hybrid_scale")
 

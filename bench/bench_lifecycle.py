@@ -42,8 +42,9 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from retriever.fde import FDEConfig  # noqa: E402
-from retriever.index import IndexConfig, Retriever  # noqa: E402
+from retriever.candidates.fde import FDEConfig  # noqa: E402
+from retriever.index.config import IndexConfig  # noqa: E402
+from retriever.index.retriever import Retriever  # noqa: E402
 
 
 def make_docs(n: int, dim: int, mean_len: int, seed: int) -> list[np.ndarray]:

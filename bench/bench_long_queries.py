@@ -25,8 +25,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from retriever.encoder import ColBERTEncoder  # noqa: E402
-from retriever.index import Retriever  # noqa: E402
+from retriever.encoders.colbert import ColBERTEncoder  # noqa: E402
+from retriever.index.retriever import Retriever  # noqa: E402
 
 log = logging.getLogger("bench_long_queries")
 

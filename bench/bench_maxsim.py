@@ -10,7 +10,7 @@ store; ``maxsim_scores`` vs numpy (one float32 GEMM + max + sum) vs torch float3
 Case 2 (exhaustive): 64 queries against 5,000 documents of 240 tokens;
 ``maxsim_exhaustive_topk`` vs numpy GEMM + max + sum + argpartition, per query.
 Case 3 (codes): case 1's rerank over the same tokens stored by each token codec (int8, residual
-1/2/4 bits; ``retriever.codecs``), decoded inside the kernel; ratio to the float16 store timed in
+1/2/4 bits; ``retriever.store.codecs``), decoded inside the kernel; ratio to the float16 store timed in
 the same run, rounds interleaved (``--skip-codecs`` to leave it out).
 
 All timings are medians after warm-up; ratios compare timings taken in the same run.
@@ -128,7 +128,7 @@ def bench_exhaustive(args, rng) -> None:
 
 
 def bench_codecs(args, rng) -> None:
-    from retriever.codecs import CodecConfig, TokenCodec
+    from retriever.store.codecs import CodecConfig, TokenCodec
 
     tokens, offsets = make_store(rng, args.n_cand, args.doc_len, args.dim)
     query = make_queries(rng, 1, args.q_len, args.dim)

@@ -6,7 +6,7 @@ Usage::
 
 For 1, 4 and 16 concurrent clients, runs the same text searches (k=10, default settings) twice:
 
-- ``inproc``: client threads call :class:`retriever.server.SearchService` directly (the service the
+- ``inproc``: client threads call :class:`retriever.service.server.SearchService` directly (the service the
   HTTP layer wraps, same locking), in this process;
 - ``http``: client threads send ``POST /search`` over keep-alive connections to ``retriever serve``,
   started as a subprocess on 127.0.0.1 (a free port) and stopped at the end.
@@ -34,8 +34,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from retriever.beir import read_queries  # noqa: E402
-from retriever.server import SearchService  # noqa: E402
+from retriever.core.beir import read_queries  # noqa: E402
+from retriever.service.server import SearchService  # noqa: E402
 
 
 def free_port() -> int:

@@ -23,13 +23,13 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from retriever.beir import doc_text, load_beir  # noqa: E402
-from retriever.benchmark import DEFAULT_CACHE_DIR, open_index  # noqa: E402
-from retriever.encoder import ColBERTEncoder  # noqa: E402
-from retriever.eval import evaluate, run_from_arrays  # noqa: E402
-from retriever.index import IndexConfig  # noqa: E402
-from retriever.shards import ShardedRetriever  # noqa: E402
-from retriever.tokens import TokenEmbeddings  # noqa: E402
+from retriever.core.beir import doc_text, load_beir  # noqa: E402
+from retriever.evaluation.benchmark import DEFAULT_CACHE_DIR, open_index  # noqa: E402
+from retriever.encoders.colbert import ColBERTEncoder  # noqa: E402
+from retriever.evaluation.metrics import evaluate, run_from_arrays  # noqa: E402
+from retriever.index.config import IndexConfig  # noqa: E402
+from retriever.cluster.shards import ShardedRetriever  # noqa: E402
+from retriever.store.tokens import TokenEmbeddings  # noqa: E402
 
 log = logging.getLogger("bench_shards")
 

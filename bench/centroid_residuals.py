@@ -38,17 +38,17 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from scale import measure_search  # noqa: E402
 
 from retriever import Retriever  # noqa: E402
-from retriever.centroids import CentroidIndex  # noqa: E402
-from retriever.index import _warmup  # noqa: E402
-from retriever.tokens import TokenEmbeddings  # noqa: E402
+from retriever.candidates.centroids import CentroidIndex  # noqa: E402
+from retriever.index.retriever import _warmup  # noqa: E402
+from retriever.store.tokens import TokenEmbeddings  # noqa: E402
 
 log = logging.getLogger("bench.centroid_residuals")
 RESULTS = Path(__file__).resolve().parent / "results" / "centroid_residuals.jsonl"
 
 
 def beir_queries(directory: Path, split: str, r: Retriever) -> TokenEmbeddings:
-    from retriever.beir import read_qrels, read_queries
-    from retriever.encoder import ColBERTEncoder
+    from retriever.core.beir import read_qrels, read_queries
+    from retriever.encoders.colbert import ColBERTEncoder
 
     q = read_queries(directory / "queries.jsonl")
     rel = read_qrels(directory / "qrels" / f"{split}.tsv")

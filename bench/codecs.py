@@ -11,7 +11,7 @@ Usage::
 A config is ``CODEC[:c=N_CENTROIDS][+words][+poolF]`` with CODEC in float16, int8, residual1,
 residual2, residual4, e.g. ``residual2+pool2``, ``float16+pool3`` or ``float16+words`` (whole-word
 pooling: those indexes are encoded from the texts again). For each collection and split, one
-:func:`retriever.benchmark.run_benchmark` call: the float16 index (built from text, or the cached
+:func:`retriever.evaluation.benchmark.run_benchmark` call: the float16 index (built from text, or the cached
 one) comes first and defines the exact MaxSim top-k every Chamfer recall is measured against;
 every other config is built from its token store (pooling and codec training/encoding run, the
 encoder does not). Each compressed config gets two rows: ``exhaustive`` (exact MaxSim over what
@@ -32,10 +32,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from datasets import COLLECTIONS, ROOT, collection_dir  # noqa: E402
 
-from retriever.benchmark import BenchSettings, run_benchmark, summary  # noqa: E402
-from retriever.codecs import CodecConfig  # noqa: E402
-from retriever.encoder import ColBERTEncoder  # noqa: E402
-from retriever.index import IndexConfig  # noqa: E402
+from retriever.evaluation.benchmark import BenchSettings, run_benchmark, summary  # noqa: E402
+from retriever.store.codecs import CodecConfig  # noqa: E402
+from retriever.encoders.colbert import ColBERTEncoder  # noqa: E402
+from retriever.index.config import IndexConfig  # noqa: E402
 
 CONFIGS = ("int8", "residual4", "residual2", "residual1", "float16+pool2", "residual2+pool2", "residual2+pool3",
            "residual4+pool2")
@@ -148,9 +148,9 @@ def fde_source(name: str, split: str, specs: list[str], encoder, cache_dir: Path
 
     from retriever_kernels.maxsim import maxsim_scores_batch
     from retriever_kernels.topk import topk_candidates
-    from retriever.ann import faiss_search
-    from retriever.beir import load_beir
-    from retriever.benchmark import _digest, _quality, exact_topk, open_index
+    from retriever.candidates.ann import faiss_search
+    from retriever.core.beir import load_beir
+    from retriever.evaluation.benchmark import _digest, _quality, exact_topk, open_index
 
     data = load_beir(collection_dir(name), split=split)
     qids, texts = list(data.queries), list(data.queries.values())
@@ -169,7 +169,7 @@ def fde_source(name: str, split: str, specs: list[str], encoder, cache_dir: Path
             ids = np.where(top >= 0, r.doc_ids[np.maximum(top, 0)], None).astype(object)
             cand_ids = np.where(cand >= 0, r.doc_ids[np.maximum(cand, 0)], None).astype(object)
             quality = _quality(qids, ids, top_s, data.qrels, exact_ids, 100, True)
-            from retriever.eval import chamfer_recall
+            from retriever.evaluation.metrics import chamfer_recall
 
             row = {"dataset": name, "split": split, "config": spec, "fde_from": source, "n_candidates": n_candidates,
                    "candidates_chamfer_recall@10": round(chamfer_recall(cand_ids, exact_ids, 10), 5),

@@ -3,7 +3,7 @@
 Every variant is scored by exhaustive MaxSim over the whole corpus (torch matmul, float32) and
 evaluated with ``pytrec_eval`` (nDCG@10, Recall@100; as BEIR, a document whose id equals the
 query id is not ranked). Token vectors are encoded once per (collection, side, encoding
-settings) with :class:`retriever.encoder.ColBERTEncoder` (head ``"identity"``, empty skip-list)
+settings) with :class:`retriever.encoders.colbert.ColBERTEncoder` (head ``"identity"``, empty skip-list)
 and cached as float16 under ``--cache``; skip-lists and projection heads are then applied to the
 cached vectors, which is exact because a linear head commutes with the per-token L2
 normalisation (``P(x/|x|)/|P(x/|x|)| == Px/|Px|``).
@@ -54,8 +54,8 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from retriever.beir import doc_text, load_beir  # noqa: E402
-from retriever.encoder import PUNCTUATION, ColBERTEncoder, EncoderConfig  # noqa: E402
+from retriever.core.beir import doc_text, load_beir  # noqa: E402
+from retriever.encoders.colbert import PUNCTUATION, ColBERTEncoder, EncoderConfig  # noqa: E402
 
 BEIR = Path("/work/shared/beir")
 COLLECTIONS = ("scifact", "nfcorpus")

@@ -42,7 +42,7 @@ sys.path.insert(0, str(ROOT))
 import retriever  # noqa: E402,F401  (sets the OpenMP wait policy before torch loads)
 import torch  # noqa: E402
 
-from retriever.encoder import ColBERTEncoder  # noqa: E402
+from retriever.encoders.colbert import ColBERTEncoder  # noqa: E402
 
 log = logging.getLogger("bench.encoder_precision")
 BEIR = Path(os.environ.get("RETRIEVER_TEST_BEIR", ROOT.parent / "shared" / "beir"))
@@ -85,7 +85,7 @@ def main() -> int:
     p.add_argument("--results", type=Path, default=RESULTS)
     args = p.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    from retriever.benchmark import git_revision, machine_info
+    from retriever.evaluation.benchmark import git_revision, machine_info
 
     variants = [v for v in args.variants.split(",") if v]
     bad = sorted(set(variants) - set(VARIANTS))

@@ -106,7 +106,7 @@ print(json.dumps({
 
 
 def machine() -> dict:
-    from retriever.benchmark import git_revision, machine_info
+    from retriever.evaluation.benchmark import git_revision, machine_info
 
     info = machine_info()
     info["git"] = git_revision()

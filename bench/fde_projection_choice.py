@@ -43,9 +43,9 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from retriever.beir import doc_text, load_beir  # noqa: E402
-from retriever.fde import FDEConfig, FDEEncoder  # noqa: E402
-from retriever.tokens import TokenEmbeddings  # noqa: E402
+from retriever.core.beir import doc_text, load_beir  # noqa: E402
+from retriever.candidates.fde import FDEConfig, FDEEncoder  # noqa: E402
+from retriever.store.tokens import TokenEmbeddings  # noqa: E402
 
 SCIFACT = Path("/work/shared/beir/scifact")
 

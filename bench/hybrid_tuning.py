@@ -2,7 +2,7 @@
 
 For each collection, the default index of ``retriever bench`` (cached in ``index_data/bench``; built
 from text, so it stores the dense and BM25 signals) scores every query's union U once
-(``retriever.hybrid.score_union`` over the exact MaxSim top-``depth``), then every fusion of a grid
+(``retriever.hybrid.fusion.score_union`` over the exact MaxSim top-``depth``), then every fusion of a grid
 is ranked from those scores (``rank_fused``) and evaluated (nDCG@10):
 
 * methods: z-score linear fusion and reciprocal rank fusion;
@@ -32,12 +32,12 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from retriever.benchmark import DEFAULT_CACHE_DIR, open_index  # noqa: E402
-from retriever.beir import load_beir  # noqa: E402
-from retriever.encoder import ColBERTEncoder  # noqa: E402
-from retriever.eval import evaluate, run_from_arrays  # noqa: E402
-from retriever.hybrid import FusionConfig, rank_fused, score_union  # noqa: E402
-from retriever.index import IndexConfig  # noqa: E402
+from retriever.evaluation.benchmark import DEFAULT_CACHE_DIR, open_index  # noqa: E402
+from retriever.core.beir import load_beir  # noqa: E402
+from retriever.encoders.colbert import ColBERTEncoder  # noqa: E402
+from retriever.evaluation.metrics import evaluate, run_from_arrays  # noqa: E402
+from retriever.hybrid.fusion import FusionConfig, rank_fused, score_union  # noqa: E402
+from retriever.index.config import IndexConfig  # noqa: E402
 
 log = logging.getLogger("hybrid_tuning")
 GRID = [0.0, 0.25, 0.5, 0.75, 1.0, 1.5]

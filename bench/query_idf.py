@@ -25,11 +25,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from datasets import COLLECTIONS, ROOT, collection_dir  # noqa: E402
 
-from retriever.beir import doc_text, iter_corpus, read_qrels, read_queries  # noqa: E402
-from retriever.encoder import ColBERTEncoder  # noqa: E402
-from retriever.eval import evaluate  # noqa: E402
-from retriever.index import Retriever  # noqa: E402
-from retriever.tokens import TokenEmbeddings  # noqa: E402
+from retriever.core.beir import doc_text, iter_corpus, read_qrels, read_queries  # noqa: E402
+from retriever.encoders.colbert import ColBERTEncoder  # noqa: E402
+from retriever.evaluation.metrics import evaluate  # noqa: E402
+from retriever.index.retriever import Retriever  # noqa: E402
+from retriever.store.tokens import TokenEmbeddings  # noqa: E402
 
 ALPHAS = (0.0, 0.25, 0.5)
 MODES = {"exact": {"mode": "exact", "hybrid": False}, "pipeline": {"hybrid": False},

@@ -42,7 +42,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from datasets import ROOT  # noqa: E402
 
-from retriever.storage import file_sha256  # noqa: E402
+from retriever.core.storage import file_sha256  # noqa: E402
 
 log = logging.getLogger("bench.realtext")
 
@@ -133,7 +133,7 @@ def prepare(args) -> None:
 
 def build(args) -> None:
     from retriever import IndexConfig, Retriever
-    from retriever.beir import iter_corpus
+    from retriever.core.beir import iter_corpus
 
     path = OUT / f"index-{args.codec}"
     t0 = time.perf_counter()
@@ -160,8 +160,8 @@ def build(args) -> None:
 def encode_queries(args) -> Path:
     import numpy as np
 
-    from retriever.beir import read_queries
-    from retriever.encoder import ColBERTEncoder
+    from retriever.core.beir import read_queries
+    from retriever.encoders.colbert import ColBERTEncoder
 
     path = OUT / "queries.npz"
     if not path.is_file():
@@ -179,7 +179,7 @@ def tune(args) -> None:
     import numpy as np
 
     from retriever import Retriever
-    from retriever.tokens import TokenEmbeddings
+    from retriever.store.tokens import TokenEmbeddings
 
     a, b = args.entries
     if not (TUNE_BLOCK <= a < b <= N_QUERIES and a % TUNE_BLOCK == 0 and b % TUNE_BLOCK == 0):

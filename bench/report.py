@@ -61,7 +61,7 @@ def fde_label(cfg: dict) -> str:
 
 def _default_fde() -> str:
     sys.path.insert(0, str(ROOT))
-    from retriever.fde import FDEConfig
+    from retriever.candidates.fde import FDEConfig
 
     return fde_label({"index": {"fde": FDEConfig().to_dict()}})
 

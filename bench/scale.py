@@ -51,8 +51,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_build_memory import rss_bytes as rss  # noqa: E402
 from datasets import ROOT, collection_dir  # noqa: E402
 
-from retriever.cli_args import auto_or_int  # noqa: E402
-from retriever.search import auto_rule, candidate_stage  # noqa: E402
+from retriever.cli.args import auto_or_int  # noqa: E402
+from retriever.index.search import auto_rule, candidate_stage  # noqa: E402
 
 log = logging.getLogger("bench.scale")
 
@@ -76,12 +76,12 @@ def centroids_arg(spec: str):
 
 def queries(split: str):
     """Query token embeddings of ``split`` (cached in index_data/scale/queries-SPLIT.npz)."""
-    from retriever.tokens import TokenEmbeddings
+    from retriever.store.tokens import TokenEmbeddings
 
     path = OUT / f"queries-{split}.npz"
     if not path.is_file():
-        from retriever.beir import read_qrels, read_queries
-        from retriever.encoder import ColBERTEncoder
+        from retriever.core.beir import read_qrels, read_queries
+        from retriever.encoders.colbert import ColBERTEncoder
 
         enc = ColBERTEncoder.from_pretrained("default")
         vecs, lens = [], []
@@ -163,11 +163,11 @@ def measure_search(r, q_gt, gt: np.ndarray, q_t, singles: list, **kw) -> dict:
 
 def child_search(args) -> list[dict]:
     from retriever import Retriever
-    from retriever.index import _warmup
+    from retriever.index.retriever import _warmup
 
     path = args.index_dir or index_dir(args.n, args.codec, args.seed, args.centroids)
     if args.queries_file:
-        from retriever.tokens import TokenEmbeddings
+        from retriever.store.tokens import TokenEmbeddings
 
         with np.load(args.queries_file) as z:
             q_all = TokenEmbeddings(z["vectors"], z["offsets"])

@@ -6,7 +6,7 @@ Usage::
     .venv/bin/python bench/sweep.py --splits tune          # train/dev -> tuning.jsonl (choose defaults here)
     .venv/bin/python bench/report.py                       # -> results.md + tradeoff.png
 
-For each collection and split, one :func:`retriever.benchmark.run_benchmark` call: the corpus is
+For each collection and split, one :func:`retriever.evaluation.benchmark.run_benchmark` call: the corpus is
 encoded once (the first FDE setting's index is built from text, or loaded from the cache); every
 other FDE setting's index is built from that index's token store, so only the FDE and FAISS steps
 run again. The queries are encoded once; the exact MaxSim top-k is computed once and cached.
@@ -26,10 +26,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from datasets import COLLECTIONS, ROOT, collection_dir  # noqa: E402
 
-from retriever.benchmark import BASELINES, BenchSettings, run_benchmark, summary  # noqa: E402
-from retriever.encoder import ColBERTEncoder  # noqa: E402
-from retriever.fde import FDEConfig  # noqa: E402
-from retriever.index import IndexConfig  # noqa: E402
+from retriever.evaluation.benchmark import BASELINES, BenchSettings, run_benchmark, summary  # noqa: E402
+from retriever.encoders.colbert import ColBERTEncoder  # noqa: E402
+from retriever.candidates.fde import FDEConfig  # noqa: E402
+from retriever.index.config import IndexConfig  # noqa: E402
 
 N_CANDIDATES = (50, 100, 200, 500, 1000, 2000)
 FDE_SETTINGS = ("20,5,16", "20,5,8", "20,4,8")  # (num_repetitions, num_simhash_projections, projection_dimension)

@@ -27,7 +27,7 @@ from typing import Iterator
 
 import numpy as np
 
-from retriever.tokens import TokenEmbeddings
+from retriever.store.tokens import TokenEmbeddings
 
 MEAN_SHAPE, MEAN_SCALE = 4.0, 17.0
 MIN_LEN, MAX_LEN = 8, 200

@@ -1,6 +1,6 @@
 """Train / adapt heads for the bundled encoder and measure them on BEIR test splits.
 
-Runs (each writes a checkpoint under ``index_data/train/<run>`` with ``retriever.trainer`` and
+Runs (each writes a checkpoint under ``index_data/train/<run>`` with ``retriever.training.trainer`` and
 appends one JSON row per evaluation to ``bench/results/train.jsonl``):
 
 * ``scifact-head``: ``retriever train --beir scifact --split train`` (validation: 10% of the training
@@ -31,11 +31,11 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from retriever.benchmark import BenchSettings, run_benchmark  # noqa: E402
-from retriever.encoder import ColBERTEncoder  # noqa: E402
-from retriever.index import IndexConfig  # noqa: E402
-from retriever.pairs import beir_pairs, inverse_cloze_pairs  # noqa: E402
-from retriever.trainer import TrainConfig, train  # noqa: E402
+from retriever.evaluation.benchmark import BenchSettings, run_benchmark  # noqa: E402
+from retriever.encoders.colbert import ColBERTEncoder  # noqa: E402
+from retriever.index.config import IndexConfig  # noqa: E402
+from retriever.training.pairs import beir_pairs, inverse_cloze_pairs  # noqa: E402
+from retriever.training.trainer import TrainConfig, train  # noqa: E402
 
 log = logging.getLogger("bench.train")
 BEIR = ROOT.parent / "shared" / "beir"

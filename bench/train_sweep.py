@@ -1,7 +1,7 @@
 """Compare trainer settings on a BEIR collection's dev split, features computed once (tuning only).
 
 Each TrainConfig (JSON) trains the bundled encoder's head on the training split with the dev split as
-validation, exactly as ``retriever train`` does (``retriever.trainer._fit``), and prints the dev
+validation, exactly as ``retriever train`` does (``retriever.training.trainer._fit``), and prints the dev
 validation history and the best dev score: exact MaxSim's nDCG@10 over the dev qrels' grades, as
 BEIR's test metric is computed. ``retriever train`` would encode the collection again for every
 setting; this script encodes it once.
@@ -24,9 +24,9 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from retriever import trainer as T  # noqa: E402
-from retriever.encoder import ColBERTEncoder  # noqa: E402
-from retriever.pairs import beir_pairs  # noqa: E402
+from retriever.training import trainer as T
+from retriever.encoders.colbert import ColBERTEncoder  # noqa: E402
+from retriever.training.pairs import beir_pairs  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results" / "train_sweep.jsonl"
 args = sys.argv[1:]

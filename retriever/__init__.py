@@ -4,21 +4,25 @@ Pipeline: token embeddings -> candidates (the token centroid stage, PLAID-style,
 documents; or MUVERA FDEs, one vector per document, in a FAISS inner-product index) -> exact MaxSim
 (late interaction) rerank in numba kernels.
 
-The text encoder (``retriever.encoder``, transformers) is imported only when used; torch itself is
+Subpackages, lowest layer first (a module imports only from its own layer and the ones before it;
+``tests/test_layout.py`` checks it): ``core``, ``store``, ``candidates``, ``hybrid``, ``encoders``,
+``index``, ``evaluation``, ``training``, ``cluster``, ``service``, ``cli``; the numba kernels are the
+separate package ``retriever_kernels``, below all of them. See ``docs/architecture.md``.
+
+The text encoder (``retriever.encoders``, transformers) is imported only when used; torch itself is
 imported with the kernels, before any numba kernel runs (see ``kernels/retriever_kernels/__init__.py``).
 """
 
-__version__ = "0.1.0"
+import retriever_kernels  # noqa: F401  first: sets the OpenMP wait policy before faiss/torch load theirs
 
-import retriever_kernels  # noqa: E402,F401  first: sets the OpenMP wait policy before faiss/torch load theirs
+from retriever.candidates import CentroidConfig, FDEConfig, FDEEncoder  # noqa: E402
+from retriever.cluster import ShardedRetriever  # noqa: E402
+from retriever.core.compat import install_old_module_paths  # noqa: E402
+from retriever.core.version import __version__  # noqa: E402
+from retriever.index import IndexConfig, Retriever, SearchResults  # noqa: E402
+from retriever.store import CodecConfig, TokenEmbeddings  # noqa: E402
 
-from .centroids import CentroidConfig  # noqa: E402
-from .codecs import CodecConfig  # noqa: E402
-from .fde import FDEConfig, FDEEncoder  # noqa: E402
-from .index import IndexConfig, Retriever  # noqa: E402
-from .search import SearchResults  # noqa: E402
-from .shards import ShardedRetriever  # noqa: E402
-from .tokens import TokenEmbeddings  # noqa: E402
+install_old_module_paths()
 
-__all__ = ["CentroidConfig", "CodecConfig", "FDEConfig", "FDEEncoder", "IndexConfig", "Retriever", "SearchResults", "ShardedRetriever",
-           "TokenEmbeddings", "__version__"]
+__all__ = ["CentroidConfig", "CodecConfig", "FDEConfig", "FDEEncoder", "IndexConfig", "Retriever", "SearchResults",
+           "ShardedRetriever", "TokenEmbeddings", "__version__"]

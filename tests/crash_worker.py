@@ -28,19 +28,23 @@ import time
 import numpy as np
 
 from lifecycle_util import CFG, make_docs
-from retriever.centroids import CentroidConfig
+from retriever.candidates.centroids import CentroidConfig
+from retriever.hybrid.fusion import HybridConfig
 
 N0 = 150  # documents of generation 0
 # with the token centroid stage (auto would leave it out at this size), so kills cover its files too
-CRASH_CFG = dataclasses.replace(CFG, centroids=CentroidConfig(enabled=True, n_centroids=32))
+# and a document store (texts given to the build; no BM25 signal, so that later adds need none), so kills
+# cover documents.sqlite too
+CRASH_CFG = dataclasses.replace(CFG, centroids=CentroidConfig(enabled=True, n_centroids=32),
+                                hybrid=HybridConfig(signals=()))
 OPS = ("add", "delete", "upsert", "compact", "readd", "add_many", "delete")
 
 
 def gen0_index():
-    from retriever.index import Retriever
+    from retriever.index.retriever import Retriever
 
     return Retriever.build(make_docs(N0, seed=0), doc_ids=[f"g0-{j}" for j in range(N0)], config=CRASH_CFG,
-                           show_progress=False)
+                           texts=[f"text of g0-{j}" for j in range(N0)], show_progress=False)
 
 
 def op_name(g: int) -> str:
@@ -70,7 +74,8 @@ def apply_op(r, g: int) -> None:
         raise ValueError(op)
 
 
-HOOKS = ("append", "npyclose", "npsave", "sha", "faisswrite", "manifest", "fsyncdir", "exchange", "rename", "rmtree")
+HOOKS = ("append", "npyclose", "npsave", "sha", "faisswrite", "storewrite", "manifest", "fsyncdir", "exchange", "rename",
+         "rmtree")
 
 
 def main(argv: list[str]) -> int:
@@ -84,10 +89,10 @@ def main(argv: list[str]) -> int:
 
     import faiss
 
-    from retriever import format as fmt
-    from retriever import index as index_mod
-    from retriever import storage
-    from retriever.index import Retriever
+    from retriever.index import format as fmt
+    from retriever.index import retriever as index_mod
+    from retriever.core import storage
+    from retriever.index.retriever import Retriever
 
     index_mod._warmup = lambda *kind: None  # this process never searches: skip the kernels' JIT-cache load
     r = Retriever.load(index_dir)  # before the hooks: an interrupted swap is recovered here, unhooked
@@ -126,6 +131,9 @@ def main(argv: list[str]) -> int:
     wrap(np, "save", "npsave")
     wrap(fmt, "file_sha256", "sha")
     wrap(faiss, "write_index", "faisswrite")
+    from retriever.index.documents import DocumentStore
+
+    wrap(DocumentStore, "write_to", "storewrite")
     wrap(fmt, "write_manifest", "manifest")
     wrap(storage, "fsync_dir", "fsyncdir")
     wrap(shutil, "rmtree", "rmtree")
@@ -137,7 +145,7 @@ def main(argv: list[str]) -> int:
     wrap(os, "rename", "rename", before=lambda a, b: mark(f"RENAMING {os.path.basename(a)} -> {os.path.basename(b)}"),
          after=lambda _, a, b: mark(f"RENAMED {os.path.basename(a)} -> {os.path.basename(b)}"))
 
-    from retriever.tokens import TokenEmbeddings
+    from retriever.store.tokens import TokenEmbeddings
 
     r.fde_encoder.encode_documents(TokenEmbeddings.from_list(make_docs(2, seed=0)))  # JIT warm-up before READY
     mark(f"READY {time.monotonic()}")

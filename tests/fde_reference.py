@@ -1,4 +1,4 @@
-"""Independent, plain per-item numpy reference of MUVERA FDE (the oracle for retriever.fde).
+"""Independent, plain per-item numpy reference of MUVERA FDE (the oracle for retriever.candidates.fde).
 
 Written directly from the reference C++ (google/graph-mining,
 ``sketching/point_cloud/fixed_dimensional_encoding.cc``), one item and one repetition at

@@ -11,8 +11,9 @@ from pathlib import Path
 import faiss
 import numpy as np
 
-from retriever.fde import FDEConfig
-from retriever.index import IndexConfig, Retriever
+from retriever.candidates.fde import FDEConfig
+from retriever.index.config import IndexConfig
+from retriever.index.retriever import Retriever
 
 DIM = 32
 SMALL_FDE = FDEConfig(num_repetitions=4, num_simhash_projections=3, projection_dimension=8, projection_type="ams_sketch")
@@ -73,8 +74,8 @@ def state_of(r: Retriever) -> dict:
         "deleted": r.deleted.tolist(),
         "ntotal": fi.ntotal,
         "faiss": hashlib.sha256(faiss.serialize_index(fi).tobytes()).hexdigest(),
-        "workdir": str(r._workdir),
-        "workdir_files": _dir_files(r._workdir) if r._workdir is not None else None,
+        "workdir": str(r.workdir),
+        "workdir_files": _dir_files(r.workdir) if r.workdir is not None else None,
         "n_docs": r.n_docs,
         "centroid_codes": None if r.centroid_stage is None else
         hashlib.sha256(np.ascontiguousarray(r.centroid_stage.codes).tobytes()).hexdigest(),

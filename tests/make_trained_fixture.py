@@ -1,4 +1,4 @@
-"""Build ``tests/fixtures/trained``: a checkpoint written by ``retriever.trainer`` and PyLate's encodings of it.
+"""Build ``tests/fixtures/trained``: a checkpoint written by ``retriever.training.trainer`` and PyLate's encodings of it.
 
 Two steps, in two environments (PyLate is never installed in the project's own one)::
 
@@ -39,8 +39,8 @@ PAIRS = [
 
 def step_train() -> None:
     sys.path.insert(0, str(HERE.parent))
-    from retriever.pairs import TrainingData
-    from retriever.trainer import TrainConfig, train
+    from retriever.training.pairs import TrainingData
+    from retriever.training.trainer import TrainConfig, train
 
     docs = tuple(d for _, d in PAIRS)
     n = len(PAIRS)

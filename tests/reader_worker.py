@@ -29,7 +29,7 @@ def answers(r) -> list:
 
 
 def main(index_dir: str) -> int:
-    from retriever.index import Retriever
+    from retriever.index.retriever import Retriever
 
     r = Retriever.load(index_dir, mmap=True)
     baseline = answers(r)

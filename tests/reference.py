@@ -186,3 +186,80 @@ def residual_decode_ref(rows, centroids, weights, nbits) -> np.ndarray:
         if norm > 0:
             out[i] = out[i] / norm
     return out
+
+
+# -- metadata filters: an independent evaluation of MongoDB-style ``where`` documents -----------------
+
+_MISSING = object()
+
+
+def _values_at(meta: dict, path: str) -> list:
+    """Every value at dotted ``path``: lists are walked element by element at each step (MongoDB)."""
+    current = [meta]
+    for part in path.split("."):
+        nxt = []
+        for v in current:
+            if isinstance(v, dict):
+                if part in v:
+                    nxt.append(v[part])
+            elif isinstance(v, list):
+                nxt.extend(x[part] for x in v if isinstance(x, dict) and part in x)
+        current = nxt
+    return current
+
+
+def _candidates(values: list) -> list:
+    """The scalars a condition compares with: each value, and each element of a list value."""
+    out = []
+    for v in values:
+        if isinstance(v, list):
+            out.extend(x for x in v if not isinstance(x, (list, dict)))
+        elif not isinstance(v, dict):
+            out.append(v)
+    return out
+
+
+def _same_kind(a, b) -> bool:
+    num = lambda x: isinstance(x, (int, float)) and not isinstance(x, bool)  # noqa: E731
+    return (num(a) and num(b)) or (isinstance(a, bool) and isinstance(b, bool)) or (
+        isinstance(a, str) and isinstance(b, str)) or (a is None and b is None)
+
+
+def _eq_ref(values: list, want) -> bool:
+    if want is None:
+        return not values or any(v is None for v in _candidates(values))
+    return any(_same_kind(v, want) and v == want for v in _candidates(values))
+
+
+def filter_matches(meta: dict, where: dict) -> bool:
+    """Plain-Python twin of ``retriever.index.filters`` + the store's evaluation, for the tests."""
+    for key, cond in where.items():
+        if key == "$and":
+            ok = all(filter_matches(meta, w) for w in cond)
+        elif key == "$or":
+            ok = any(filter_matches(meta, w) for w in cond)
+        elif key == "$nor":
+            ok = not any(filter_matches(meta, w) for w in cond)
+        else:
+            values = _values_at(meta, key)
+            ops = cond if isinstance(cond, dict) else {"$eq": cond}
+            ok = True
+            for op, want in ops.items():
+                if op == "$eq":
+                    r = _eq_ref(values, want)
+                elif op == "$ne":
+                    r = not _eq_ref(values, want)
+                elif op == "$in":
+                    r = any(_eq_ref(values, w) for w in want)
+                elif op == "$nin":
+                    r = not any(_eq_ref(values, w) for w in want)
+                elif op == "$exists":
+                    r = bool(values) == want
+                else:
+                    cmp = {"$gt": lambda a, b: a > b, "$gte": lambda a, b: a >= b,
+                           "$lt": lambda a, b: a < b, "$lte": lambda a, b: a <= b}[op]
+                    r = any(_same_kind(v, want) and not isinstance(v, bool) and cmp(v, want) for v in _candidates(values))
+                ok = ok and r
+        if not ok:
+            return False
+    return True

@@ -15,7 +15,7 @@ import zipfile
 
 import pytest
 
-from retriever.beir import (
+from retriever.core.beir import (
     BeirDataset,
     DownloadError,
     doc_text,
@@ -92,7 +92,9 @@ def dataclasses_frozen_error():
 def test_iter_corpus_streams_and_accepts_file_path(tmp_path):
     root = make_collection(tmp_path / "c", corpus=jsonl(CORPUS[:2]) + "{broken\n")
     it = iter_corpus(root / "corpus.jsonl")
-    assert next(it) == {"_id": "d1", "title": "Aspirin", "text": "Aspirin reduces fever."}
+    first = next(it)  # every other field of the line (here BEIR's "metadata" object) is kept: the metadata
+    assert first == {"_id": "d1", "title": "Aspirin", "text": "Aspirin reduces fever.",
+                     **{k: v for k, v in CORPUS[0].items() if k not in ("_id", "title", "text")}}
     assert next(it)["_id"] == "d0"
     with pytest.raises(ValueError, match=r"corpus\.jsonl:3: invalid JSON"):
         next(it)
@@ -196,7 +198,7 @@ def test_missing_files_list_what_was_looked_for(tmp_path):
 
 def test_load_beir_drops_qrels_queries_without_text(tmp_path, caplog):
     root = make_collection(tmp_path / "c", qrels=QRELS_TEST + "q404\td1\t1\r\nq1\tghost\t1\r\n")
-    with caplog.at_level("WARNING", logger="retriever.beir"):
+    with caplog.at_level("WARNING", logger="retriever.core.beir"):
         ds = load_beir(root)
     assert "q404" not in ds.qrels and set(ds.queries) == {"q1", "q2"}
     assert ds.qrels["q1"] == {"d1": 2, "d3": 0, "ghost": 1}  # kept: it is a relevant judgment

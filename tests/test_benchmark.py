@@ -1,4 +1,4 @@
-"""The benchmark harness (retriever.benchmark, bench/report.py) on a tiny synthetic BEIR collection.
+"""The benchmark harness (retriever.evaluation.benchmark, bench/report.py) on a tiny synthetic BEIR collection.
 
 The encoder is the tiny Stanford-layout checkpoint of tests/fixtures/encoder; nothing here needs the
 real MiniLM or the real collections.
@@ -15,15 +15,17 @@ import numpy as np
 import pytest
 
 from conftest import REPO
-from retriever import benchmark as bm
-from retriever.beir import load_beir
-from retriever.cli import main as cli_main
-from retriever.encoder import ColBERTEncoder
-from retriever.eval import chamfer_recall, evaluate, run_from_arrays
-from retriever.fde import FDEConfig
-from retriever.hybrid import HybridConfig
-from retriever.index import IndexConfig, Retriever
-from retriever.tokens import TokenEmbeddings
+from retriever.cli import bench as bench_cli
+from retriever.evaluation import benchmark as bm
+from retriever.core.beir import load_beir
+from retriever.cli.main import main as cli_main
+from retriever.encoders.colbert import ColBERTEncoder
+from retriever.evaluation.metrics import chamfer_recall, evaluate, run_from_arrays
+from retriever.candidates.fde import FDEConfig
+from retriever.hybrid.fusion import HybridConfig
+from retriever.index.config import IndexConfig
+from retriever.index.retriever import Retriever
+from retriever.store.tokens import TokenEmbeddings
 
 FIXTURES = REPO / "tests" / "fixtures" / "encoder"
 CFG_A = IndexConfig(fde=FDEConfig(num_repetitions=3, num_simhash_projections=2, projection_dimension=4), codec="float16")
@@ -351,10 +353,10 @@ def test_timing_sample_is_bounded_and_deterministic():
     assert a != bm.timing_sample(3237, 200, seed=1)
     assert a != list(np.linspace(0, 3236, 200).round().astype(int))  # drawn, not evenly spaced
     assert bm.timing_sample(50, None) == list(range(50)) == bm.timing_sample(50, 80)  # all, on request
-    assert bm._count_or_all("all") is None and bm._count_or_all("7") == 7
+    assert bench_cli._count_or_all("all") is None and bench_cli._count_or_all("7") == 7
     for bad in ("0", "-3", "some"):
         with pytest.raises(argparse.ArgumentTypeError):
-            bm._count_or_all(bad)
+            bench_cli._count_or_all(bad)
 
 
 def test_chunks_cover_every_query_once():
@@ -463,7 +465,7 @@ def test_exhaustive_quality_is_the_ground_truth_ranking(chunked_run, encoder):
 
 def test_cli_times_a_bounded_sample_by_default():
     parser = argparse.ArgumentParser()
-    bm.add_bench_parser(parser.add_subparsers())
+    bench_cli.add_bench_parser(parser.add_subparsers())
     assert parser.parse_args(["bench", "--data", "x"]).timing_queries == 200
     assert parser.parse_args(["bench", "--data", "x", "--timing-queries", "all"]).timing_queries is None
     assert parser.parse_args(["bench", "--data", "x", "--timing-queries", "50"]).timing_queries == 50

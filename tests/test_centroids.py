@@ -10,11 +10,21 @@ import pytest
 from retriever_kernels.centroids import build_lists, build_token_lists, centroid_candidates, probe_cells
 from lifecycle_util import SMALL_FDE, make_docs, make_queries, unit
 from retriever import IndexConfig, Retriever
-from retriever import format as fmt
-from retriever.centroids import (AUTO_MIN_DOCS, AUTO_PQ_MAX_TOKENS, CentroidConfig, CentroidIndex, _pq_encode, _split, auto_candidates,
-                                 auto_n_centroids, probes_per_token, residual_lut)
-from retriever.format import IndexFormatError
-from retriever.tokens import as_token_embeddings
+from retriever.index import format as fmt
+from retriever.candidates.centroids import (
+    AUTO_MIN_DOCS,
+    AUTO_PQ_MAX_TOKENS,
+    CentroidConfig,
+    CentroidIndex,
+    _pq_encode,
+    _split,
+    auto_candidates,
+    auto_n_centroids,
+    probes_per_token,
+    residual_lut,
+)
+from retriever.index.format import IndexFormatError
+from retriever.store.tokens import as_token_embeddings
 
 ON = IndexConfig(fde=SMALL_FDE, codec="float16", centroids=CentroidConfig(enabled=True, n_centroids=64))
 NO_PQ = IndexConfig(fde=SMALL_FDE, codec="float16", centroids=CentroidConfig(enabled=True, n_centroids=64, residual_pq=0))
@@ -469,7 +479,7 @@ def test_add_delete_compact_keep_the_stage_consistent(corpus, tmp_path, config):
 
 
 def test_sharded_index_with_the_stage(corpus, tmp_path):
-    from retriever.shards import ShardedRetriever
+    from retriever.cluster.shards import ShardedRetriever
 
     docs, queries = corpus
     sr = ShardedRetriever.build(docs, doc_ids=list(range(len(docs))), n_shards=2, config=ON, show_progress=False)
@@ -537,7 +547,7 @@ def test_probe_budget_gives_short_queries_more_lists(corpus):
 
 
 def test_rebuild_centroids_adds_changes_and_removes_the_stage(corpus, tmp_path):
-    from retriever.cli import main
+    from retriever.cli.main import main
 
     docs, queries = corpus
     plain = IndexConfig(fde=SMALL_FDE, codec="float16", centroids=False)
@@ -545,6 +555,7 @@ def test_rebuild_centroids_adds_changes_and_removes_the_stage(corpus, tmp_path):
     assert r.centroid_stage is None
     exact = r.search(queries, k=10, mode="exact")
     r.save(tmp_path / "i")
+    r.close()  # the command below is the next writer
     assert main(["centroids", str(tmp_path / "i"), "--ivf-centroids", "64"]) == 0
     Retriever.verify(tmp_path / "i")
     r2 = Retriever.load(tmp_path / "i")

@@ -33,11 +33,12 @@ from reference import (
     residual_encode_ref,
     split,
 )
-from retriever import format as fmt
-from retriever.codecs import CodecConfig, TokenCodec, auto_n_centroids
-from retriever.hybrid import HybridConfig
-from retriever.index import IndexConfig, Retriever
-from retriever.tokens import TokenEmbeddings
+from retriever.index import format as fmt
+from retriever.store.codecs import CodecConfig, TokenCodec, auto_n_centroids
+from retriever.hybrid.fusion import HybridConfig
+from retriever.index.config import IndexConfig
+from retriever.index.retriever import Retriever
+from retriever.store.tokens import TokenEmbeddings
 
 CODECS = ["float16", "int8", "residual1", "residual2", "residual4"]
 DOCS = make_docs(120, seed=3)
@@ -273,7 +274,8 @@ def test_index_config_round_trips_and_reads_old_manifests():
     old = {"fde": CFG.fde.to_dict(), "faiss_factory": "Flat"}  # written before codecs existed
     # a float16 store without hybrid signals or a token centroid stage
     assert IndexConfig.from_dict(old) == IndexConfig(fde=CFG.fde, faiss_factory="Flat", codec="float16",
-                                                     hybrid=HybridConfig(signals=()), centroids=False)
+                                                     hybrid=HybridConfig(signals=()), centroids=False,
+                                                     store_text=False)
     assert IndexConfig().codec.kind == "int8"  # the default for new indexes
     with pytest.raises(ValueError, match="unknown CodecConfig keys"):
         IndexConfig.from_dict({**cfg.to_dict(), "codec": {"kind": "int8", "bits": 2}})
@@ -340,9 +342,9 @@ def test_add_keeps_the_trained_codec_and_equals_encoding_with_it(tmp_path, codec
     r.add(DOCS[80:], IDS[80:])
     for key, arr in r.codec.arrays().items():
         np.testing.assert_array_equal(arr, before[key])
-    from retriever.builder import _pooled
+    from retriever.index.builder import pooled_tokens
 
-    pooled = _pooled(TokenEmbeddings.from_list(DOCS), 2)
+    pooled = pooled_tokens(TokenEmbeddings.from_list(DOCS), 2)
     np.testing.assert_array_equal(np.asarray(r.tokens), r.codec.encode(pooled.vectors))
     np.testing.assert_array_equal(r.doc_offsets, pooled.offsets)
     r.save(tmp_path / "idx")
@@ -438,7 +440,7 @@ def test_residual_codec_needs_a_compatible_dim():
 def test_cli_codec_options_reach_the_config():
     import argparse
 
-    from retriever.cli import add_index_config_args, index_config_from_args
+    from retriever.cli.main import add_index_config_args, index_config_from_args
 
     p = argparse.ArgumentParser()
     add_index_config_args(p)
@@ -452,7 +454,7 @@ def test_cli_codec_options_reach_the_config():
 
 
 def test_pool_words_averages_runs_and_keeps_specials_single():
-    from retriever.encoder import _pool_words
+    from retriever.encoders.colbert import _pool_words
 
     rng = np.random.default_rng(9)
     v = _unit(rng.standard_normal((9, 8)))

@@ -16,8 +16,10 @@ import pytest
 from conftest import REPO
 from lifecycle_util import build, make_docs, make_queries
 from reader_worker import answers as reader_answers
-from retriever.fde import FDEConfig
-from retriever.index import IndexConfig, Retriever
+from retriever.core.locks import StaleIndexError
+from retriever.candidates.fde import FDEConfig
+from retriever.index.config import IndexConfig
+from retriever.index.retriever import Retriever
 
 DOCS = make_docs(300, seed=31)
 IDS = [f"d{i}" for i in range(300)]
@@ -131,9 +133,11 @@ def test_save_over_an_index_another_process_keeps_reading(tmp_path):
         w.compact()
         w.save(d)
         assert ask() == baseline
+        w.close()  # the next writer
         build(DOCS[250:], IDS[250:]).save(d)  # a different index altogether
         assert ask() == baseline
-        w.save(d)
+        with pytest.raises(StaleIndexError):  # w's view predates that commit: refused, not a lost update
+            w.save(d)
         assert ask() == baseline
         p.stdin.write("stats\nquit\n")
         p.stdin.flush()
@@ -144,7 +148,7 @@ def test_save_over_an_index_another_process_keeps_reading(tmp_path):
             p.kill()
     assert stats["mismatches"] == 0 and not stats["errors"] and stats["rounds"] > 0, stats
     now = Retriever.load(d, verify=True)
-    assert sorted(now.doc_ids.tolist()) == sorted(IDS[100:250])
+    assert sorted(now.doc_ids.tolist()) == sorted(IDS[250:])
 
 
 def test_save_over_an_index_a_thread_keeps_reading(tmp_path):
@@ -175,9 +179,14 @@ def test_save_over_an_index_a_thread_keeps_reading(tmp_path):
             if step % 2:
                 w.compact()
             w.save(d)
-        reader.save(d)  # the reader saves its own (old) state back over the directory it maps
+        w.close()
+        with pytest.raises(StaleIndexError):  # the reader's (old) view would undo w's commits
+            reader.save(d)
+        w = Retriever.load(d)
+        w.save(d)  # a save over the directory the reader maps, from an up-to-date view
     finally:
         stop.set()
         t.join()
     assert not bad and rounds[0] > 0
-    assert reader_answers(Retriever.load(d, verify=True)) == baseline
+    assert reader_answers(reader) == baseline
+    assert Retriever.load(d, verify=True).n_docs == 150 + 4 * 20 - 4 * 10

@@ -31,10 +31,10 @@ import pytest
 from conftest import REPO
 from crash_worker import apply_op, gen0_index
 from lifecycle_util import CFG, build, make_docs, make_queries
-from retriever import format as fmt
-from retriever.cli import main as cli_main
-from retriever.index import Retriever
-from retriever.lifecycle import check_consistency
+from retriever.index import format as fmt
+from retriever.cli.main import main as cli_main
+from retriever.index.retriever import Retriever
+from retriever.index.lifecycle import check_consistency
 
 WORKER = Path(__file__).with_name("crash_worker.py")
 QUERIES = make_queries(6, seed=11)
@@ -63,7 +63,9 @@ class Replay:
         for kw in ({"mode": "exact"}, {"n_candidates": 10}):
             res = r.search(QUERIES, k=5, **kw)
             answers.append((res.ids.tolist(), res.scores.tolist(), res.rows.tolist()))
-        return {"identity": (r.doc_ids.tolist(), r.deleted.tolist(), r.n_tokens), "answers": answers}
+        docs = r.documents.get(np.arange(len(r.doc_ids)))  # the document store: the texts of the rows it holds
+        stored = [(row, d["text"]) for row, d in enumerate(docs) if d is not None and not r.deleted[row]]
+        return {"identity": (r.doc_ids.tolist(), r.deleted.tolist(), r.n_tokens), "answers": answers, "documents": stored}
 
 
 @pytest.fixture(scope="module")
@@ -139,8 +141,9 @@ def check_index(index_dir: Path, accept: set[int], replay: Replay) -> int:
     match = [g for g in sorted(accept) if replay[g]["identity"] == ident]
     assert match, f"index holds none of generations {sorted(accept)} (n_docs={len(ident[0])})"
     g = match[-1]
-    got = Replay.snapshot(r)["answers"]
-    assert got == replay[g]["answers"], f"generation {g} loaded but answers differ"
+    snap = Replay.snapshot(r)
+    assert snap["answers"] == replay[g]["answers"], f"generation {g} loaded but answers differ"
+    assert snap["documents"] == replay[g]["documents"], f"generation {g} loaded but its document store differs"
     check_consistency(r, index_dir)  # the rest of Retriever.verify
     return g
 
@@ -152,6 +155,8 @@ HOOK_PHASES = ["save." + h for h in ("append<", "append>", "npyclose<", "npyclos
                                       "fsyncdir>", "exchange<", "exchange>", "rmtree<", "rmtree>")]
 # staging writes of add/upsert/compact (the saved index is not touched until save)
 HOOK_PHASES += ["op.append<", "op.append>", "op.npyclose>", "op.rmtree<"]
+# the document store's new file in the save's temporary directory
+HOOK_PHASES += ["save.storewrite<", "save.storewrite>"]
 # the rename-aside fallback: rename 1 moves the old index aside, rename 2 moves the new one in
 FALLBACK_PHASES = ["save.rename<", "save.rename>"]
 
@@ -228,7 +233,7 @@ def run_chain(tmp_path: Path, replay: Replay, plan, min_kills: int = 0, seed: in
         stats["trials"].append((label, env.get("CRASH_AT", f"{kill_after:.3f}s" if delay is not None else ""), rc,
                                 sorted(accept), new_gen, [x for x in lines if not x.startswith("OP")][-3:]))
         gen = new_gen
-    leftovers = [p.name for p in tmp_path.iterdir() if p.name.startswith(".idx.")]  # removed by load
+    leftovers = [p.name for p in tmp_path.iterdir() if p.name.startswith(".idx.") and p.name != ".idx.lock"]  # removed by load (the lock file stays)
     stats["clean_run_s"] = clean_run_s
     stats["leftover_dirs"] = len(leftovers)
     stats["final_generation"] = gen

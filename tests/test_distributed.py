@@ -1,4 +1,4 @@
-"""The Ray backend of sharded indexes (retriever.distributed) on a local Ray kept on the loopback interface.
+"""The Ray backend of sharded indexes (retriever.cluster.distributed) on a local Ray kept on the loopback interface.
 
 Same answers as the local backend (exact and hybrid, embeddings and texts); a killed shard actor is
 restarted and the search retried; every Ray node address is 127.0.0.1.
@@ -17,10 +17,11 @@ os.environ["RAY_USAGE_STATS_ENABLED"] = "0"
 ray = pytest.importorskip("ray")
 
 from conftest import REPO  # noqa: E402
-from retriever.encoder import ColBERTEncoder  # noqa: E402
-from retriever.fde import FDEConfig  # noqa: E402
-from retriever.index import IndexConfig  # noqa: E402
-from retriever.shards import ShardedRetriever  # noqa: E402
+from retriever.encoders.colbert import ColBERTEncoder  # noqa: E402
+from retriever.candidates.fde import FDEConfig  # noqa: E402
+from retriever.index.config import IndexConfig  # noqa: E402
+from retriever.cluster.distributed import RayShardedRetriever  # noqa: E402
+from retriever.cluster.shards import ShardedRetriever  # noqa: E402
 
 FIXTURES = REPO / "tests" / "fixtures" / "encoder"
 CFG = IndexConfig(fde=FDEConfig(num_repetitions=4, num_simhash_projections=3, projection_dimension=8))
@@ -63,7 +64,7 @@ QUERIES = ["aspirin fever", "coffee and tea", "blood pressure exercise", "gene p
 
 def test_ray_backend_answers_as_the_local_one(local_ray, saved, encoder):
     local = ShardedRetriever.load(saved, encoder=encoder)
-    remote = ShardedRetriever.load(saved, backend="ray", encoder=encoder, replicas=2)
+    remote = RayShardedRetriever.load(saved, encoder=encoder, replicas=2)
     try:
         assert remote.n_shards == 3 and remote.n_docs == 60
         for kw in ({}, {"mode": "exact"}, {"hybrid": False}, {"hybrid": False, "mode": "exact"}, {"n_candidates": 10}):
@@ -79,7 +80,7 @@ def test_ray_backend_answers_as_the_local_one(local_ray, saved, encoder):
 
 
 def test_a_killed_shard_actor_is_restarted_and_the_search_retried(local_ray, saved, encoder):
-    remote = ShardedRetriever.load(saved, backend="ray", encoder=encoder)
+    remote = RayShardedRetriever.load(saved, encoder=encoder)
     try:
         before = remote.search(QUERIES, k=5)
         victim = remote.actors[1][0]
@@ -95,12 +96,14 @@ def test_a_killed_shard_actor_is_restarted_and_the_search_retried(local_ray, sav
 def test_bad_backend_arguments(saved):
     with pytest.raises(ValueError, match="backend must be"):
         ShardedRetriever.load(saved, backend="spark")
-    with pytest.raises(TypeError, match="backend='ray'"):
+    with pytest.raises(ValueError, match="RayShardedRetriever.load"):
+        ShardedRetriever.load(saved, backend="ray")
+    with pytest.raises(TypeError, match="replicas"):
         ShardedRetriever.load(saved, replicas=2)
 
 
 def test_cli_searches_a_sharded_index_on_ray(local_ray, saved, capsys):
-    from retriever.cli import main as cli_main
+    from retriever.cli.main import main as cli_main
 
     assert cli_main(["-q", "search", "--index", str(saved), "--query", "aspirin fever", "--k", "3"]) == 0
     local = capsys.readouterr().out
@@ -111,7 +114,7 @@ def test_cli_searches_a_sharded_index_on_ray(local_ray, saved, capsys):
 
 def test_batches_spread_over_replicas_and_partial_results(local_ray, saved, encoder):
     local = ShardedRetriever.load(saved, encoder=encoder)
-    remote = ShardedRetriever.load(saved, backend="ray", encoder=encoder, replicas=2, timeout_s=60)
+    remote = RayShardedRetriever.load(saved, encoder=encoder, replicas=2, timeout_s=60)
     try:
         for kw in ({}, {"hybrid": False, "mode": "exact"}):  # 4 queries: 2 chunks, one per replica
             a, b = local.search(QUERIES, k=6, **kw), remote.search(QUERIES, k=6, **kw)
@@ -135,7 +138,7 @@ def test_a_shard_actor_killed_during_a_search_is_retried(local_ray, saved, encod
     import threading
 
     local = ShardedRetriever.load(saved, encoder=encoder)
-    remote = ShardedRetriever.load(saved, backend="ray", encoder=encoder)
+    remote = RayShardedRetriever.load(saved, encoder=encoder)
     try:
         queries = QUERIES * 50  # a batch long enough to be running when the actor dies
         want = local.search(queries, k=5, hybrid=False, mode="exact")
@@ -159,7 +162,7 @@ def _corpus(n=50, seed=1):
 def test_ray_build_equals_the_local_build_and_resumes(local_ray, tmp_path, encoder, caplog):
     import logging
 
-    from retriever.distributed import build_sharded_on_ray
+    from retriever.cluster.distributed import build_sharded_on_ray
 
     docs = _corpus()
     local = ShardedRetriever.build(docs, n_shards=2, encoder=encoder, config=CFG, show_progress=False)
@@ -204,7 +207,7 @@ def test_ray_build_equals_the_local_build_and_resumes(local_ray, tmp_path, encod
         build_sharded_on_ray(docs[:-1], tmp_path / "again", n_shards=2, config=CFG, encoder=encoder, chunk_docs=8,
                              resume=True, show_progress=False)
     assert chunks[2].stat().st_mtime_ns == kept
-    with caplog.at_level(logging.INFO, logger="retriever.distributed"):
+    with caplog.at_level(logging.INFO, logger="retriever.cluster.distributed"):
         again = build_sharded_on_ray(docs, tmp_path / "again", n_shards=2, config=CFG, encoder=encoder, chunk_docs=8,
                                      resume=True, show_progress=False)
     assert "7 chunks of 8 documents, 2 to encode (5 done before)" in caplog.text
@@ -218,7 +221,7 @@ def test_cli_index_with_ray(local_ray, tmp_path, capsys):
     import gzip
     import json as _json
 
-    from retriever.cli import main as cli_main
+    from retriever.cli.main import main as cli_main
 
     corpus = tmp_path / "corpus.jsonl.gz"
     with gzip.open(corpus, "wt", encoding="utf-8") as fh:
@@ -239,7 +242,7 @@ def test_a_killed_encoder_worker_is_restarted_mid_build(local_ray, tmp_path, enc
     import threading
     import time
 
-    from retriever.distributed import build_sharded_on_ray, hashlib_sha256
+    from retriever.cluster.distributed import build_sharded_on_ray, hashlib_sha256
 
     docs = _corpus(200, seed=7)  # 100 chunks of 2: encoding lasts long enough to kill the worker in it
     want = build_sharded_on_ray(docs, tmp_path / "ref", n_shards=2, config=CFG, encoder=encoder, workers=1,
@@ -277,7 +280,7 @@ def test_sigkill_driver_then_resume_gives_the_uninterrupted_index(local_ray, tmp
     import sys
     import time
 
-    from retriever.distributed import build_sharded_on_ray
+    from retriever.cluster.distributed import build_sharded_on_ray
 
     docs = _corpus(120, seed=8)  # 60 chunks of 2
     corpus = tmp_path / "corpus.jsonl.gz"
@@ -319,7 +322,7 @@ def test_sigkill_driver_then_resume_gives_the_uninterrupted_index(local_ray, tmp
 def test_encoder_worker_reports_progress_per_step_and_writes_the_whole_chunk(tmp_path, encoder):
     """The actor's encode, called in-process: a progress report every _PROGRESS_DOCS documents, and the
     chunk file holds what one encode call of the whole chunk gives."""
-    from retriever.distributed import _PROGRESS_DOCS, _EncoderWorker, _read_chunk
+    from retriever.cluster.distributed import _PROGRESS_DOCS, _EncoderWorker, _read_chunk
 
     class Counter:
         def __init__(self):
@@ -344,7 +347,7 @@ def test_encoder_worker_reports_progress_per_step_and_writes_the_whole_chunk(tmp
 
 
 def test_a_build_whose_encoders_cannot_be_placed_stops_with_a_clear_error(local_ray, tmp_path, encoder):
-    from retriever.distributed import build_sharded_on_ray
+    from retriever.cluster.distributed import build_sharded_on_ray
 
     if ray.cluster_resources().get("GPU"):
         pytest.skip("this Ray cluster has a GPU: the encoder actors would be placed")
@@ -355,7 +358,7 @@ def test_a_build_whose_encoders_cannot_be_placed_stops_with_a_clear_error(local_
 
 
 def test_auto_chunk_docs_keeps_every_actor_busy_on_small_corpora():
-    from retriever.distributed import auto_chunk_docs
+    from retriever.cluster.distributed import auto_chunk_docs
 
     assert auto_chunk_docs(1) == 32 and auto_chunk_docs(300) == 32  # 300 documents: 10 chunks, not one
     assert auto_chunk_docs(1000) == 63 and auto_chunk_docs(16 * 1024) == 1024 and auto_chunk_docs(10**7) == 1024

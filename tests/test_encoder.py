@@ -1,4 +1,4 @@
-"""Tests for retriever.encoder on tiny checkpoints (tests/fixtures/encoder, see make_encoder_fixtures.py)."""
+"""Tests for retriever.encoders.colbert on tiny checkpoints (tests/fixtures/encoder, see make_encoder_fixtures.py)."""
 
 from __future__ import annotations
 
@@ -14,14 +14,14 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from retriever.encoder import (
+from retriever.encoders.colbert import (
     PUNCTUATION,
     ColBERTEncoder,
     EncoderConfig,
     inspect_checkpoint,
     resolve_model_path,
 )
-from retriever.tokens import TokenEmbeddings
+from retriever.store.tokens import TokenEmbeddings
 
 FIX = Path(__file__).resolve().parent / "fixtures" / "encoder"
 TEXTS = json.loads((FIX / "texts.json").read_text())
@@ -249,7 +249,7 @@ def test_output_follows_input_order_and_is_batch_invariant(pylate_bert):
 
 @pytest.mark.parametrize("expand", [False, True])
 def test_batches_respect_both_limits_and_cover_every_row_once(expand):
-    from retriever.encoder import _WIDTH_STEP, _batches, _padded_width
+    from retriever.encoders.colbert import _WIDTH_STEP, _batches, _padded_width
 
     rng = np.random.default_rng(3)
     max_len = 300
@@ -307,7 +307,7 @@ def test_long_queries_extend_to_document_length_and_encode_as_alone(expand, atte
 
 
 def test_truncation_is_logged(pylate_bert, caplog):
-    with caplog.at_level(logging.INFO, logger="retriever.encoder"):
+    with caplog.at_level(logging.INFO, logger="retriever.encoders.colbert"):
         # [CLS] [D] ... [SEP]: room for 21 text tokens
         pylate_bert.encode_documents(["a cell", " ".join(["cell"] * 100), " ".join(["gene"] * 21),
                                       " ".join(["gene"] * 22)])
@@ -404,7 +404,7 @@ def test_identity_and_compatibility(pylate_bert):
 
 def test_from_config_uses_config_as_given(caplog):
     cfg = EncoderConfig(model=str(BERT_PYLATE), query_length=16, document_length=24, dtype="float32")
-    with caplog.at_level(logging.WARNING, logger="retriever.encoder"):
+    with caplog.at_level(logging.WARNING, logger="retriever.encoders.colbert"):
         enc = ColBERTEncoder.from_config(cfg)
     assert enc.config == cfg and enc.config.query_prefix is None
     assert "differs from what" in caplog.text and "query_prefix" in caplog.text

@@ -1,4 +1,4 @@
-"""retriever.eval against pytrec_eval (trec_eval), plus run-array, Chamfer recall and TREC I/O tests."""
+"""retriever.evaluation.metrics against pytrec_eval (trec_eval), plus run-array, Chamfer recall and TREC I/O tests."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 import pytrec_eval
 from hypothesis import given, settings, strategies as st
 
-from retriever.eval import (
+from retriever.evaluation.metrics import (
     DEFAULT_METRICS,
     chamfer_recall,
     evaluate,
@@ -233,7 +233,7 @@ def test_matches_pytrec_eval_random_large(seed):
 
 
 def test_scifact_test_qrels_synthetic_run():
-    from retriever.beir import iter_corpus, read_qrels
+    from retriever.core.beir import iter_corpus, read_qrels
 
     scifact = require_beir("scifact")
 

@@ -18,8 +18,8 @@ from fde_reference import (
 )
 
 import retriever.fde as fde_mod
-from retriever.fde import FDEConfig, FDEEncoder
-from retriever.tokens import TokenEmbeddings
+from retriever.candidates.fde import FDEConfig, FDEEncoder
+from retriever.store.tokens import TokenEmbeddings
 
 # -- helpers -------------------------------------------------------------------------------
 

@@ -1,4 +1,4 @@
-"""Hybrid scoring: BM25 (retriever.lexical), fusion (retriever.hybrid) and hybrid indexes end to end.
+"""Hybrid scoring: BM25 (retriever.hybrid.lexical), fusion (retriever.hybrid.fusion) and hybrid indexes end to end.
 
 Fast paths against plain references: BM25 against the formula in pure Python (and bm25s when
 installed), fusion against a per-document Python loop, the hybrid pipeline against a brute-force
@@ -18,12 +18,13 @@ import pytest
 
 from conftest import REPO
 from lifecycle_util import damaged_copy
-from retriever import format as fmt
-from retriever.encoder import ColBERTEncoder
-from retriever.fde import FDEConfig
-from retriever.hybrid import FusionConfig, HybridConfig, fuse
-from retriever.index import IndexConfig, Retriever
-from retriever.lexical import ENGLISH_STOPWORDS, Analyzer, BM25Config, LexicalIndex
+from retriever.index import format as fmt
+from retriever.encoders.colbert import ColBERTEncoder
+from retriever.candidates.fde import FDEConfig
+from retriever.hybrid.fusion import FusionConfig, HybridConfig, fuse
+from retriever.index.config import IndexConfig
+from retriever.index.retriever import Retriever
+from retriever.hybrid.lexical import ENGLISH_STOPWORDS, Analyzer, BM25Config, LexicalIndex
 
 FIXTURES = REPO / "tests" / "fixtures" / "encoder"
 FDE = FDEConfig(num_repetitions=4, num_simhash_projections=3, projection_dimension=8)
@@ -403,7 +404,7 @@ def test_damaged_hybrid_files_are_refused_by_name(saved_hybrid, encoder, tmp_pat
 # the FDE path with N < n_docs)
 @pytest.mark.parametrize("method", ["zscore"])
 def test_hybrid_search_with_the_token_centroid_stage(encoder, method):
-    from retriever.centroids import CentroidConfig
+    from retriever.candidates.centroids import CentroidConfig
 
     cfg = dataclasses.replace(CFG, centroids=CentroidConfig(enabled=True, n_centroids=16))
     r = Retriever.build(_docs(30), encoder=encoder, config=cfg, show_progress=False)

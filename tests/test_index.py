@@ -8,10 +8,12 @@ import faiss
 import numpy as np
 import pytest
 
-from retriever import format as fmt
-from retriever.fde import FDEConfig
-from retriever.index import IndexConfig, Retriever
-from retriever.tokens import TokenEmbeddings
+from retriever.core.locks import StaleIndexError
+from retriever.index import format as fmt
+from retriever.candidates.fde import FDEConfig
+from retriever.index.config import IndexConfig
+from retriever.index.retriever import Retriever
+from retriever.store.tokens import TokenEmbeddings
 
 
 DIM = 32
@@ -282,6 +284,7 @@ def test_bad_search_inputs(built, corpus):
 
 def test_failed_save_keeps_existing_index(tmp_path, built, corpus, monkeypatch):
     built.save(tmp_path / "idx")
+    built.close()  # ``other`` writes the directory below
     q = make_queries(corpus, n_queries=3)
     before = Retriever.load(tmp_path / "idx").search(q, k=5, n_candidates=20)
 
@@ -308,8 +311,14 @@ def test_save_over_open_mmapped_index(tmp_path, corpus):
     Retriever.build(corpus[:30], config=cfg, show_progress=False).save(tmp_path / "idx")
     np.testing.assert_array_equal(opened.search(q, k=5, n_candidates=30).rows, before.rows)
     assert Retriever.load(tmp_path / "idx").n_docs == 30
-    opened.save(tmp_path / "idx")  # saving a loaded index over its own directory
-    np.testing.assert_array_equal(Retriever.load(tmp_path / "idx").search(q, k=5, n_candidates=30).rows, before.rows)
+    with pytest.raises(StaleIndexError):  # its view is older than the last commit: saving it would lose that one
+        opened.save(tmp_path / "idx")
+    again = Retriever.load(tmp_path / "idx", mmap=True)
+    small = again.search(q, k=5, n_candidates=30)
+    again.save(tmp_path / "idx")  # saving a loaded index over the directory it maps
+    np.testing.assert_array_equal(again.search(q, k=5, n_candidates=30).rows, small.rows)
+    np.testing.assert_array_equal(Retriever.load(tmp_path / "idx").search(q, k=5, n_candidates=30).rows, small.rows)
+    np.testing.assert_array_equal(opened.search(q, k=5, n_candidates=30).rows, before.rows)
 
 
 def test_format_errors(tmp_path, built):
@@ -347,7 +356,7 @@ def test_corruption_detected(tmp_path, built, name):
 
 @pytest.mark.parametrize("factory", ["Flat", "HNSW8"])
 def test_add_rows_matches_faiss_add(factory):
-    from retriever.ann import add_rows, make_faiss_index
+    from retriever.candidates.ann import add_rows, make_faiss_index
 
     rng = np.random.default_rng(7)
     x = rng.standard_normal((1000, 24)).astype(np.float32)
@@ -364,7 +373,7 @@ def test_add_rows_matches_faiss_add(factory):
 @pytest.mark.parametrize("n_rows, shape, match", [(100, (99, 24), "held 99 rows"), (50, (100, 24), "does not fit"),
                                                   (100, (100, 23), "does not fit")])
 def test_add_rows_rejects_blocks_that_do_not_fit_and_leaves_flat_index_empty(n_rows, shape, match):
-    from retriever.ann import add_rows, make_faiss_index
+    from retriever.candidates.ann import add_rows, make_faiss_index
 
     index = make_faiss_index("Flat", 24)
     with pytest.raises(ValueError, match=match):

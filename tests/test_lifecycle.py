@@ -6,10 +6,11 @@ import numpy as np
 import pytest
 
 from lifecycle_util import CFG, DIM, build, dir_state, exact_oracle, make_docs, make_queries, results_of, state_of
-from retriever import lifecycle
-from retriever.fde import FDEConfig
-from retriever.index import IndexConfig, Retriever
-from retriever.tokens import TokenEmbeddings
+from retriever.index import lifecycle
+from retriever.candidates.fde import FDEConfig
+from retriever.index.config import IndexConfig
+from retriever.index.retriever import Retriever
+from retriever.store.tokens import TokenEmbeddings
 
 N = 160
 DOCS = make_docs(N, seed=0)
@@ -75,21 +76,21 @@ def test_add_to_loaded_index_leaves_saved_directory_alone(tmp_path):
     assert dir_state(tmp_path / "idx") == before, "mutations are durable only when saved"
     assert Retriever.load(tmp_path / "idx").n_docs == 80
     # the first add copied the store into the object's own workdir; later adds append in place
-    wd = r._workdir
+    wd = r.workdir
     assert wd is not None and str(tmp_path) not in str(wd)
     r.add(DOCS[90:95], IDS[90:95])
-    assert r._workdir == wd and r.n_docs == 90
+    assert r.workdir == wd and r.n_docs == 90
     r.save(tmp_path / "idx")
     assert Retriever.load(tmp_path / "idx", verify=True).n_docs == 90
 
 
 def test_add_appends_in_place_to_own_store():
     r = build(DOCS[:50], IDS[:50])
-    wd = r._workdir
+    wd = r.workdir
     old_tokens = r.tokens
     old_copy = np.array(old_tokens)
     r.add(DOCS[50:60], IDS[50:60])
-    assert r._workdir == wd
+    assert r.workdir == wd
     assert r.tokens.filename == old_tokens.filename
     np.testing.assert_array_equal(np.asarray(old_tokens), old_copy)  # an old map of the file still reads right
     np.testing.assert_array_equal(np.asarray(r.tokens[: old_copy.shape[0]]), old_copy)
@@ -188,8 +189,8 @@ def test_failure_inside_faiss_add_is_rolled_back(monkeypatch):
 
 def test_add_texts_with_the_index_encoder(monkeypatch):
     from conftest import REPO
-    from retriever import builder as builder_mod
-    from retriever.encoder import ColBERTEncoder
+    from retriever.index import builder as builder_mod
+    from retriever.encoders.colbert import ColBERTEncoder
 
     enc = ColBERTEncoder.from_pretrained(str(REPO / "tests" / "fixtures" / "encoder" / "bert_stanford"), dtype="float32")
     cfg = IndexConfig(fde=FDEConfig(num_repetitions=4, num_simhash_projections=3, projection_dimension=8))
@@ -324,6 +325,7 @@ def test_deleted_id_can_be_added_again(tmp_path):
     with pytest.raises(ValueError, match="already in the index"):
         r.add([DOCS[151]], ["doc5"])
     r.save(tmp_path / "i")
+    r.close()  # one writer at a time: ``back`` changes the index below
     back = Retriever.load(tmp_path / "i")
     assert back.rows_of(["doc5"]).tolist() == [20]  # the live row wins over the deleted one on load
     assert_same_answers(back, r, rows=True)
@@ -469,7 +471,7 @@ def test_subset_equals_index_of_the_subset(with_deletions, size):
 
 
 def test_subset_fallback_to_exact_scoring(with_deletions, monkeypatch):
-    from retriever import index as index_mod
+    from retriever.index import retriever as index_mod
 
     calls = []
     real = index_mod.search_candidates

@@ -21,10 +21,10 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 from lifecycle_util import CFG, DIM, build, damaged_copy, dir_state, make_docs, make_queries, state_of
-from retriever import beir
-from retriever import format as fmt
-from retriever.index import MAX_K, Retriever
-from retriever.search import auto_n_candidates
+from retriever.core import beir
+from retriever.index import format as fmt
+from retriever.index.retriever import MAX_K, Retriever
+from retriever.index.search import auto_n_candidates
 
 SETTINGS = settings(max_examples=40, derandomize=True, deadline=None, database=None,
                     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large,

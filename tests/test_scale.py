@@ -9,10 +9,11 @@ import numpy as np
 import pytest
 
 from lifecycle_util import SMALL_FDE, make_docs, make_queries
-from retriever import ann
-from retriever.fde import FDEEncoder
-from retriever.index import IndexConfig, Retriever
-from retriever.tokens import TokenEmbeddings
+from retriever.candidates import ann
+from retriever.candidates.fde import FDEEncoder
+from retriever.index.config import IndexConfig
+from retriever.index.retriever import Retriever
+from retriever.store.tokens import TokenEmbeddings
 
 N_AUTO = ann.AUTO_FLAT_BELOW + 300  # just past the size where "auto" compresses
 DOCS = make_docs(N_AUTO, seed=3, max_len=12)
@@ -34,6 +35,7 @@ def test_auto_factory_rule():
 def auto_index(tmp_path_factory):
     path = tmp_path_factory.mktemp("auto") / "idx"
     r = Retriever.build(DOCS, config=CFG, path=path, show_progress=False)
+    r.close()  # searchable still; the tests below load and change the directory as its next writer
     return r, path
 
 
@@ -145,7 +147,7 @@ def test_faiss_training_sample_is_bounded_by_bytes():
 
 
 def test_npy_row_reader_equals_numpy(tmp_path):
-    from retriever.storage import NpyRowReader
+    from retriever.core.storage import NpyRowReader
 
     x = np.random.default_rng(0).integers(0, 255, (1000, 13), dtype=np.uint8)
     np.save(tmp_path / "x.npy", x)
@@ -166,7 +168,7 @@ def test_npy_row_reader_equals_numpy(tmp_path):
 
 
 def test_exhaustive_is_cheaper_cost_model():
-    from retriever.search import exhaustive_is_cheaper
+    from retriever.index.search import exhaustive_is_cheaper
 
     one = np.array([20])
     assert not exhaustive_is_cheaper(one, 999, 1000, margin=1.0)  # one query: rerank N < n_docs is cheaper
@@ -183,7 +185,7 @@ def test_batch_search_switches_to_exhaustive_when_cheaper(auto_index, monkeypatc
     r, _ = auto_index
     queries = [q[:2] for q in make_queries(60, seed=9)]
     calls = []
-    from retriever import index as index_mod
+    from retriever.index import retriever as index_mod
 
     real = index_mod.search_candidates
     monkeypatch.setattr(index_mod, "search_candidates", lambda *a, **kw: calls.append(1) or real(*a, **kw))

@@ -23,10 +23,11 @@ uvicorn = pytest.importorskip("uvicorn")
 
 from conftest import REPO  # noqa: E402
 from lifecycle_util import dir_state, make_docs  # noqa: E402
-from retriever.encoder import ColBERTEncoder  # noqa: E402
-from retriever.fde import FDEConfig  # noqa: E402
-from retriever.index import IndexConfig, Retriever  # noqa: E402
-from retriever.server import RWLock, SearchService, ServerLimits, create_app  # noqa: E402
+from retriever.encoders.colbert import ColBERTEncoder  # noqa: E402
+from retriever.candidates.fde import FDEConfig  # noqa: E402
+from retriever.index.config import IndexConfig  # noqa: E402
+from retriever.index.retriever import Retriever  # noqa: E402
+from retriever.service.server import RWLock, SearchService, ServerLimits, create_app  # noqa: E402
 
 FIXTURES = REPO / "tests" / "fixtures" / "encoder"
 CFG = IndexConfig(fde=FDEConfig(num_repetitions=4, num_simhash_projections=3, projection_dimension=8))
@@ -49,6 +50,7 @@ class Live:
     """A uvicorn server in a thread, bound to 127.0.0.1 on a free port."""
 
     def __init__(self, service, api_key=None):
+        self.service = service
         self.port = free_port()
         config = uvicorn.Config(create_app(service, api_key=api_key), host="127.0.0.1", port=self.port,
                                 log_level="warning", lifespan="off")
@@ -63,6 +65,7 @@ class Live:
     def stop(self):
         self.server.should_exit = True
         self.thread.join(15)
+        self.service.close()
 
     def call(self, method, path, body=None, *, raw: bytes | None = None, headers=None, timeout=60):
         return request(self.port, method, path, body, raw=raw, headers=headers, timeout=timeout)

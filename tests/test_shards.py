@@ -1,4 +1,4 @@
-"""Sharded indexes (retriever.shards, local backend): a sharded index answers as the single one does.
+"""Sharded indexes (retriever.cluster.shards, local backend): a sharded index answers as the single one does.
 
 Exact (exhaustive MaxSim) results equal the single index's, ids and scores; FDE-mode recall is at
 least the single index's; routing is stable and checked by verify; add / upsert / delete go to the
@@ -15,13 +15,14 @@ import numpy as np
 import pytest
 
 from conftest import REPO
-from retriever import format as fmt
-from retriever.cli import main as cli_main
-from retriever.encoder import ColBERTEncoder
-from retriever.eval import chamfer_recall
-from retriever.fde import FDEConfig
-from retriever.index import IndexConfig, Retriever
-from retriever.shards import ShardedRetriever, shard_of
+from retriever.index import format as fmt
+from retriever.cli.main import main as cli_main
+from retriever.encoders.colbert import ColBERTEncoder
+from retriever.evaluation.metrics import chamfer_recall
+from retriever.candidates.fde import FDEConfig
+from retriever.index.config import IndexConfig
+from retriever.index.retriever import Retriever
+from retriever.cluster.shards import ShardedRetriever, shard_of
 
 FIXTURES = REPO / "tests" / "fixtures" / "encoder"
 CFG = IndexConfig(fde=FDEConfig(num_repetitions=4, num_simhash_projections=3, projection_dimension=8))
@@ -137,6 +138,7 @@ def test_add_delete_upsert_are_routed_and_survive_save(tmp_path):
     hit = sr.search([new], k=1, mode="exact")
     assert hit.ids[0, 0] == IDS[1]
     sr.save(tmp_path / "s")
+    sr.close()  # one writer at a time: ``loaded`` compacts below
     loaded = ShardedRetriever.load(tmp_path / "s")
     np.testing.assert_array_equal(loaded.search(QUERIES, k=10, mode="exact").ids, sr.search(QUERIES, k=10, mode="exact").ids)
     ShardedRetriever.verify(tmp_path / "s")
@@ -220,7 +222,7 @@ def test_sharded_hybrid_fuses_with_global_top_lists(encoder):
     """Dense + MaxSim do not depend on the partition: with each signal's top list taken over all shards,
     the sharded fused ranking equals the single index's (exhaustive MaxSim side). BM25's statistics are
     per shard (as in a sharded Lucene), so with it the two differ slightly."""
-    from retriever.hybrid import HybridConfig
+    from retriever.hybrid.fusion import HybridConfig
 
     docs = [{**d, "_id": f"{d['_id']}-x"} for d in TEXT_DOCS]
     cfg = IndexConfig(fde=CFG.fde, hybrid=HybridConfig(signals=("dense",)))

@@ -9,13 +9,14 @@ import numpy as np
 import pytest
 
 from conftest import REPO
-from retriever import builder as builder_mod
-from retriever import cli as cli_mod
-from retriever.cli import main as cli_main
-from retriever.encoder import ColBERTEncoder
-from retriever.eval import read_trec_run
-from retriever.fde import FDEConfig
-from retriever.index import IndexConfig, Retriever
+from retriever.index import builder as builder_mod
+from retriever.cli import main as cli_mod
+from retriever.cli.main import main as cli_main
+from retriever.encoders.colbert import ColBERTEncoder
+from retriever.evaluation.metrics import read_trec_run
+from retriever.candidates.fde import FDEConfig
+from retriever.index.config import IndexConfig
+from retriever.index.retriever import Retriever
 
 FIXTURES = REPO / "tests" / "fixtures" / "encoder"
 CFG = IndexConfig(fde=FDEConfig(num_repetitions=4, num_simhash_projections=3, projection_dimension=8))
@@ -41,7 +42,7 @@ def text_index(encoder):
 
 
 def test_text_build_equals_embedding_build(encoder, text_index):
-    from retriever.beir import doc_text
+    from retriever.core.beir import doc_text
 
     emb = encoder.encode_documents([doc_text(d) for d in DOCS])
     ref = Retriever.build(emb, doc_ids=[d["_id"] for d in DOCS], config=CFG, encoder=encoder, show_progress=False)
@@ -130,7 +131,7 @@ def test_cli_index_and_search(tmp_path, capsys, monkeypatch):
     assert cli_main(["-q", "search", "--index", str(tmp_path / "nope"), "--query", "x"]) == 2
 
     # --device / --dtype: the index's own encoder (from its manifest) on that device, at that precision
-    from retriever.shards import index_encoder
+    from retriever.cluster.shards import index_encoder
 
     (out / "doc_ids.txt").write_text("".join(f"{d['_id']}\n" for d in DOCS))
     assert r.encoder.config.dtype == "bfloat16"  # the checkpoint's default, recorded at build
@@ -157,7 +158,7 @@ def test_word_pooling_build_and_add_agree_with_the_encoder(tmp_path, encoder):
     """Whole-word pooling: build and add store the encoder's word-pooled vectors, with any codec."""
     from dataclasses import replace
 
-    from retriever.beir import doc_text
+    from retriever.core.beir import doc_text
 
     texts = [doc_text(d) for d in DOCS]
     pooled = encoder.encode_documents(texts, word_pooling=True)
@@ -181,11 +182,11 @@ def test_streamed_build_logs_truncation_once(encoder, caplog, monkeypatch):
     monkeypatch.setattr(builder_mod, "_TEXT_BATCH", 2)  # three encoding steps for six documents
     long = " ".join(["word"] * 600)  # longer than document_length: truncated
     docs = [{"_id": f"t{i}", "title": "", "text": long if i % 2 else "short text"} for i in range(6)]
-    with caplog.at_level("INFO", logger="retriever.encoder"):
+    with caplog.at_level("INFO", logger="retriever.encoders.colbert"):
         Retriever.build(docs, encoder=encoder, config=CFG, show_progress=False)
     lines = [r.getMessage() for r in caplog.records if "truncated" in r.getMessage()]
     assert lines == [f"3 of 6 documents truncated to document_length={encoder.config.document_length} tokens"]
-    with caplog.at_level("INFO", logger="retriever.encoder"):
+    with caplog.at_level("INFO", logger="retriever.encoders.colbert"):
         caplog.clear()
         encoder.encode_documents([long, long])  # outside a build: one line per call, as before
     assert [r.getMessage() for r in caplog.records if "truncated" in r.getMessage()] == [

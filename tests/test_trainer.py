@@ -1,4 +1,4 @@
-"""Tests for retriever.trainer and retriever.pairs (tiny checkpoints; the real runs are in bench/train.py)."""
+"""Tests for retriever.training.trainer and retriever.training.pairs (tiny checkpoints; the real runs are in bench/train.py)."""
 
 from __future__ import annotations
 
@@ -12,11 +12,11 @@ import torch
 from safetensors.numpy import load_file
 
 from make_trained_fixture import PAIRS as FIXTURE_PAIRS
-from retriever import trainer as T
-from retriever.cli import main as cli_main
-from retriever.encoder import ColBERTEncoder
-from retriever.pairs import TrainingData, beir_pairs, inverse_cloze_pairs, jsonl_pairs
-from retriever.trainer import TrainConfig, train, write_checkpoint
+from retriever.training import trainer as T
+from retriever.cli.main import main as cli_main
+from retriever.encoders.colbert import ColBERTEncoder
+from retriever.training.pairs import TrainingData, beir_pairs, inverse_cloze_pairs, jsonl_pairs
+from retriever.training.trainer import TrainConfig, train, write_checkpoint
 
 HERE = Path(__file__).resolve().parent
 FIX = HERE / "fixtures" / "encoder"
@@ -177,8 +177,9 @@ def test_head_training_lowers_the_loss_and_writes_a_loadable_checkpoint(tmp_path
 
 
 def test_fusion_is_chosen_for_the_trained_model_and_used_by_its_indexes(tmp_path):
-    from retriever.hybrid import FusionConfig, HybridConfig
-    from retriever.index import IndexConfig, Retriever
+    from retriever.hybrid.fusion import FusionConfig, HybridConfig
+    from retriever.index.config import IndexConfig
+    from retriever.index.retriever import Retriever
 
     out = tmp_path / "ck"
     train(str(BASE), tiny_data(val=4), out, FAST, show_progress=False)
@@ -416,7 +417,7 @@ def test_training_data_checks():
 
 def test_validation_uses_the_grades_as_beir_test_does():
     """Graded nDCG@10 of the validation ranking, against the formula by hand (exp-free gain = grade)."""
-    from retriever.trainer import _metric_of
+    from retriever.training.trainer import _metric_of
 
     data = TrainingData(("a", "b", "c"), ("x", "y", "z"), ("q0", "q1"), ((0, 2), (1,)), ((), ()), ((), ()),
                         (False, True), "t", ((1, 2), (1,)))

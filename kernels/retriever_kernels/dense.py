@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
-from .maxsim import _h2f
+from .maxsim import h2f
 
 __all__ = ["dense_scores_all", "dense_scores_rows", "dense_topk"]
 
@@ -36,7 +36,7 @@ def _rows_kernel(q, bits, rows, out):
                 continue
             s = np.float32(0.0)
             for c in range(d):
-                s += q[i, c] * _h2f(bits[r, c])
+                s += q[i, c] * h2f(bits[r, c])
             out[i, j] = s
 
 
@@ -53,7 +53,7 @@ def _all_kernel(q, bits, r0, r1, allowed, use_mask, out):
                     out[i, r - r0] = -np.inf
                 continue
             for c in range(d):
-                buf[c] = _h2f(bits[r, c])
+                buf[c] = h2f(bits[r, c])
             for i in range(n_q):
                 s = np.float32(0.0)
                 for c in range(d):

@@ -42,7 +42,7 @@ from numba.extending import intrinsic, overload
 
 from .codes import Int8Rows, ResidualRows, decode_int8_block, decode_residual_block, residual_lanes, store_shape
 from .simd import splat, tile_shape
-from .topk import _check_array, _check_k, _finish_heaps_kernel, _push_block_kernel, _readonly
+from .topk import check_array, check_k, finish_heaps_kernel, push_block_kernel, readonly
 
 __all__ = [
     "maxsim_scores",
@@ -52,7 +52,7 @@ __all__ = [
     "warmup",
 ]
 
-_LANES = 32  # query tokens per packed chunk
+LANES = 32  # query tokens per packed chunk
 _ROW_BLOCK = 256  # document rows converted to float32 at a time (128 KiB at dim 128)
 _PAIRS_PER_TASK = 16  # (query, candidate) pairs per parallel task: amortises scratch allocation
 _DOCS_PER_TASK = 4  # documents per parallel task in the exhaustive kernel
@@ -65,7 +65,7 @@ _TOPK_BLOCK_BYTES = 8 << 20  # score block size of maxsim_exhaustive_topk
 # LLVM-level building blocks
 # --------------------------------------------------------------------------------------
 @intrinsic
-def _h2f(typingctx, bits):
+def h2f(typingctx, bits):
     """float16 bit pattern (uint16) -> float32, exact (subnormals, inf and NaN included)."""
     if bits != types.uint16:
         return None
@@ -81,7 +81,7 @@ def _emit_tile_max(builder, qp_ptr, dim, chunk, rows_ptr, row_stride, r0, r1, mx
     f32 = ir.FloatType()
     i64 = ir.IntType(64)
     vec = ir.VectorType(f32, width)
-    n_vec = _LANES // width
+    n_vec = LANES // width
     fma = cgutils.get_or_insert_function(builder.module, ir.FunctionType(vec, [vec, vec, vec]), f"llvm.fma.v{width}f32")
     zero = ir.Constant(vec, [0.0] * width)
 
@@ -91,7 +91,7 @@ def _emit_tile_max(builder, qp_ptr, dim, chunk, rows_ptr, row_stride, r0, r1, mx
     def vptr(base, offset):
         return builder.bitcast(builder.gep(base, [offset]), vec.as_pointer())
 
-    q_base = builder.gep(qp_ptr, [builder.mul(builder.mul(chunk, dim), c64(_LANES))])
+    q_base = builder.gep(qp_ptr, [builder.mul(builder.mul(chunk, dim), c64(LANES))])
     m_ptrs = [vptr(mx_ptr, c64(width * v)) for v in range(n_vec)]
     acc = [[cgutils.alloca_once(builder, vec) for _ in range(n_vec)] for _ in range(n_rows)]
     last = builder.sub(r1, c64(1))
@@ -108,7 +108,7 @@ def _emit_tile_max(builder, qp_ptr, dim, chunk, rows_ptr, row_stride, r0, r1, mx
             for v in range(n_vec):
                 builder.store(zero, acc[r][v])
         with cgutils.for_range(builder, dim) as kk:
-            q_row = builder.gep(q_base, [builder.mul(kk.index, c64(_LANES))])
+            q_row = builder.gep(q_base, [builder.mul(kk.index, c64(LANES))])
             q = [builder.load(vptr(q_row, c64(width * v)), align=4) for v in range(n_vec)]
             for r in range(n_rows):
                 x = builder.load(builder.gep(row_ptrs[r], [kk.index]))
@@ -184,7 +184,7 @@ def _f32_rows_impl(tokens, start, n, buf):
             dim = tokens.shape[1]
             for r in range(n):
                 for k in range(dim):
-                    buf[r, k] = _h2f(tokens[start + r, k])
+                    buf[r, k] = h2f(tokens[start + r, k])
             return buf, 0
 
         return convert
@@ -218,7 +218,7 @@ def _f32_rows_impl(tokens, start, n, buf):
 @njit(cache=True)
 def _doc_lane_max(qp, c0, c1, tokens, start, stop, buf, mx):
     """Per-lane max of chunks ``c0..c1-1`` of ``qp`` over document rows ``start..stop-1``."""
-    n_lanes = (c1 - c0) * _LANES
+    n_lanes = (c1 - c0) * LANES
     for j in range(n_lanes):
         mx[j] = -np.inf
     b = start
@@ -226,7 +226,7 @@ def _doc_lane_max(qp, c0, c1, tokens, start, stop, buf, mx):
         nb = min(_ROW_BLOCK, stop - b)
         rows, r0 = _f32_rows(tokens, b, nb, buf)
         for c in range(c0, c1):
-            _tile_max(qp, c, rows, r0, r0 + nb, mx, (c - c0) * _LANES)
+            _tile_max(qp, c, rows, r0, r0 + nb, mx, (c - c0) * LANES)
         b += nb
 
 
@@ -239,7 +239,7 @@ def _pairs_kernel(qp, q_chunks, q_ntok, tokens, doc_offsets, candidates, max_chu
     n_tasks = (n_pairs + _PAIRS_PER_TASK - 1) // _PAIRS_PER_TASK
     for task in prange(n_tasks):
         buf = np.empty((_ROW_BLOCK, dim), dtype=np.float32)
-        mx = np.empty(max(max_chunks, 1) * _LANES, dtype=np.float32)
+        mx = np.empty(max(max_chunks, 1) * LANES, dtype=np.float32)
         for p in range(task * _PAIRS_PER_TASK, min(n_pairs, (task + 1) * _PAIRS_PER_TASK)):
             qi = p // n_cand
             ci = p - qi * n_cand
@@ -265,7 +265,7 @@ def _grouped_pairs_kernel(qp, q_chunks, q_ntok, tokens, doc_offsets, pair_q, pai
     n_tasks = (n_groups + _GROUPS_PER_TASK - 1) // _GROUPS_PER_TASK
     for task in prange(n_tasks):
         buf = np.empty((max(buf_rows, _ROW_BLOCK), dim), dtype=np.float32)
-        mx = np.empty(max(max_chunks, 1) * _LANES, dtype=np.float32)
+        mx = np.empty(max(max_chunks, 1) * LANES, dtype=np.float32)
         for g in range(task * _GROUPS_PER_TASK, min(n_groups, (task + 1) * _GROUPS_PER_TASK)):
             p0, p1 = group_starts[g], group_starts[g + 1]
             d = pair_d[p0]
@@ -283,10 +283,10 @@ def _grouped_pairs_kernel(qp, q_chunks, q_ntok, tokens, doc_offsets, pair_q, pai
             for p in range(p0, p1):
                 qi = pair_q[p]
                 c0, c1 = q_chunks[qi], q_chunks[qi + 1]
-                for j in range((c1 - c0) * _LANES):
+                for j in range((c1 - c0) * LANES):
                     mx[j] = -np.inf
                 for c in range(c0, c1):
-                    _tile_max(qp, c, rows, r0, r0 + (stop - start), mx, (c - c0) * _LANES)
+                    _tile_max(qp, c, rows, r0, r0 + (stop - start), mx, (c - c0) * LANES)
                 s = np.float32(0.0)
                 for j in range(q_ntok[qi]):
                     s += mx[j]
@@ -302,7 +302,7 @@ def _exhaustive_kernel(qp, lane_offsets, tokens, doc_offsets, d0, d1, allowed, u
     n_tasks = (n_docs + _DOCS_PER_TASK - 1) // _DOCS_PER_TASK
     for task in prange(n_tasks):
         buf = np.empty((_ROW_BLOCK, dim), dtype=np.float32)
-        mx = np.empty(max(n_chunks, 1) * _LANES, dtype=np.float32)
+        mx = np.empty(max(n_chunks, 1) * LANES, dtype=np.float32)
         for d in range(d0 + task * _DOCS_PER_TASK, min(d1, d0 + (task + 1) * _DOCS_PER_TASK)):
             if use_mask and allowed[d] == 0:
                 for i in range(n_q):
@@ -324,11 +324,11 @@ def _check_store(tokens, doc_offsets, full: bool):
     if isinstance(tokens, (Int8Rows, ResidualRows)):
         store = _check_codes(tokens)
     else:
-        _check_array("tokens", tokens, (np.float16, np.float32), 2)
+        check_array("tokens", tokens, (np.float16, np.float32), 2)
         store = tokens.view(np.uint16) if tokens.dtype == np.float16 else tokens
-        store = _readonly(store)
+        store = readonly(store)
     n_tokens, dim = store_shape(tokens)
-    _check_array("doc_offsets", doc_offsets, (np.int64,), 1)
+    check_array("doc_offsets", doc_offsets, (np.int64,), 1)
     if dim < 1:
         raise ValueError(f"tokens must have dim >= 1, got dim {dim}")
     if doc_offsets.size < 1 or doc_offsets[0] != 0 or doc_offsets[-1] != n_tokens:
@@ -338,18 +338,18 @@ def _check_store(tokens, doc_offsets, full: bool):
         )
     if full and doc_offsets.size > 1 and bool(np.any(doc_offsets[1:] < doc_offsets[:-1])):
         raise ValueError("doc_offsets must be non-decreasing")
-    return store, _readonly(doc_offsets)
+    return store, readonly(doc_offsets)
 
 
 def _check_codes(store):
     """Validate a compressed store's arrays (shapes and dtypes only: codes are not scanned)."""
-    _check_array("tokens.rows", store.rows, (np.uint8,), 2)
+    check_array("tokens.rows", store.rows, (np.uint8,), 2)
     if isinstance(store, Int8Rows):
         if store.rows.shape[1] < 3:
             raise ValueError(f"tokens.rows of an Int8Rows store must have dim + 2 >= 3 columns, got {store.rows.shape}")
-        return Int8Rows(_readonly(store.rows))
-    _check_array("tokens.centroids", store.centroids, (np.float32,), 2)
-    _check_array("tokens.table", store.table, (np.float32,), 2)
+        return Int8Rows(readonly(store.rows))
+    check_array("tokens.centroids", store.centroids, (np.float32,), 2)
+    check_array("tokens.table", store.table, (np.float32,), 2)
     n_buckets, dim = store.table.shape
     if n_buckets not in (2, 4, 16) or dim != store.centroids.shape[1]:
         raise ValueError(
@@ -366,10 +366,10 @@ def _check_codes(store):
             f"tokens.rows has {store.rows.shape[1]} columns: {id_bytes} bytes of centroid id before the "
             f"{n_bytes} code bytes do not fit {store.centroids.shape[0]} centroids"
         )
-    _check_array("tokens.lanes", store.lanes, (np.float32,), 2)
+    check_array("tokens.lanes", store.lanes, (np.float32,), 2)
     if not np.array_equal(store.lanes, residual_lanes(store.table)):
         raise ValueError("tokens.lanes is not residual_lanes(tokens.table) (build stores with retriever_kernels.codes.residual_rows)")
-    return ResidualRows(_readonly(store.rows), _readonly(store.centroids), _readonly(store.table), _readonly(store.lanes))
+    return ResidualRows(readonly(store.rows), readonly(store.centroids), readonly(store.table), readonly(store.lanes))
 
 
 def _check_doc_ids(name: str, ids: np.ndarray, doc_offsets: np.ndarray, n_tokens: int) -> None:
@@ -391,8 +391,8 @@ def _check_doc_ids(name: str, ids: np.ndarray, doc_offsets: np.ndarray, n_tokens
 
 
 def _check_queries(q_vectors, q_offsets, dim: int) -> None:
-    _check_array("q_vectors", q_vectors, (np.float32,), 2)
-    _check_array("q_offsets", q_offsets, (np.int64,), 1)
+    check_array("q_vectors", q_vectors, (np.float32,), 2)
+    check_array("q_offsets", q_offsets, (np.int64,), 1)
     if q_vectors.shape[1] != dim:
         raise ValueError(f"q_vectors dim {q_vectors.shape[1]} does not match tokens dim {dim}")
     if q_offsets.size < 1 or q_offsets[0] != 0 or q_offsets[-1] != q_vectors.shape[0]:
@@ -406,19 +406,19 @@ def _check_queries(q_vectors, q_offsets, dim: int) -> None:
 
 def _pack_lanes(q_vectors: np.ndarray, lanes: np.ndarray, n_chunks: int) -> np.ndarray:
     """Scatter query token ``t`` into lane ``lanes[t]`` of a zeroed (n_chunks, dim, 32) array."""
-    qp = np.zeros((n_chunks, q_vectors.shape[1], _LANES), dtype=np.float32)
-    qp[lanes // _LANES, :, lanes % _LANES] = q_vectors
+    qp = np.zeros((n_chunks, q_vectors.shape[1], LANES), dtype=np.float32)
+    qp[lanes // LANES, :, lanes % LANES] = q_vectors
     return qp
 
 
 def _pack_per_query(q_vectors: np.ndarray, q_offsets: np.ndarray):
     """Each query starts on a fresh chunk: returns (qp, q_chunks (n_q+1,), q_ntok (n_q,), max_chunks)."""
     q_ntok = np.diff(q_offsets)
-    n_chunks = (q_ntok + _LANES - 1) // _LANES
+    n_chunks = (q_ntok + LANES - 1) // LANES
     q_chunks = np.zeros(q_ntok.size + 1, dtype=np.int64)
     np.cumsum(n_chunks, out=q_chunks[1:])
     query_of = np.repeat(np.arange(q_ntok.size), q_ntok)
-    lanes = q_chunks[query_of] * _LANES + (np.arange(q_vectors.shape[0]) - q_offsets[query_of])
+    lanes = q_chunks[query_of] * LANES + (np.arange(q_vectors.shape[0]) - q_offsets[query_of])
     qp = _pack_lanes(q_vectors, lanes, int(q_chunks[-1]))
     return qp, q_chunks, q_ntok.astype(np.int64), int(n_chunks.max(initial=0))
 
@@ -426,16 +426,16 @@ def _pack_per_query(q_vectors: np.ndarray, q_offsets: np.ndarray):
 def _pack_all(q_vectors: np.ndarray) -> np.ndarray:
     """All query tokens lane after lane (queries share chunks): for the exhaustive kernel."""
     n = q_vectors.shape[0]
-    return _pack_lanes(q_vectors, np.arange(n), (n + _LANES - 1) // _LANES)
+    return _pack_lanes(q_vectors, np.arange(n), (n + LANES - 1) // LANES)
 
 
 def _check_allowed(allowed, n_docs: int) -> tuple[np.ndarray, bool]:
     if allowed is None:
-        return _readonly(np.ones(1, dtype=np.uint8)), False
-    _check_array("allowed", allowed, (np.uint8, np.bool_), 1)
+        return readonly(np.ones(1, dtype=np.uint8)), False
+    check_array("allowed", allowed, (np.uint8, np.bool_), 1)
     if allowed.shape[0] != n_docs:
         raise ValueError(f"allowed must have shape ({n_docs},) (one entry per document), got {allowed.shape}")
-    return _readonly(allowed.view(np.uint8)), True
+    return readonly(allowed.view(np.uint8)), True
 
 
 # --------------------------------------------------------------------------------------
@@ -469,11 +469,11 @@ def maxsim_scores(query: np.ndarray, tokens: np.ndarray, doc_offsets: np.ndarray
     [5.0, 2.0, -inf]
     """
     store, offsets = _check_store(tokens, doc_offsets, full=False)
-    _check_array("query", query, (np.float32,), 2)
+    check_array("query", query, (np.float32,), 2)
     n_tokens, dim = store_shape(tokens)
     if query.shape[1] != dim:
         raise ValueError(f"query dim {query.shape[1]} does not match tokens dim {dim}")
-    _check_array("doc_idx", doc_idx, (np.int64,), 1)
+    check_array("doc_idx", doc_idx, (np.int64,), 1)
     _check_doc_ids("doc_idx", doc_idx, doc_offsets, n_tokens)
     q_offsets = np.array([0, query.shape[0]], dtype=np.int64)
     return _score_pairs(query, q_offsets, store, offsets, doc_idx.reshape(1, -1))[0]
@@ -502,7 +502,7 @@ def maxsim_scores_batch(
     """
     store, offsets = _check_store(tokens, doc_offsets, full=False)
     _check_queries(q_vectors, q_offsets, store_shape(tokens)[1])
-    _check_array("candidates", candidates, (np.int64,), 2)
+    check_array("candidates", candidates, (np.int64,), 2)
     if candidates.shape[0] != q_offsets.size - 1:
         raise ValueError(f"candidates has {candidates.shape[0]} rows but q_offsets describes {q_offsets.size - 1} queries")
     _check_doc_ids("candidates", candidates, doc_offsets, store_shape(tokens)[0])
@@ -515,7 +515,7 @@ def _score_pairs(q_vectors, q_offsets, store, offsets, candidates) -> np.ndarray
         return out
     qp, q_chunks, q_ntok, max_chunks = _pack_per_query(q_vectors, q_offsets)
     if candidates.shape[0] == 1:  # one query: no document is shared
-        _pairs_kernel(qp, q_chunks, q_ntok, store, offsets, _readonly(candidates), max_chunks, out)
+        _pairs_kernel(qp, q_chunks, q_ntok, store, offsets, readonly(candidates), max_chunks, out)
         return out
     # a batch: group the (query, candidate) pairs by document, so a document shared by several queries'
     # candidate lists is decoded once (the conversion costs about as much as one 32-lane chunk of scoring)
@@ -559,7 +559,7 @@ def maxsim_exhaustive(
     mask, use_mask = _check_allowed(allowed, n_docs)
     out = np.empty((q_offsets.size - 1, n_docs), dtype=np.float32)
     if out.size:
-        _exhaustive_kernel(_pack_all(q_vectors), _readonly(q_offsets), store, offsets, 0, n_docs, mask, use_mask, out)
+        _exhaustive_kernel(_pack_all(q_vectors), readonly(q_offsets), store, offsets, 0, n_docs, mask, use_mask, out)
     return out
 
 
@@ -592,7 +592,7 @@ def maxsim_exhaustive_topk(
     """
     store, offsets = _check_store(tokens, doc_offsets, full=True)
     _check_queries(q_vectors, q_offsets, store_shape(tokens)[1])
-    k = _check_k(k)
+    k = check_k(k)
     n_docs = doc_offsets.size - 1
     mask, use_mask = _check_allowed(allowed, n_docs)
     n_q = q_offsets.size - 1
@@ -601,16 +601,16 @@ def maxsim_exhaustive_topk(
     sizes = np.zeros(n_q, dtype=np.int64)
     if n_q and n_docs:
         qp = _pack_all(q_vectors)
-        lane_offsets = _readonly(q_offsets)
+        lane_offsets = readonly(q_offsets)
         step = max(256, _TOPK_BLOCK_BYTES // (4 * n_q))
         block = np.empty(n_q * min(step, n_docs), dtype=np.float32)
         for d0 in range(0, n_docs, step):
             d1 = min(n_docs, d0 + step)
             part = block[: n_q * (d1 - d0)].reshape(n_q, d1 - d0)
             _exhaustive_kernel(qp, lane_offsets, store, offsets, d0, d1, mask, use_mask, part)
-            _push_block_kernel(part, d0, heap_s, heap_i, sizes)
+            push_block_kernel(part, d0, heap_s, heap_i, sizes)
     if n_q:
-        _finish_heaps_kernel(heap_s, heap_i, sizes)
+        finish_heaps_kernel(heap_s, heap_i, sizes)
     return heap_i, heap_s
 
 

@@ -71,7 +71,7 @@ import operator
 import numpy as np
 from numba import get_num_threads, njit, prange
 
-from .topk import _check_array, _readonly
+from .topk import check_array, readonly
 
 __all__ = ["pool_tokens", "pool_tokens_with_rows", "pooled_lengths"]
 
@@ -347,8 +347,8 @@ def pooled_lengths(lengths: np.ndarray, pool_factor: int) -> np.ndarray:
 
 def _pool(vectors, offsets, pool_factor, want_rows: bool):
     """Validate, then run the kernel: (pooled, new_offsets, rows or None)."""
-    _check_array("vectors", vectors, (np.float32,), 2)
-    _check_array("offsets", offsets, (np.int64,), 1)
+    check_array("vectors", vectors, (np.float32,), 2)
+    check_array("offsets", offsets, (np.int64,), 1)
     pool_factor = _check_pool_factor(pool_factor)
     n_tokens = vectors.shape[0]
     if offsets.size == 0:
@@ -374,7 +374,7 @@ def _pool(vectors, offsets, pool_factor, want_rows: bool):
     n_docs = offsets.size - 1
     # Enough tasks to balance the threads, few enough to amortise the scratch allocation.
     docs_per_task = max(1, min(_DOCS_PER_TASK, n_docs // (8 * get_num_threads())))
-    _pool_kernel(_readonly(vectors), _readonly(offsets), _readonly(new_offsets), docs_per_task, out, rows)
+    _pool_kernel(readonly(vectors), readonly(offsets), readonly(new_offsets), docs_per_task, out, rows)
     return out, new_offsets, (rows if want_rows else None)
 
 

@@ -143,7 +143,7 @@ def _topk_candidates_kernel(candidates, scores, out_i, out_s):
 
 
 @njit(parallel=True, cache=True)
-def _push_block_kernel(block, id0, heap_s, heap_i, sizes):
+def push_block_kernel(block, id0, heap_s, heap_i, sizes):
     """Offer ``block[r, j]`` with id ``id0 + j`` to the running heap of row ``r``."""
     n_rows, n = block.shape
     for r in prange(n_rows):
@@ -156,7 +156,7 @@ def _push_block_kernel(block, id0, heap_s, heap_i, sizes):
 
 
 @njit(parallel=True, cache=True)
-def _finish_heaps_kernel(heap_s, heap_i, sizes):
+def finish_heaps_kernel(heap_s, heap_i, sizes):
     for r in prange(heap_s.shape[0]):
         _heap_finish(heap_s[r], heap_i[r], sizes[r])
 
@@ -164,7 +164,7 @@ def _finish_heaps_kernel(heap_s, heap_i, sizes):
 # --------------------------------------------------------------------------------------
 # validation helpers (shared with retriever_kernels.maxsim)
 # --------------------------------------------------------------------------------------
-def _check_k(k) -> int:
+def check_k(k) -> int:
     if isinstance(k, (bool, np.bool_)) or not isinstance(k, numbers.Integral):
         raise TypeError(f"k must be an integer, got {type(k).__name__} {k!r}")
     if k < 1:
@@ -172,7 +172,7 @@ def _check_k(k) -> int:
     return int(k)
 
 
-def _check_array(name: str, a, dtypes, ndim: int) -> np.ndarray:
+def check_array(name: str, a, dtypes, ndim: int) -> np.ndarray:
     """Check type, dtype, ndim and C-contiguity of a public argument; never copies."""
     if not isinstance(a, np.ndarray):
         raise TypeError(f"{name} must be a numpy array, got {type(a).__name__}")
@@ -186,7 +186,7 @@ def _check_array(name: str, a, dtypes, ndim: int) -> np.ndarray:
     return a
 
 
-def _readonly(a: np.ndarray) -> np.ndarray:
+def readonly(a: np.ndarray) -> np.ndarray:
     """A read-only base-class view, so that kernels compile once whatever the caller passes."""
     v = np.ndarray.view(a, np.ndarray)
     v.flags.writeable = False
@@ -220,13 +220,13 @@ def topk(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     >>> idx.tolist(), vals.tolist()
     ([[1, 3, 0, -1]], [[2.0, 2.0, 0.5, -inf]])
     """
-    _check_array("scores", scores, (np.float32,), 2)
-    k = _check_k(k)
+    check_array("scores", scores, (np.float32,), 2)
+    k = check_k(k)
     n_rows = scores.shape[0]
     out_i = np.empty((n_rows, k), dtype=np.int64)
     out_s = np.empty((n_rows, k), dtype=np.float32)
     if n_rows:
-        _topk_kernel(_readonly(scores), out_i, out_s)
+        _topk_kernel(readonly(scores), out_i, out_s)
     return out_i, out_s
 
 
@@ -259,14 +259,14 @@ def topk_candidates(candidates: np.ndarray, scores: np.ndarray, k: int) -> tuple
     >>> ids.tolist(), vals.tolist()
     ([[3, 7, -1]], [[1.0, 1.0, -inf]])
     """
-    _check_array("candidates", candidates, (np.int64,), 2)
-    _check_array("scores", scores, (np.float32,), 2)
+    check_array("candidates", candidates, (np.int64,), 2)
+    check_array("scores", scores, (np.float32,), 2)
     if scores.shape != candidates.shape:
         raise ValueError(f"scores shape {scores.shape} must equal candidates shape {candidates.shape}")
-    k = _check_k(k)
+    k = check_k(k)
     n_rows = candidates.shape[0]
     out_i = np.empty((n_rows, k), dtype=np.int64)
     out_s = np.empty((n_rows, k), dtype=np.float32)
     if n_rows:
-        _topk_candidates_kernel(_readonly(candidates), _readonly(scores), out_i, out_s)
+        _topk_candidates_kernel(readonly(candidates), readonly(scores), out_i, out_s)
     return out_i, out_s

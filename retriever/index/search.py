@@ -1,0 +1,182 @@
+"""The search pipeline over arrays: candidates (FDEs in FAISS, or the token centroid stage of
+``retriever.candidates.centroids``), then exact MaxSim rerank.
+
+``Retriever.search`` validates inputs and calls :func:`search_fde` or :func:`search_exact`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from retriever_kernels.maxsim import LANES, maxsim_exhaustive_topk, maxsim_scores_batch
+from retriever_kernels.topk import topk_candidates
+
+from retriever.candidates.ann import faiss_search
+from retriever.candidates.centroids import auto_candidates
+from retriever.store.tokens import TokenEmbeddings
+
+__all__ = ["SearchResults", "search_fde", "search_candidates", "search_exact", "auto_n_candidates", "AUTO_N_SCALE",
+           "exhaustive_is_cheaper", "candidate_stage", "auto_rule"]
+
+#: ``n_candidates="auto"`` fetches ``AUTO_N_SCALE * sqrt(n_docs)`` documents (at least ``10 * k``, at
+#: most every document). FDE candidate recall falls as the corpus grows, so N must grow, but
+#: much slower than the corpus. Chosen on tuning queries only (never test queries), as the constant
+#: that keeps Chamfer recall@10 near 0.97 across sizes: NFCorpus dev needs N=1,500 of 3,633 docs
+#: (25 sqrt(n)) for 0.986 and 1,000 (17 sqrt(n)) for 0.970; SciFact train N=700 of 5,183 (10 sqrt(n))
+#: for 0.986 (bench/results/tuning.md); the 100k synthetic corpus (bench/scale.py --split tune) 0.935 at
+#: N=4,000 (13 sqrt(n)) and 0.969 at 8,000 (25 sqrt(n)). 20 sqrt(n): 1,205 / 1,440 / 6,325 documents.
+AUTO_N_SCALE = 20.0
+
+
+def auto_n_candidates(n_docs: int, k: int) -> int:
+    """The number of FDE candidates ``n_candidates="auto"`` reranks for ``n_docs`` searchable documents."""
+    return int(min(max(n_docs, 1), max(10 * int(k), round(AUTO_N_SCALE * float(n_docs) ** 0.5))))
+
+
+def candidate_stage(has_centroids: bool, mode: str) -> str:
+    """The candidate stage a search in ``mode`` uses: ``"centroids"`` when the index (every shard) has
+    the token centroid stage and ``mode`` is "auto" or "centroids", else ``"fde"``."""
+    return "centroids" if has_centroids and mode in ("auto", "centroids") else "fde"
+
+
+def auto_rule(stage: str):
+    """The ``n_candidates="auto"`` rule ``(n_docs, k) -> N`` of a candidate stage: the centroid stage's
+    :func:`retriever.candidates.centroids.auto_candidates` or the FDEs' :func:`auto_n_candidates`."""
+    return auto_candidates if stage == "centroids" else auto_n_candidates
+
+
+def exhaustive_is_cheaper(query_lengths: np.ndarray, n_candidates: int, n_docs: int, margin: float = 1.25) -> bool:
+    """Whether exhaustive MaxSim over ``n_docs`` documents costs less than reranking ``n_candidates`` per query.
+
+    Cost model of the two kernels (``retriever_kernels.maxsim``), in "document token x 32-lane chunk" steps, with
+    converting a token to float32 counted as one step (int8: ~17 ns against ~20 ns for 32 lanes x 128
+    dims): the rerank runs ``ceil(len_q / 32)`` chunks per (query, candidate) pair and converts each
+    distinct candidate document once for the batch (at most ``n_docs``, at most ``N * n_queries``); the
+    exhaustive kernel converts every document once and runs ``ceil(sum(len_q) / 32)`` chunks on it
+    (queries packed lane after lane). For one query this is the plain ``n_candidates >= n_docs`` rule;
+    for a batch of short queries on a small corpus the exhaustive pass is cheaper, and exact. ``margin``:
+    exhaustive is chosen only when estimated that many times cheaper (the FAISS stage is left out).
+    Measured (BEIR test batches, int8, batch rerank grouped by document): NFCorpus, 323 queries of 7
+    tokens on average, N=1,205 of 3,633 documents: pipeline 1.98 s, exhaustive 1.23 s (the model: 1.5x
+    cheaper); SciFact, 300 queries of 23 tokens, N=1,440 of 5,183: pipeline 2.5 s, exhaustive 5.1 s (the
+    model: 0.39x as cheap).
+    """
+    lengths = np.asarray(query_lengths, dtype=np.int64)
+    if lengths.size == 0:
+        return False
+    chunks = (lengths + LANES - 1) // LANES
+    pairs = float(n_candidates) * float(chunks.sum()) + float(min(n_docs, n_candidates * lengths.size))
+    whole = float(n_docs) * float((int(lengths.sum()) + LANES - 1) // LANES + 1)
+    return margin * whole <= pairs
+
+
+@dataclass(frozen=True)
+class SearchResults:
+    """Top-k results for a batch of queries; row i answers query i.
+
+    Attributes
+    ----------
+    ids : ndarray (n_queries, k)
+        External document ids, best first. int64 padded with -1 for integer ids;
+        object (str) padded with None for string ids.
+    scores : float32 ndarray (n_queries, k)
+        MaxSim (late-interaction) similarities, descending; -inf where padded.
+    rows : int64 ndarray (n_queries, k)
+        Internal document rows of the index, -1 where padded.
+    shards : int64 ndarray (n_queries, k) or None
+        For a sharded index (``retriever.cluster.shards``): the shard of each hit (``rows`` are rows
+        within it), -1 where padded. None for a single index.
+    missing_shards : tuple of int
+        Shards that did not answer a search made with ``allow_partial=True`` (Ray backend): the
+        results then cover the other shards only. Empty when complete.
+    documents : callable or None
+        ``(rows, shards) -> [dict or None]``: the index's document store, read by :meth:`hits`
+        (None: the index stores no documents). Not compared, not shown.
+    """
+
+    ids: np.ndarray
+    scores: np.ndarray
+    rows: np.ndarray
+    shards: np.ndarray | None = None
+    missing_shards: tuple = ()
+    documents: object = field(default=None, repr=False, compare=False)
+
+    def __len__(self) -> int:
+        return int(self.scores.shape[0])
+
+    def to_list(self) -> list[list[tuple[object, float]]]:
+        """Per query, the list of (id, score) pairs without padding."""
+        out = []
+        for ids, scores, rows in zip(self.ids, self.scores, self.rows):
+            keep = rows >= 0
+            out.append([(_py(i), float(s)) for i, s in zip(ids[keep], scores[keep])])
+        return out
+
+    def hits(self) -> list[list[dict]]:
+        """Per query, one dict per hit (best first, padding left out): ``id`` and ``score``, and, when the
+        index stores documents, ``title``, ``text`` and ``metadata`` (one store read for the whole batch)."""
+        keep = self.rows >= 0
+        stored = None
+        if self.documents is not None:
+            stored = iter(self.documents(self.rows[keep], None if self.shards is None else self.shards[keep]))
+        out = []
+        for q in range(self.rows.shape[0]):
+            hits = []
+            for j in np.flatnonzero(keep[q]):
+                hit = {"id": _py(self.ids[q, j]), "score": float(self.scores[q, j])}
+                if stored is not None:
+                    doc = next(stored)
+                    if doc is not None:
+                        hit.update(doc)
+                hits.append(hit)
+            out.append(hits)
+        return out
+
+
+def _py(x):
+    return x.item() if isinstance(x, np.generic) else x
+
+
+def search_fde(
+    queries: TokenEmbeddings,
+    query_fdes: np.ndarray,
+    faiss_index,
+    tokens: np.ndarray,
+    doc_offsets: np.ndarray,
+    *,
+    k: int,
+    n_candidates: int,
+    ef_search: int | None = None,
+    nprobe: int | None = None,
+    allowed: np.ndarray | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Candidates by FDE inner product, reranked by exact MaxSim.
+
+    Returns (rows int64 (n_q, k), scores float32 (n_q, k)), padded with -1 / -inf.
+    """
+    cand = faiss_search(faiss_index, query_fdes, n_candidates, ef_search=ef_search, nprobe=nprobe, allowed=allowed)
+    return search_candidates(queries, cand, tokens, doc_offsets, k=k)
+
+
+def search_candidates(queries: TokenEmbeddings, candidates: np.ndarray, tokens: np.ndarray, doc_offsets: np.ndarray,
+                      *, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Exact MaxSim rerank of candidate rows (int64 (n_q, N), -1 padded) down to the top ``k``."""
+    scores = maxsim_scores_batch(queries.vectors, queries.offsets, tokens, doc_offsets, candidates)
+    return topk_candidates(candidates, scores, k)
+
+
+def search_exact(
+    queries: TokenEmbeddings,
+    tokens: np.ndarray,
+    doc_offsets: np.ndarray,
+    *,
+    k: int,
+    allowed: np.ndarray | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Exhaustive MaxSim over every (allowed) document: the exact answer.
+
+    Returns (rows int64 (n_q, k), scores float32 (n_q, k)), padded with -1 / -inf.
+    """
+    return maxsim_exhaustive_topk(queries.vectors, queries.offsets, tokens, doc_offsets, k, allowed=allowed)
