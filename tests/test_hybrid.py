@@ -24,6 +24,7 @@ from retriever.candidates.fde import FDEConfig
 from retriever.hybrid.fusion import FusionConfig, HybridConfig, fuse
 from retriever.index.config import IndexConfig
 from retriever.index.retriever import Retriever
+from retriever.cluster.shards import ShardedRetriever
 from retriever.hybrid.lexical import ENGLISH_STOPWORDS, Analyzer, BM25Config, LexicalIndex
 
 FIXTURES = REPO / "tests" / "fixtures" / "encoder"
@@ -416,3 +417,58 @@ def test_hybrid_search_with_the_token_centroid_stage(encoder, method):
         np.testing.assert_array_equal(res.rows[i, : rows.size], rows)
         np.testing.assert_allclose(res.scores[i, : rows.size], scores, rtol=1e-4, atol=1e-4)
     assert r.search(QUERIES, k=5).ids.tolist() == r.search(QUERIES, k=5, mode="centroids").ids.tolist()
+
+
+# -- long queries: their own fusion weights and depth ---------------------------------------------
+
+LONG = " ".join(_texts(1, seed=5, lo=150, hi=151)[0].split()[:150])  # far past 64 tokens
+
+
+def test_fusion_config_long_query_fields():
+    f = FusionConfig()
+    assert f.long_weights == (0.5, 1.0, 1.0) and f.long_depth == 400 and f.long_query_tokens == 64
+    assert FusionConfig.from_dict(json.loads(json.dumps(f.to_dict()))) == f
+    old = {"method": "zscore", "weights": [1, 1, 1], "depth": 100, "rrf_k": 60}  # a manifest before these fields
+    assert FusionConfig.from_dict(old) == f  # query-side: old indexes rank long queries the new way
+    assert f.for_length(64) == FusionConfig(long_weights=None)
+    assert f.for_length(65) == FusionConfig(weights=(0.5, 1, 1), depth=400, long_weights=None)
+    assert [(g, idx.tolist()) for g, idx in f.groups([10, 70, 64, 65])] == [
+        (f.for_length(1), [0, 2]), (f.for_length(99), [1, 3])]
+    assert FusionConfig(long_weights=None).groups([10, 500])[0][1].tolist() == [0, 1]
+    for kw, field in (({"long_weights": (1, 1)}, "long_weights"), ({"long_weights": (0, 0, 0)}, "long_weights"),
+                      ({"long_depth": 0}, "long_depth"), ({"long_query_tokens": 0}, "long_query_tokens")):
+        with pytest.raises(ValueError, match=f"FusionConfig.{field}"):
+            FusionConfig(**kw)
+
+
+def test_a_long_query_is_fused_with_the_long_weights(hindex, encoder):
+    # the fixture encoder keeps at most 24 query tokens: the threshold is lowered to make its queries "long"
+    n_tokens = int(encoder.encode_queries([LONG]).lengths[0])
+    fusion = FusionConfig(long_query_tokens=16)
+    assert n_tokens > 16
+    res = hindex.search([LONG], k=6, mode="exact", hybrid=fusion)
+    (rows, scores), = _brute_force(hindex, encoder, [LONG], 6, fusion.for_length(n_tokens))
+    np.testing.assert_array_equal(res.rows[0, : rows.size], rows)
+    np.testing.assert_allclose(res.scores[0, : rows.size], scores, rtol=1e-4, atol=1e-5)
+    flat = hindex.search([LONG], k=6, mode="exact", hybrid=FusionConfig(long_query_tokens=16, long_weights=None))
+    assert not np.allclose(flat.scores, res.scores)  # the rule changes the fused scores
+    short = hindex.search(QUERIES[:1], k=6, hybrid=fusion)
+    assert int(encoder.encode_queries(QUERIES[:1]).lengths[0]) <= 16
+    np.testing.assert_array_equal(short.rows, hindex.search(QUERIES[:1], k=6, hybrid=FusionConfig(long_weights=None)).rows)
+
+
+def test_a_mixed_batch_equals_its_groups_searched_apart(hindex, encoder):
+    fusion = FusionConfig(long_query_tokens=16)
+    batch = [QUERIES[0], LONG, QUERIES[1], LONG + " caffeine"]
+    lengths = encoder.encode_queries(batch).lengths
+    assert (lengths <= 16).any() and (lengths > 16).any()
+    both = hindex.search(batch, k=5, hybrid=fusion)
+    apart = [hindex.search([q], k=5, hybrid=fusion) for q in batch]
+    np.testing.assert_array_equal(both.rows, np.concatenate([a.rows for a in apart]))
+    np.testing.assert_allclose(both.scores, np.concatenate([a.scores for a in apart]), rtol=1e-5)
+    with pytest.raises(ValueError, match="mixes short and long queries"):
+        hindex.hybrid_union(batch, k=5, hybrid=fusion)
+    sr = ShardedRetriever.build(_docs(30), n_shards=2, encoder=encoder, config=CFG, show_progress=False)
+    sb = sr.search(batch, k=5, hybrid=fusion)
+    sa = [sr.search([q], k=5, hybrid=fusion) for q in batch]
+    assert sb.ids.tolist() == [a.ids.tolist()[0] for a in sa]

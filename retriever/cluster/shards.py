@@ -35,11 +35,11 @@ from tqdm.auto import tqdm
 
 from retriever.index import format as fmt
 from retriever.index.inputs import is_batch_item, is_embeddings, is_text_item, py_scalar, text_items
-from retriever.hybrid.fusion import fuse
+from retriever.hybrid.fusion import FusionConfig, fuse
 from retriever.index.config import IndexConfig
 from retriever.index.retriever import Retriever
 from retriever.index.inputs import texts_of_queries
-from retriever.index.search import SearchResults, auto_n_candidates, auto_rule, candidate_stage
+from retriever.index.search import SearchResults, merge_query_groups, auto_n_candidates, auto_rule, candidate_stage
 from retriever.core.storage import atomic_replace_dir, make_temp_dir_beside, recover_interrupted_swap
 from retriever.index.writer import WriteGuard
 from retriever.store.tokens import TokenEmbeddings, as_token_embeddings
@@ -580,6 +580,22 @@ def sharded_search(call, get_encoder, hybrid_config, live: list[int], queries, k
                 base_kw.update(query_texts=texts)
         queries = q
     fused = fused and base_kw.get("query_texts") is not None
+    if fused:  # short and long queries fuse with their own weights and depth (FusionConfig.long_weights)
+        fusion = hybrid if isinstance(hybrid, FusionConfig) else hybrid_config.fusion
+        queries = as_token_embeddings(queries)
+        groups = fusion.groups(queries.lengths)
+        if len(groups) > 1:
+            texts_all, pooled_all = base_kw["query_texts"], base_kw.get("query_pooled")
+            parts = []
+            for f, idx in groups:
+                kw = dict(kwargs, query_texts=[texts_all[i] for i in idx])
+                if pooled_all is not None:
+                    kw["query_pooled"] = np.asarray(pooled_all)[idx]
+                parts.append((idx, sharded_search(call, get_encoder, hybrid_config, live, queries.select(idx), k,
+                                                  hybrid=f, n_candidates=n_candidates, has_centroids=has_centroids,
+                                                  **kw)))
+            return merge_query_groups(parts, len(queries))
+        base_kw["hybrid"] = groups[0][0]
     cands = shard_candidates(n_candidates, k, kwargs.get("subset"), live,
                              auto_rule(candidate_stage(has_centroids, kwargs.get("mode", "auto"))))
     per_shard = [dict(base_kw, queries=queries, k=k, n_candidates=n) for n in cands]

@@ -46,6 +46,7 @@ from retriever.index.writer import WriteGuard
 from retriever.candidates.ann import faiss_search
 from retriever.index.search import (
     SearchResults,
+    merge_query_groups,
     auto_rule,
     candidate_stage,
     exhaustive_is_cheaper,
@@ -503,6 +504,20 @@ class Retriever:
         elif fusion is None and (query_texts is not None or query_pooled is not None):
             raise ValueError("query_texts / query_pooled serve hybrid searches only; this search is not one "
                              "(hybrid=False, or the index stores no hybrid signals)")
+        if fusion is not None:  # short and long queries are fused with their own weights and depth
+            groups = fusion.groups(q.lengths)
+            if len(groups) > 1:
+                if union_only:
+                    raise ValueError("hybrid_union: this batch mixes short and long queries, which fuse differently "
+                                     "(FusionConfig.long_weights); pass each group apart or a FusionConfig with "
+                                     "long_weights=None")
+                parts = [(idx, self._search(q.select(idx), k, n_candidates=n_candidates, mode=mode, ef_search=ef_search,
+                                            nprobe=nprobe, subset=subset, where=where, hybrid=f,
+                                            query_texts=[texts[i] for i in idx],
+                                            query_pooled=None if q_pooled is None else q_pooled[idx]))
+                         for f, idx in groups]
+                return merge_query_groups(parts, len(q))
+            fusion = groups[0][0]
         allowed = self._allowed_mask(subset, where)
         n_allowed = int(allowed.sum()) if allowed is not None else len(self.doc_ids)
         if auto:

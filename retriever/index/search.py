@@ -17,7 +17,7 @@ from retriever.candidates.ann import faiss_search
 from retriever.candidates.centroids import auto_candidates
 from retriever.store.tokens import TokenEmbeddings
 
-__all__ = ["SearchResults", "search_fde", "search_candidates", "search_exact", "auto_n_candidates", "AUTO_N_SCALE",
+__all__ = ["SearchResults", "merge_query_groups", "search_fde", "search_candidates", "search_exact", "auto_n_candidates", "AUTO_N_SCALE",
            "exhaustive_is_cheaper", "candidate_stage", "auto_rule"]
 
 #: ``n_candidates="auto"`` fetches ``AUTO_N_SCALE * sqrt(n_docs)`` documents (at least ``10 * k``, at
@@ -137,6 +137,25 @@ class SearchResults:
 
 def _py(x):
     return x.item() if isinstance(x, np.generic) else x
+
+
+def merge_query_groups(parts: list[tuple[np.ndarray, SearchResults]], n_queries: int) -> SearchResults:
+    """One result for a batch searched as groups of queries: ``parts`` = [(the group's query indices, its
+    results), ...] covering ``0 .. n_queries - 1``."""
+    first = parts[0][1]
+    k = first.ids.shape[1]
+    ids = np.empty((n_queries, k), dtype=first.ids.dtype)
+    scores = np.empty((n_queries, k), dtype=first.scores.dtype)
+    rows = np.empty((n_queries, k), dtype=first.rows.dtype)
+    shards = None if first.shards is None else np.empty((n_queries, k), dtype=first.shards.dtype)
+    missing: set = set()
+    for idx, res in parts:
+        ids[idx], scores[idx], rows[idx] = res.ids, res.scores, res.rows
+        if shards is not None:
+            shards[idx] = res.shards
+        missing.update(res.missing_shards)
+    return SearchResults(ids=ids, scores=scores, rows=rows, shards=shards, missing_shards=tuple(sorted(missing)),
+                         documents=first.documents)
 
 
 def search_fde(
