@@ -1,4 +1,4 @@
-"""The benchmark harness (retriever.evaluation.benchmark, bench/report.py) on a tiny synthetic BEIR collection.
+"""The benchmark harness (retriever.evaluation.benchmark, bench/beir/report.py) on a tiny synthetic BEIR collection.
 
 The encoder is the tiny Stanford-layout checkpoint of tests/fixtures/encoder; nothing here needs the
 real MiniLM or the real collections.
@@ -248,15 +248,17 @@ def test_cli_bench_appends_rows(tmp_path, capsys):
     assert [p["method"] for p in printed] == ["exhaustive", "fde", "hybrid", "fde", "hybrid"]
 
 
-def _load_script(name):
-    spec = importlib.util.spec_from_file_location(f"bench_{name}", REPO / "bench" / f"{name}.py")
+def _load_script(path):
+    """A script under bench/ (e.g. ``beir/report``) as a module."""
+    name = path.replace("/", "_")
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", REPO / "bench" / f"{path}.py")
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     return mod
 
 
 def test_report_writes_table_and_plot(bench_run, tmp_path, capsys):
-    report = _load_script("report")
+    report = _load_script("beir/report")
     results = tmp_path / "results.jsonl"
     lines = bench_run["results"].read_text().splitlines()
     stale = json.loads(lines[0])

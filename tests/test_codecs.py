@@ -328,7 +328,7 @@ def test_codecs_agree_with_float16_in_order_of_bits():
     for codec in ["int8", "residual4", "residual2", "residual1"]:
         got = build(docs, ids, config=_cfg(codec)).search(queries, k=10, mode="exact").ids
         agree[codec] = np.mean([len(set(a) & set(b)) / 10 for a, b in zip(got, truth)])
-    # measured on this noisy synthetic set: 0.99 / 0.80 / 0.58 / 0.41 (real text: bench/codecs.py)
+    # measured on this noisy synthetic set: 0.99 / 0.80 / 0.58 / 0.41 (real text: bench/beir/codec_sweep.py)
     assert agree["int8"] >= 0.97 and agree["residual4"] >= 0.7, agree
     assert agree["int8"] > agree["residual4"] > agree["residual2"] > agree["residual1"], agree
 

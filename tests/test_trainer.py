@@ -1,4 +1,4 @@
-"""Tests for retriever.training.trainer and retriever.training.pairs (tiny checkpoints; the real runs are in bench/train.py)."""
+"""Tests for retriever.training.trainer and retriever.training.pairs (tiny checkpoints; the real runs are in bench/training/train.py)."""
 
 from __future__ import annotations
 

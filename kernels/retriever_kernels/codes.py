@@ -32,7 +32,7 @@ token): per vector of 16 (AVX-512) or 8 dimensions, one broadcast of the code wo
 per code bit, and a tree of ``2**nbits - 1`` lane selects between the bucket rows of ``table``,
 then the centroid add; the squared norm accumulates in a vector, and at 128-d the whole row
 stays in registers until it is rescaled (about 15 / 18 / 27-44 ns per token at 1 / 2 / 4 bits on the
-development machine; ``bench/bench_maxsim.py``). Dimensions that are not a multiple of the vector
+development machine; ``bench/kernels/maxsim.py``). Dimensions that are not a multiple of the vector
 width take a plain scalar loop. At 4 bits the select tree is 15 selects per vector, so with AVX-512
 and 128 dimensions rows are decoded 16 at a time, dimension-major: the 16 tokens' code words are
 transposed in registers (lane = token), each dimension is one ``vpermps`` of its 16 bucket values

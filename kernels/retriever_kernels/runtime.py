@@ -5,7 +5,7 @@ thread pool: torch's (``torch/lib/libgomp.so.1``, the encoder's forward pass), f
 copy (FDE candidates) and the system's (numba's ``omp`` threading layer: every parallel kernel
 here). By default a libgomp worker spins for a while after each parallel region before it sleeps,
 so on a machine with few cores the idle pools burn the cores the busy one needs. Measured on a
-2-core AMD EPYC (Zen 4) with another process busy beside it (``bench/end_to_end.py`` and
+2-core AMD EPYC (Zen 4) with another process busy beside it (``bench/user_path/end_to_end.py`` and
 ``docs/performance.md`` hold the current figures): one text query's encoding took 845 ms at p50 with
 the default wait policy and 14 ms with ``OMP_WAIT_POLICY=PASSIVE``; 128 queries 6.4 s and 0.66 s.
 

@@ -76,7 +76,7 @@ def add_rows(index: faiss.Index, blocks, n_rows: int) -> None:
     An empty exact flat index gets its storage sized once and the blocks copied into it:
     ``index.add`` grows the storage geometrically, each growth holding the old and the new copy,
     so filling a build's Flat index block by block briefly needed up to twice its final size
-    (bench/bench_build_memory.py). Other index types, or one that already holds vectors, get
+    (bench/scale/build_memory.py). Other index types, or one that already holds vectors, get
     ``index.add`` per block. Raises ``ValueError`` (leaving a flat index empty) if the blocks
     do not hold exactly ``n_rows`` rows of ``index.d`` columns.
     """
@@ -193,7 +193,7 @@ def auto_factory(n_docs: int, dim: int) -> str:
     ``Flat`` below :data:`AUTO_FLAT_BELOW` documents; otherwise ``IVF1,PQ{dim/4}x4fs``: 4-bit
     fast-scan product quantisation with 4 dimensions per sub-quantiser, ``dim / 8`` bytes per
     document (1,280 B at the default 10,240 dims, 32x less than ``Flat``), scanned with SIMD
-    look-up tables. Measured on a 100k-document synthetic corpus (bench/scale.py, 200 tuning
+    look-up tables. Measured on a 100k-document synthetic corpus (bench/scale/scale.py, 200 tuning
     queries): the same candidate recall as ``Flat`` at N = 250..2,000 (0.632 / 0.839 against
     0.624 / 0.839) at 6.7 ms per single query instead of 163 ms; ``PQ{dim/8}x4fs`` halves
     bytes and scan time but loses 0.04-0.07 recall; IVF partitions of FDEs lose candidates

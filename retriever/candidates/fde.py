@@ -95,7 +95,7 @@ class FDEConfig:
         matrix with entries ``+-1/sqrt(projection_dimension)``; ``"ams_sketch"`` is the
         reference's sparse count-sketch (each input coordinate goes, with a random
         sign and no scaling, to one random output coordinate). Reference default:
-        identity. Default chosen by measurement (``bench/fde_projection_choice.py``,
+        identity. Default chosen by measurement (``bench/beir/fde_projection_choice.py``,
         SciFact MiniLM tokens mapped to 128-d, label-free "Chamfer recall@10 at N"): on
         1,000 documents and 200 train queries over 20 seeds the two are tied (N=50:
         0.852 vs 0.850 at (20, 5, 16), 0.791 vs 0.790 at (20, 5, 8); seed std ~0.008),

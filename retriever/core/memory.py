@@ -27,7 +27,7 @@ def release_freed_memory() -> None:
     without trimming and 100-120 MB larger with it. A call takes ~10 ms plus the cost of touching
     the returned pages again, so callers make it once per large unit of work: the encoder every
     64 forward passes and at the end of each call, the index builder after each 128-document
-    step (bench/bench_build_memory.py, bench/bench_encoder.py).
+    step (bench/scale/build_memory.py, bench/user_path/encoder_throughput.py).
     """
     if _MALLOC_TRIM is not None:
         _MALLOC_TRIM(0)

@@ -63,7 +63,7 @@ logger = logging.getLogger(__name__)
 DEFAULT_MODEL = "default"
 PUNCTUATION: tuple[str, ...] = tuple(string.punctuation)
 _ASSETS = Path(__file__).resolve().parents[1] / "assets"
-# The head shipped for the bundled default backbone (see bench/encoder_defaults.py).
+# The head shipped for the bundled default backbone (see bench/beir/encoder_defaults.py).
 _DEFAULT_HEAD_FILE = _ASSETS / "minilm_l6_gauss128.npy"
 _DTYPES = ("bfloat16", "float32")
 _WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
@@ -96,7 +96,7 @@ class EncoderConfig:
     """Everything that defines how text becomes token vectors (JSON-serialisable).
 
     The defaults are the configuration of the bundled default model, chosen by measurement in
-    ``bench/encoder_defaults.py`` (zero-shot BEIR SciFact and NFCorpus): no markers and no query
+    ``bench/beir/encoder_defaults.py`` (zero-shot BEIR SciFact and NFCorpus): no markers and no query
     expansion (both need a backbone trained with them; on all-MiniLM-L6-v2 they cost up to 0.2
     nDCG@10), punctuation skipped in documents (12% fewer tokens, same quality), queries capped at
     64 tokens (not padded), documents at the backbone's 512 (+0.018 / +0.004 nDCG@10 over 256,

@@ -23,7 +23,7 @@ ranks U by their fusion:
   of the document in U by signal ``s`` (ties by row).
 
 The fused score is what ``SearchResults.scores`` holds for a hybrid search. Weights, method and depth
-are chosen on training / dev queries (``bench/hybrid.py``) and recorded in the manifest.
+are chosen on training / dev queries (``bench/beir/hybrid_tuning.py``) and recorded in the manifest.
 """
 
 from __future__ import annotations
@@ -62,7 +62,7 @@ class FusionConfig:
         ``long_weights=None`` treats every query alike. Default (0.5, 1, 1) at depth 400: on paragraph
         queries MaxSim over hundreds of query tokens is the weakest signal and the wider union finds
         more of what the dense and BM25 signals rank well. Chosen on the long-query tuning set
-        (``bench/long_query_set.py``: +0.029 nDCG@10 on its tune and check halves) with SciFact train
+        (``bench/beir/long_query_set.py``: +0.029 nDCG@10 on its tune and check halves) with SciFact train
         and NFCorpus dev unchanged (their queries are short); see docs/hybrid.md.
     long_query_tokens : the query length (token vectors) above which ``long_weights`` apply.
     """

@@ -35,7 +35,7 @@ if TYPE_CHECKING:
 _TOKEN_SPOOL = "token_spool.npy"  # float16 (pooled) vectors awaiting a codec that must be trained first
 _CODE_ROWS = 1 << 16  # tokens encoded per step when a trained codec encodes the spool
 # Documents encoded per streaming step: bounds the float32 tokens held at once (128 encodes as
-# fast as 256 here; bench/bench_build_memory.py measures the peak).
+# fast as 256 here; bench/scale/build_memory.py measures the peak).
 _TEXT_BATCH = 128
 FAISS_ADD_ROWS = 256  # FDE rows computed and added to FAISS per step (10 MB at the default 10,240 dims)
 

@@ -25,7 +25,7 @@ __all__ = ["SearchResults", "merge_query_groups", "search_fde", "search_candidat
 #: much slower than the corpus. Chosen on tuning queries only (never test queries), as the constant
 #: that keeps Chamfer recall@10 near 0.97 across sizes: NFCorpus dev needs N=1,500 of 3,633 docs
 #: (25 sqrt(n)) for 0.986 and 1,000 (17 sqrt(n)) for 0.970; SciFact train N=700 of 5,183 (10 sqrt(n))
-#: for 0.986 (bench/results/tuning.md); the 100k synthetic corpus (bench/scale.py --split tune) 0.935 at
+#: for 0.986 (bench/results/tuning.md); the 100k synthetic corpus (bench/scale/scale.py --split tune) 0.935 at
 #: N=4,000 (13 sqrt(n)) and 0.969 at 8,000 (25 sqrt(n)). 20 sqrt(n): 1,205 / 1,440 / 6,325 documents.
 AUTO_N_SCALE = 20.0
 

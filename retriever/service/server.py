@@ -133,7 +133,7 @@ def _library_errors():
 class SearchService:
     """The index behind the HTTP API: searches, mutations and statistics, thread-safe.
 
-    Usable without HTTP (the tests and ``bench/bench_serve.py`` compare against it).
+    Usable without HTTP (the tests and ``bench/user_path/serve.py`` compare against it).
     """
 
     def __init__(self, index_path: str | os.PathLike, *, encoder=None, limits: ServerLimits | None = None,

@@ -9,8 +9,8 @@ kernel (``retriever_kernels.codes``). Choose one with ``IndexConfig(codec=CodecC
 ``int8`` (default)
     ``dim + 2`` bytes per token (130 at 128-d, 2x smaller): per-token scale, no training. On
     SciFact and NFCorpus its exact top-10 holds 99.5% of float16's with the same nDCG@10, and
-    decoding it in the MaxSim kernel costs less than converting float16 (bench/codecs.py,
-    bench/bench_maxsim.py), so it is the default.
+    decoding it in the MaxSim kernel costs less than converting float16 (bench/beir/codec_sweep.py,
+    bench/kernels/maxsim.py), so it is the default.
 ``residual`` with ``nbits`` in {1, 2, 4}
     PLAID / ColBERTv2 residual compression: k-means centroids over a bounded sample of the
     corpus's tokens (FAISS k-means), each token stored as its nearest centroid's id plus
@@ -124,7 +124,7 @@ def auto_n_centroids(n_tokens: int) -> int:
     unit length, the count matters little here. Exact top-10 agreement with float16 at 256 vs 2,048
     centroids: SciFact train 0.916 vs 0.921 (residual2), 0.969 vs 0.969 (residual4); NFCorpus dev
     0.872 vs 0.881, 0.940 vs 0.947; nDCG@10 within 0.002 either way; codec build time 2-7 s vs
-    9-24 s, against an encoder budget of 10% (``bench/codecs.py --splits tune --configs
+    9-24 s, against an encoder budget of 10% (``bench/beir/codec_sweep.py --splits tune --configs
     residual2:c=256 residual2:c=2048 residual4:c=256 residual4:c=2048``, rows in
     ``bench/results/codecs_tuning.jsonl``). Rerank speed does not depend on the count.
     """
