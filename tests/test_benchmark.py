@@ -25,7 +25,7 @@ from retriever.candidates.fde import FDEConfig
 from retriever.hybrid.fusion import HybridConfig
 from retriever.index.config import IndexConfig
 from retriever.index.retriever import Retriever
-from retriever.store.tokens import TokenEmbeddings
+
 
 FIXTURES = REPO / "tests" / "fixtures" / "encoder"
 CFG_A = IndexConfig(fde=FDEConfig(num_repetitions=3, num_simhash_projections=2, projection_dimension=4), codec="float16")

@@ -114,3 +114,35 @@ def test_relative_links_resolve(page):
         if not (page.parent / path).exists():
             broken.append(target)
     assert not broken, f"{page.relative_to(REPO)}: broken relative links {broken}"
+
+
+def _cli_commands(text: str) -> list[tuple[str, list[str]]]:
+    """(subcommand, --options) of every ``retriever SUBCOMMAND ...`` command in the README's bash blocks
+    (continuation lines, indented, belong to the command above)."""
+    out: list[tuple[str, list[str]]] = []
+    for lang, body in _blocks(text):
+        if lang not in ("bash", "sh"):
+            continue
+        for line in body.splitlines():
+            code = line.split("#", 1)[0]
+            m = re.match(r"\s*(?:\S*/)?retriever\s+([a-z]+)\b(.*)", code)
+            if m:
+                out.append((m.group(1), re.findall(r"(--[a-z][a-z0-9-]*)", m.group(2))))
+            elif out and line.startswith(" ") and "--" in code and not code.strip().startswith(("curl", ".venv", "-d")):
+                out[-1][1].extend(re.findall(r"(--[a-z][a-z0-9-]*)", code))
+    return out
+
+
+def test_every_cli_command_in_the_readme_exists_with_its_options():
+    """A renamed command or option fails here instead of in a user's terminal."""
+    from retriever.cli.main import build_parser
+
+    parser = build_parser()
+    sub = next(a for a in parser._actions if a.__class__.__name__ == "_SubParsersAction")  # argparse's own registry
+    commands = _cli_commands(README.read_text(encoding="utf-8"))
+    assert len(commands) >= 10
+    for name, options in commands:
+        assert name in sub.choices, f"README shows `retriever {name}`, which does not exist"
+        known = sub.choices[name]._option_string_actions
+        missing = [o for o in options if o not in known]
+        assert not missing, f"README shows `retriever {name}` with {missing}, which it does not take"
