@@ -44,7 +44,6 @@ from dataclasses import asdict, dataclass
 import faiss
 import numba
 import numpy as np
-
 from retriever_kernels.centroids import build_lists, build_token_lists, centroid_candidates, probe_cells
 
 from retriever.core.configs import check_keys, is_int

@@ -30,7 +30,6 @@ from dataclasses import asdict, dataclass, fields
 from numbers import Integral
 
 import numpy as np
-
 from retriever_kernels.fde import (
     PROJ_DENSE,
     PROJ_IDENTITY,

@@ -92,10 +92,9 @@ def _read_queries(path: Path) -> tuple[list[str], list[str]]:
 
 
 def cmd_search(args) -> int:
+    from retriever.cluster.shards import ShardedRetriever, is_sharded
     from retriever.evaluation.metrics import write_trec_run
     from retriever.index.retriever import Retriever
-
-    from retriever.cluster.shards import ShardedRetriever, is_sharded
 
     encoder = index_encoder_from_args(args, args.index)
     if is_sharded(args.index):
@@ -263,10 +262,9 @@ def cmd_centroids(args) -> int:
 
 
 def cmd_verify(args) -> int:
+    from retriever.cluster.shards import ShardedRetriever, is_sharded
     from retriever.index.format import IndexFormatError
     from retriever.index.retriever import Retriever
-
-    from retriever.cluster.shards import ShardedRetriever, is_sharded
 
     try:
         if is_sharded(args.index):

@@ -25,9 +25,9 @@ from pathlib import Path
 
 import numpy as np
 
+from retriever.cluster.shards import ShardedRetriever, read_sharded_manifest, sharded_search
 from retriever.index import format as fmt
 from retriever.index.search import SearchResults
-from retriever.cluster.shards import ShardedRetriever, read_sharded_manifest, sharded_search
 
 log = logging.getLogger(__name__)
 
@@ -352,10 +352,10 @@ def _read_chunk(path: Path):
 def _build_shard(chunk_paths: list[str], shard: int, n_shards: int, out_dir: str, config_dict: dict,
                  encoder_config: dict) -> int:
     """Build shard ``shard`` from the chunk files: the documents routed to it, in corpus order."""
+    from retriever.cluster.shards import shard_of
     from retriever.encoders.colbert import ColBERTEncoder, EncoderConfig
     from retriever.index.config import IndexConfig
     from retriever.index.retriever import Retriever
-    from retriever.cluster.shards import shard_of
     from retriever.store.tokens import TokenEmbeddings
 
     vecs, lens, pooled, ids, texts = [], [], [], [], []
@@ -407,8 +407,6 @@ def build_sharded_on_ray(documents, path, *, n_shards: int, config=None, encoder
 
     from tqdm.auto import tqdm
 
-    from retriever.index.inputs import text_items
-    from retriever.index.config import IndexConfig
     from retriever.cluster.shards import (
         ShardedRetriever,
         check_n_shards,
@@ -418,6 +416,8 @@ def build_sharded_on_ray(documents, path, *, n_shards: int, config=None, encoder
         write_top_manifest,
     )
     from retriever.core.storage import atomic_replace_dir, make_temp_dir_beside
+    from retriever.index.config import IndexConfig
+    from retriever.index.inputs import text_items
 
     n_shards = check_n_shards(n_shards)
     if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:

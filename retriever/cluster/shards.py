@@ -33,14 +33,13 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
-from retriever.index import format as fmt
-from retriever.index.inputs import is_batch_item, is_embeddings, is_text_item, py_scalar, text_items
-from retriever.hybrid.fusion import FusionConfig, fuse
-from retriever.index.config import IndexConfig
-from retriever.index.retriever import Retriever
-from retriever.index.inputs import texts_of_queries
-from retriever.index.search import SearchResults, merge_query_groups, auto_n_candidates, auto_rule, candidate_stage
 from retriever.core.storage import atomic_replace_dir, make_temp_dir_beside, recover_interrupted_swap
+from retriever.hybrid.fusion import FusionConfig, fuse
+from retriever.index import format as fmt
+from retriever.index.config import IndexConfig
+from retriever.index.inputs import is_batch_item, is_embeddings, is_text_item, py_scalar, text_items, texts_of_queries
+from retriever.index.retriever import Retriever
+from retriever.index.search import SearchResults, auto_n_candidates, auto_rule, candidate_stage, merge_query_groups
 from retriever.index.writer import WriteGuard
 from retriever.store.tokens import TokenEmbeddings, as_token_embeddings
 

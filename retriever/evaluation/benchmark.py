@@ -52,11 +52,11 @@ from pathlib import Path
 import numpy as np
 
 from retriever.core.beir import doc_text, load_beir
+from retriever.core.storage import file_sha256
 from retriever.evaluation.metrics import DEFAULT_METRICS, chamfer_recall, evaluate, run_from_arrays
 from retriever.index.config import IndexConfig
 from retriever.index.retriever import Retriever
 from retriever.index.search import auto_rule, candidate_stage
-from retriever.core.storage import file_sha256
 from retriever.store.tokens import TokenEmbeddings
 
 log = logging.getLogger(__name__)

@@ -32,7 +32,6 @@ import dataclasses
 from dataclasses import dataclass, field
 
 import numpy as np
-
 from retriever_kernels.dense import dense_scores_rows, dense_topk
 from retriever_kernels.maxsim import maxsim_scores_batch
 

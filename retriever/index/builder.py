@@ -17,16 +17,16 @@ from typing import TYPE_CHECKING, Iterator
 import numpy as np
 from tqdm.auto import tqdm
 
-from retriever.index import format as fmt
 from retriever.candidates.ann import add_rows, make_faiss_index, resolve_factory, train_index
 from retriever.candidates.centroids import CentroidConfig, CentroidIndex
-from retriever.store.codecs import TokenCodec
 from retriever.candidates.fde import FDEEncoder
-from retriever.hybrid.lexical import LexicalAppender, LexicalIndex
 from retriever.core.memory import release_freed_memory
 from retriever.core.storage import NpyAppender, NpyRowReader
+from retriever.hybrid.lexical import LexicalAppender, LexicalIndex
+from retriever.index import format as fmt
 from retriever.index.documents import DocumentRecord, DocumentStore
 from retriever.index.inputs import ids_array, py_scalar, validate_batch
+from retriever.store.codecs import TokenCodec
 from retriever.store.tokens import TokenEmbeddings
 
 if TYPE_CHECKING:

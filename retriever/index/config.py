@@ -10,7 +10,8 @@ import numpy as np
 from retriever.candidates.centroids import CentroidConfig
 from retriever.candidates.fde import FDEConfig
 from retriever.core.configs import check_keys
-from retriever.hybrid.fusion import NONE as NO_HYBRID, FusionConfig, HybridConfig
+from retriever.hybrid.fusion import NONE as NO_HYBRID
+from retriever.hybrid.fusion import FusionConfig, HybridConfig
 from retriever.store.codecs import CodecConfig
 
 __all__ = ["IndexConfig"]

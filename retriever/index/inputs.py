@@ -187,7 +187,6 @@ def text_items(items: Iterable, doc_ids) -> Iterator[DocumentRecord]:
 _NO_ID = object()
 
 
-
 def texts_of_queries(queries) -> list[str] | None:
     """The queries as a list of texts, or None when they are token embeddings."""
     if isinstance(queries, str):

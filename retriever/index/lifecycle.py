@@ -42,16 +42,19 @@ from typing import TYPE_CHECKING
 import faiss
 import numpy as np
 
-from retriever.index import format as fmt
 from retriever.candidates.ann import add_rows, make_faiss_index
+from retriever.core.storage import NpyAppender
+from retriever.hybrid.lexical import LexicalAppender
+from retriever.index import format as fmt
 from retriever.index.builder import (
     FAISS_ADD_ROWS,
-    pooled_tokens,
     check_signals,
     fill_centroids,
     fill_faiss,
+    pooled_tokens,
     stream_texts,
 )
+from retriever.index.documents import DocumentStore
 from retriever.index.inputs import (
     check_ids,
     ids_array,
@@ -61,9 +64,6 @@ from retriever.index.inputs import (
     text_items,
     validate_batch,
 )
-from retriever.hybrid.lexical import LexicalAppender
-from retriever.index.documents import DocumentStore
-from retriever.core.storage import NpyAppender
 from retriever.store.tokens import TokenEmbeddings, as_token_embeddings
 
 if TYPE_CHECKING:  # index imports this module (inside its methods); this one never imports index

@@ -22,15 +22,22 @@ import faiss
 import numpy as np
 from tqdm.auto import tqdm
 
-from retriever.index import format as fmt
+from retriever.candidates.ann import faiss_search
 from retriever.candidates.centroids import CentroidConfig, CentroidIndex
-from retriever.store.codecs import TokenCodec
 from retriever.candidates.fde import FDEEncoder
+from retriever.core.storage import (
+    NpyAppender,
+    atomic_replace_dir,
+    make_temp_dir_beside,
+    recover_interrupted_swap,
+)
 from retriever.hybrid.fusion import FusionConfig, rank_fused, score_union
 from retriever.hybrid.lexical import LexicalIndex
+from retriever.index import format as fmt
+from retriever.index.builder import IndexBuilder, stream_texts
 from retriever.index.config import IndexConfig
+from retriever.index.documents import DocumentRecord, DocumentStore, check_metadata
 from retriever.index.inputs import (
-    texts_of_queries,
     MAX_INT_ID,
     ids_array,
     is_batch_item,
@@ -39,26 +46,19 @@ from retriever.index.inputs import (
     peek,
     py_scalar,
     text_items,
+    texts_of_queries,
 )
-from retriever.index.builder import IndexBuilder, stream_texts
-from retriever.index.documents import DocumentRecord, DocumentStore, check_metadata
-from retriever.index.writer import WriteGuard
-from retriever.candidates.ann import faiss_search
 from retriever.index.search import (
     SearchResults,
-    merge_query_groups,
     auto_rule,
     candidate_stage,
     exhaustive_is_cheaper,
+    merge_query_groups,
     search_candidates,
     search_exact,
 )
-from retriever.core.storage import (
-    NpyAppender,
-    atomic_replace_dir,
-    make_temp_dir_beside,
-    recover_interrupted_swap,
-)
+from retriever.index.writer import WriteGuard
+from retriever.store.codecs import TokenCodec
 from retriever.store.tokens import TokenEmbeddings, as_token_embeddings
 
 log = logging.getLogger(__name__)
@@ -70,7 +70,6 @@ _LOAD_ATTEMPTS = 5  # loads retried when a concurrent save swaps the directory m
 MAX_K = 100_000
 
 __all__ = ["IndexConfig", "Retriever"]
-
 
 
 # -- the index ---------------------------------------------------------------------------------
@@ -135,7 +134,7 @@ class Retriever:
         self.centroid_stage = centroid_stage  # token centroid candidates (retriever.candidates.centroids), or None
         self.documents = documents  # titles, texts and metadata by row (retriever.index.documents), or None
         self.row_of: dict | None = None  # external id -> live row, built on first use
-        self.ids_lock = threading.Lock()  # guards _row_of
+        self.ids_lock = threading.Lock()  # guards row_of
         self._write_lock = threading.RLock()  # serialises add/upsert/delete/compact/save
         self.writer = WriteGuard(_commit_of)  # write locks held, commit last seen per directory
         self.workdir: Path | None = None
@@ -993,8 +992,6 @@ class Retriever:
         r = Retriever.load(path, mmap=True, verify=True)
         check_consistency(r, Path(path))
         return fmt.read_manifest(Path(path))
-
-
 
 
 def _commit_of(path: Path) -> str | None:

@@ -9,7 +9,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import numpy as np
-
 from retriever_kernels.maxsim import LANES, maxsim_exhaustive_topk, maxsim_scores_batch
 from retriever_kernels.topk import topk_candidates
 

@@ -37,8 +37,15 @@ from dataclasses import asdict, dataclass
 
 import faiss
 import numpy as np
-
-from retriever_kernels.codes import Int8Rows, ResidualRows, decode_rows, int8_encode, residual_lanes, residual_pack, residual_table
+from retriever_kernels.codes import (
+    Int8Rows,
+    ResidualRows,
+    decode_rows,
+    int8_encode,
+    residual_lanes,
+    residual_pack,
+    residual_table,
+)
 
 from retriever.core.configs import check_keys, is_int
 

@@ -46,11 +46,11 @@ from typing import Any, Mapping
 import numpy as np
 
 from retriever.core.configs import check_keys
+from retriever.core.storage import atomic_replace_dir, fsync_dir, make_temp_dir_beside
 from retriever.encoders.colbert import ColBERTEncoder
 from retriever.evaluation.metrics import evaluate
-from retriever.training.pairs import TrainingData
-from retriever.core.storage import atomic_replace_dir, fsync_dir, make_temp_dir_beside
 from retriever.store.tokens import TokenEmbeddings
+from retriever.training.pairs import TrainingData
 
 __all__ = ["TrainConfig", "TrainResult", "train", "write_checkpoint"]
 
