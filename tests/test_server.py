@@ -116,6 +116,29 @@ def _api(r: Retriever, queries, k=5, **kw):
             for ids, sc, rows in zip(res.ids.tolist(), res.scores.tolist(), res.rows.tolist())]
 
 
+def test_documents_metadata_and_filters_over_http(live, index_dir, encoder):
+    srv, service = live
+    new = [{"id": "m1", "title": "Tea", "text": "green tea and caffeine", "metadata": {"year": 2021, "tags": ["tea"]}},
+           {"id": "m2", "text": "black tea with milk", "metadata": {"year": 2015}}]
+    status, res = srv.call("POST", "/documents", {"documents": new})
+    assert status == 200, res
+    status, res = srv.call("POST", "/search", {"queries": ["tea"], "k": 5, "where": {"year": {"$gte": 2020}},
+                                               "documents": True})
+    assert status == 200, res
+    hits = res["results"][0]
+    assert [h["id"] for h in hits] == ["m1"]
+    assert hits[0]["title"] == "Tea" and hits[0]["text"] == "green tea and caffeine"
+    assert hits[0]["metadata"] == {"year": 2021, "tags": ["tea"]}
+    status, res = srv.call("POST", "/search", {"queries": ["tea"], "k": 5, "where": {"tags": {"$in": ["tea"]}}})
+    assert status == 200 and [h["id"] for h in res["results"][0]] == ["m1"] and set(res["results"][0][0]) == {"id", "score"}
+    status, res = srv.call("POST", "/search", {"queries": ["tea"], "k": 5, "where": {"year": {"$near": 1}}})
+    assert status == 422 and "unknown operator '$near'" in res["detail"]
+    status, res = srv.call("POST", "/save")
+    assert status == 200
+    back = Retriever.load(index_dir, encoder=encoder)  # a reader: the saved store has the new documents
+    assert back.search(["tea"], k=5, where={"year": 2015}).hits()[0][0]["text"] == "black tea with milk"
+
+
 def test_search_equals_python_api(live, index_dir, encoder):
     srv, _ = live
     r = Retriever.load(index_dir, encoder=encoder)
