@@ -176,6 +176,9 @@ def test_ray_build_equals_the_local_build_and_resumes(local_ray, tmp_path, encod
     for kw in ({"hybrid": False, "mode": "exact"}, {}):
         np.testing.assert_array_equal(local.search(QUERIES, k=5, **kw).ids, built.search(QUERIES, k=5, **kw).ids)
     ShardedRetriever.verify(tmp_path / "ray")
+    texts = {d["_id"]: d["text"] for d in docs}  # empty titles: the encoded text is the body
+    for hits in built.search(QUERIES, k=3, hybrid=False, mode="exact").hits():
+        assert all(h["text"] == texts[h["id"]] for h in hits)  # the Ray-built shards' document stores
     # an interrupted build leaves .NAME.build/ behind: here the driver fails at the final swap, and two of
     # the seven chunk files are then removed (as if it had died while encoding them)
     import retriever.storage as storage

@@ -373,10 +373,10 @@ def _build_shard(chunk_paths: list[str], shard: int, n_shards: int, out_dir: str
     emb = TokenEmbeddings(np.ascontiguousarray(np.concatenate(vecs), dtype=np.float32), offsets)
     encoder = ColBERTEncoder.from_config(EncoderConfig.from_dict(encoder_config))
     config = IndexConfig.from_dict(config_dict)
-    if config.hybrid != "auto" and not config.hybrid.enabled:
-        texts_arg = pooled_arg = None
-    else:
-        texts_arg, pooled_arg = texts, np.stack(pooled).astype(np.float32)
+    hybrid_on = config.hybrid == "auto" or config.hybrid.enabled
+    # the texts feed BM25 and the document store (each its encoded text: title and body joined)
+    texts_arg = texts if hybrid_on or config.store_text else None
+    pooled_arg = np.stack(pooled).astype(np.float32) if hybrid_on else None
     Retriever.build(emb, ids, config=config, encoder=encoder, path=out_dir, show_progress=False,
                     texts=texts_arg, pooled=pooled_arg)
     return len(ids)
