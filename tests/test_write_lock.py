@@ -161,3 +161,15 @@ def test_a_writable_service_holds_the_lock_a_read_only_one_does_not(index_dir):
         ro = SearchService(index_dir, read_only=True)  # a reader: starts while another writer holds the lock
         assert len(ro.search(embeddings=[make_queries(1, seed=2)[0].tolist()], k=2)["results"]) == 1
         ro.close()
+
+
+def test_cli_commands_name_the_holder(index_dir, capsys):
+    from retriever.cli.main import main as cli_main
+
+    proc, pid = _holder(index_dir)
+    try:
+        assert cli_main(["centroids", str(index_dir), "--off"]) == 2
+        assert f"pid {pid}" in capsys.readouterr().err
+    finally:
+        proc.kill()
+        proc.wait()

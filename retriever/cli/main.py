@@ -495,9 +495,12 @@ def main(argv: list[str] | None = None) -> int:
     level = logging.DEBUG if args.verbose else logging.WARNING if args.quiet else logging.INFO
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("faiss.loader").setLevel(logging.WARNING)  # its CPU-dispatch chatter is not for users
+    from retriever.core.locks import IndexLockedError, StaleIndexError
+
     try:
         return int(args.func(args) or 0)
-    except (ValueError, TypeError, KeyError, FileNotFoundError, FileExistsError) as e:
+    except (ValueError, TypeError, KeyError, FileNotFoundError, FileExistsError, IndexLockedError,
+            StaleIndexError) as e:
         log.debug("failed", exc_info=True)
         print(f"error: {e}", file=sys.stderr)
         return 2
