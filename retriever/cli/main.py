@@ -173,8 +173,7 @@ def _open_for_writing(path: str, encoder=None):
     from retriever.cluster.shards import ShardedRetriever, is_sharded
     from retriever.index.retriever import Retriever
 
-    r = ShardedRetriever.load(path, encoder=encoder) if is_sharded(path) else Retriever.load(path, encoder=encoder)
-    return r
+    return ShardedRetriever.load(path, encoder=encoder) if is_sharded(path) else Retriever.load(path, encoder=encoder)
 
 
 def _commit(r, path: str, change) -> None:

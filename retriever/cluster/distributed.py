@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from retriever.cluster.shards import ShardedRetriever, read_sharded_manifest, sharded_search
+from retriever.cluster.shards import ShardedRetriever, documents_by_shard, read_sharded_manifest, sharded_search
 from retriever.index import format as fmt
 from retriever.index.search import SearchResults
 
@@ -246,16 +246,15 @@ class RayShardedRetriever:
         return dataclasses.replace(res, documents=self._fetch_documents)
 
     def _fetch_documents(self, rows, shards) -> list:
-        """Hits' stored documents, asked of one replica of each shard involved (see ``SearchResults.hits``)."""
+        """Hits' stored documents, asked of one replica of each shard involved, in parallel (see
+        ``SearchResults.hits``)."""
         ray = _ray()
-        rows, shards = np.asarray(rows), np.asarray(shards)
-        out: list = [None] * rows.size
-        wanted = {s: np.flatnonzero(shards == s) for s in np.unique(shards).tolist()}
-        refs = {s: self.actors[s][0].documents.remote(rows[pos].tolist()) for s, pos in wanted.items()}
-        for s, pos in wanted.items():
-            for j, doc in zip(pos.tolist(), ray.get(refs[s], timeout=self.timeout_s)):
-                out[j] = doc
-        return out
+
+        def fetch(wanted: dict) -> dict:
+            refs = {s: self.actors[s][0].documents.remote(r.tolist()) for s, r in wanted.items()}
+            return {s: ray.get(ref, timeout=self.timeout_s) for s, ref in refs.items()}
+
+        return documents_by_shard(rows, shards, fetch)
 
     def close(self) -> None:
         """Stop the shard actors (the Ray instance stays up)."""

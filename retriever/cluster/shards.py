@@ -39,7 +39,7 @@ from retriever.index import format as fmt
 from retriever.index.config import IndexConfig
 from retriever.index.inputs import is_batch_item, is_embeddings, is_text_item, py_scalar, text_items, texts_of_queries
 from retriever.index.retriever import Retriever
-from retriever.index.search import SearchResults, auto_n_candidates, auto_rule, candidate_stage, merge_query_groups
+from retriever.index.search import SearchResults, auto_n_candidates, auto_rule, candidate_stage, search_in_groups
 from retriever.index.writer import WriteGuard
 from retriever.store.tokens import TokenEmbeddings, as_token_embeddings
 
@@ -276,15 +276,9 @@ class ShardedRetriever:
 
     def _fetch_documents(self, rows, shards) -> list:
         """Stored documents of hits given as (row within shard, shard), in order (None where a shard has none)."""
-        rows, shards = np.asarray(rows), np.asarray(shards)
-        out: list = [None] * rows.size
-        for s in np.unique(shards).tolist():
-            pos = np.flatnonzero(shards == s)
-            store = self.shards[s].documents
-            if store is not None:
-                for j, doc in zip(pos.tolist(), store.get(rows[pos])):
-                    out[j] = doc
-        return out
+        stores = {s: self.shards[s].documents for s in np.unique(shards).tolist()}
+        return documents_by_shard(rows, shards, lambda wanted: {
+            s: stores[s].get(r) for s, r in wanted.items() if stores[s] is not None})
 
     # -- lifecycle -------------------------------------------------------------------------
     def _route(self, ids: list) -> np.ndarray:
@@ -490,16 +484,22 @@ def write_top_manifest(directory: Path, n_shards: int, config: IndexConfig, id_t
     os.replace(tmp, p)
 
 
+def documents_by_shard(rows, shards, fetch) -> list:
+    """Hits' stored documents, in hit order, for hits given as (row within shard, shard): ``fetch({shard:
+    its rows})`` returns ``{shard: [dict or None per row]}`` (a shard left out: None for its hits)."""
+    rows, shards = np.asarray(rows), np.asarray(shards)
+    where = {s: np.flatnonzero(shards == s) for s in np.unique(shards).tolist()}
+    found = fetch({s: rows[pos] for s, pos in where.items()})
+    out: list = [None] * rows.size
+    for s, docs in found.items():
+        for j, doc in zip(where[s].tolist(), docs):
+            out[j] = doc
+    return out
+
+
 def _top_commit_of(path: Path) -> str | None:
     """The commit id of a sharded index (``sharded.json``'s checksum) or of an ordinary one at ``path``."""
-    for name in (SHARDED_MANIFEST, fmt.MANIFEST):
-        p = Path(path) / name
-        if p.is_file():
-            try:
-                return json.loads(p.read_text(encoding="utf-8")).get(fmt.CHECKSUM_FIELD, "unreadable")
-            except (OSError, ValueError):
-                return "unreadable"
-    return None
+    return fmt.commit_of(path, (SHARDED_MANIFEST, fmt.MANIFEST))
 
 
 def read_sharded_manifest(path: Path) -> dict:
@@ -584,16 +584,14 @@ def sharded_search(call, get_encoder, hybrid_config, live: list[int], queries, k
         queries = as_token_embeddings(queries)
         groups = fusion.groups(queries.lengths)
         if len(groups) > 1:
-            texts_all, pooled_all = base_kw["query_texts"], base_kw.get("query_pooled")
-            parts = []
-            for f, idx in groups:
-                kw = dict(kwargs, query_texts=[texts_all[i] for i in idx])
-                if pooled_all is not None:
-                    kw["query_pooled"] = np.asarray(pooled_all)[idx]
-                parts.append((idx, sharded_search(call, get_encoder, hybrid_config, live, queries.select(idx), k,
-                                                  hybrid=f, n_candidates=n_candidates, has_centroids=has_centroids,
-                                                  **kw)))
-            return merge_query_groups(parts, len(queries))
+            def search(f, q_g, texts_g, pooled_g):
+                kw = dict(kwargs, query_texts=texts_g)
+                if pooled_g is not None:
+                    kw["query_pooled"] = pooled_g
+                return sharded_search(call, get_encoder, hybrid_config, live, q_g, k, hybrid=f,
+                                      n_candidates=n_candidates, has_centroids=has_centroids, **kw)
+
+            return search_in_groups(groups, queries, base_kw["query_texts"], base_kw.get("query_pooled"), search)
         base_kw["hybrid"] = groups[0][0]
     cands = shard_candidates(n_candidates, k, kwargs.get("subset"), live,
                              auto_rule(candidate_stage(has_centroids, kwargs.get("mode", "auto"))))

@@ -64,7 +64,6 @@ log = logging.getLogger(__name__)
 __all__ = [
     "BenchSettings",
     "BASELINES",
-    "add_bench_parser",
     "encoder_key",
     "exact_topk",
     "index_cache_name",

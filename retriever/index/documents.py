@@ -37,7 +37,7 @@ from pathlib import Path
 
 import numpy as np
 
-from retriever.index.filters import Leaf, compile_filter
+from retriever.index.filters import Leaf, compile_filter, scalar_kind
 from retriever.index.format import DOCUMENTS, IndexFormatError
 
 log = logging.getLogger(__name__)
@@ -110,18 +110,6 @@ def check_metadata(metadata, doc_id) -> dict:
     return metadata
 
 
-def _scalar(v):
-    if isinstance(v, bool):
-        return "bool", int(v)
-    if isinstance(v, int):
-        return "num", v if -(1 << 63) <= v < (1 << 63) else float(v)
-    if isinstance(v, float):
-        return "num", v
-    if isinstance(v, str):
-        return "text", v
-    return "null", None
-
-
 def flatten_metadata(metadata: dict) -> list[tuple[str, str, object]]:
     """(key, type, value) lines of the ``fields`` table for one document's metadata."""
     out: list[tuple[str, str, object]] = []
@@ -137,7 +125,7 @@ def flatten_metadata(metadata: dict) -> list[tuple[str, str, object]]:
             for x in v:
                 walk(prefix, x, True)
         else:
-            out.append((prefix, *_scalar(v)))
+            out.append((prefix, *scalar_kind(v)))  # checked JSON: a scalar here
 
     for k, v in metadata.items():
         walk(k, v, False)
@@ -177,6 +165,17 @@ def _insert(conn: sqlite3.Connection, rows: list[tuple[int, DocumentRecord]]) ->
     except BaseException:
         conn.execute("ROLLBACK")
         raise
+
+
+def _copy_rows(src: sqlite3.Connection, dst: sqlite3.Connection, new_row) -> None:
+    """Every document and metadata line of ``src`` into ``dst``, row ``r`` written as ``new_row(r)`` (None:
+    left out)."""
+    for table, cols in (("documents", "row, id, title, text, metadata"), ("fields", _FIELD_COLUMNS)):
+        marks = ",".join("?" * len(cols.split(",")))
+        cur = src.execute(f"SELECT {cols} FROM {table}")
+        while batch := cur.fetchmany(_BATCH):
+            out = [(n, *r[1:]) for r in batch if (n := new_row(r[0])) is not None]
+            dst.executemany(f"INSERT OR IGNORE INTO {table} ({cols}) VALUES ({marks})", out)
 
 
 def _rows_from(conn: sqlite3.Connection, leaf: Leaf, lo: int = 0) -> np.ndarray:
@@ -335,12 +334,7 @@ class DocumentStore:
                     dst.execute("PRAGMA synchronous=OFF")
                 lo = self.n_base
                 dst.execute("BEGIN")
-                for table, cols in (("documents", "row, id, title, text, metadata"), ("fields", _FIELD_COLUMNS)):
-                    cur = self._pending.execute(f"SELECT {cols} FROM {table}")
-                    marks = ",".join("?" * len(cols.split(",")))
-                    while batch := cur.fetchmany(_BATCH):
-                        dst.executemany(f"INSERT OR IGNORE INTO {table} ({cols}) VALUES ({marks})",
-                                        [(r[0] + lo, *r[1:]) for r in batch])
+                _copy_rows(self._pending, dst, lambda r: r + lo)
                 dead = np.flatnonzero(np.asarray(deleted)[: self.n_rows] != 0).tolist()
                 if dead:
                     dst.execute("CREATE TEMP TABLE dead (row INTEGER PRIMARY KEY)")
@@ -351,13 +345,8 @@ class DocumentStore:
             else:
                 new_of = {int(old): new for new, old in enumerate(np.asarray(keep_rows).tolist())}
                 dst.execute("BEGIN")
-                for conn, lo, hi in self._parts():
-                    for table, cols in (("documents", "row, id, title, text, metadata"), ("fields", _FIELD_COLUMNS)):
-                        cur = conn.execute(f"SELECT {cols} FROM {table}")
-                        marks = ",".join("?" * len(cols.split(",")))
-                        while batch := cur.fetchmany(_BATCH):
-                            out = [(new_of[r[0] + lo], *r[1:]) for r in batch if (r[0] + lo) in new_of]
-                            dst.executemany(f"INSERT OR IGNORE INTO {table} ({cols}) VALUES ({marks})", out)
+                for conn, lo, _ in self._parts():
+                    _copy_rows(conn, dst, lambda r, lo=lo: new_of.get(r + lo))
                 dst.execute("COMMIT")
             dst.execute("ANALYZE")
             dst.close()

@@ -24,7 +24,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-__all__ = ["Leaf", "Node", "compile_filter", "FIELD_OPERATORS", "LOGICAL_OPERATORS"]
+__all__ = ["Leaf", "Node", "compile_filter", "scalar_kind", "FIELD_OPERATORS", "LOGICAL_OPERATORS"]
 
 FIELD_OPERATORS = ("$eq", "$ne", "$gt", "$gte", "$lt", "$lte", "$in", "$nin", "$exists")
 LOGICAL_OPERATORS = ("$and", "$or", "$nor")
@@ -56,21 +56,34 @@ class Node:
 ALL = Node("all")
 
 
-def _kind(value, where: str):
-    """(type tag in the fields table, stored value) of a filter value; ValueError for the rest."""
+def scalar_kind(value) -> tuple[str, object] | None:
+    """(type tag, value as stored) of a JSON scalar in the store's ``fields`` table, None for anything else.
+
+    The one rule for stored metadata (``retriever.index.documents``) and filter values alike, so that
+    a comparison only ever meets values of its own kind: ``bool`` (stored 0/1), ``num`` (int or float;
+    ints beyond int64 as float), ``text``, ``null``.
+    """
     if isinstance(value, bool):
         return "bool", int(value)
     if isinstance(value, int):
         return "num", value if -(1 << 63) <= value < (1 << 63) else float(value)
     if isinstance(value, float):
-        if not math.isfinite(value):
-            raise ValueError(f"where: {where}: {value!r} is not a finite number")
         return "num", value
     if isinstance(value, str):
         return "text", value
     if value is None:
         return "null", None
-    raise ValueError(f"where: {where}: {value!r} ({type(value).__name__}) is not a string, number, boolean or null")
+    return None
+
+
+def _kind(value, where: str):
+    """:func:`scalar_kind` of a filter value; ValueError for a non-finite number or a non-scalar."""
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ValueError(f"where: {where}: {value!r} is not a finite number")
+    kind = scalar_kind(value)
+    if kind is None:
+        raise ValueError(f"where: {where}: {value!r} ({type(value).__name__}) is not a string, number, boolean or null")
+    return kind
 
 
 def _check_field(name) -> str:

@@ -116,6 +116,20 @@ def write_manifest(directory: Path, manifest: dict) -> None:
         os.fsync(fh.fileno())
 
 
+def commit_of(directory: Path, names: tuple[str, ...] = (MANIFEST,)) -> str | None:
+    """The commit id of the index at ``directory``: the ``manifest_sha256`` of the first of ``names``
+    there (every save writes its manifest last), None when none is there, ``"unreadable"`` when it is damaged.
+    Compared, never trusted: :func:`read_manifest` is what checks a manifest."""
+    for name in names:
+        p = Path(directory) / name
+        if p.is_file():
+            try:
+                return json.loads(p.read_text(encoding="utf-8")).get(CHECKSUM_FIELD, "unreadable")
+            except (OSError, ValueError, AttributeError):
+                return "unreadable"
+    return None
+
+
 def read_manifest(directory: Path) -> dict:
     directory = Path(directory)
     if not directory.is_dir():

@@ -53,9 +53,9 @@ from retriever.index.search import (
     auto_rule,
     candidate_stage,
     exhaustive_is_cheaper,
-    merge_query_groups,
     search_candidates,
     search_exact,
+    search_in_groups,
 )
 from retriever.index.writer import WriteGuard
 from retriever.store.codecs import TokenCodec
@@ -136,7 +136,7 @@ class Retriever:
         self.row_of: dict | None = None  # external id -> live row, built on first use
         self.ids_lock = threading.Lock()  # guards row_of
         self._write_lock = threading.RLock()  # serialises add/upsert/delete/compact/save
-        self.writer = WriteGuard(_commit_of)  # write locks held, commit last seen per directory
+        self.writer = WriteGuard(fmt.commit_of)  # write locks held, commit last seen per directory
         self.workdir: Path | None = None
         self._workdir_cleanup = None
         if workdir is not None:  # temporary files of an unsaved build, removed with the object
@@ -270,7 +270,7 @@ class Retriever:
             config = config.resolved(texts=texts is not None, pooled=pooled is not None,
                                      fusion=getattr(encoder, "recommended_fusion", None))
         target = Path(path) if path is not None else None
-        guard = WriteGuard(_commit_of, managed=lock)
+        guard = WriteGuard(fmt.commit_of, managed=lock)
         if target is not None:
             guard.lock(target, "build into")
         try:
@@ -354,10 +354,12 @@ class Retriever:
             if builder.documents is None:
                 config = dataclasses.replace(config, store_text=False)
                 r.config = config
+            else:  # the file the build wrote (moved with its directory below)
+                r.documents = DocumentStore.open(workdir, len(ids_arr))
             r.writer = guard
             if target is not None:
                 r._write_into(workdir, tokens_in_place=True)
-                commit = _commit_of(workdir)
+                commit = fmt.commit_of(workdir)
                 atomic_replace_dir(workdir, target)
                 guard.opened(target, commit)
                 r.tokens = fmt.load_array(target, fmt.TOKENS, True, codec.row_dtype, tokens.shape)
@@ -369,8 +371,8 @@ class Retriever:
                                                          stage.residuals.shape)
                 if r.dense is not None:
                     r.dense = fmt.load_array(target, fmt.DENSE, True, np.float16, r.dense.shape)
-            if builder.documents is not None:  # the file written by the build, from its final place
-                r.documents = DocumentStore.open(target if target is not None else workdir, len(ids_arr))
+                if r.documents is not None:  # the same file, from its final place
+                    r.documents = r.documents.rebased(target, len(ids_arr))
             log.info("built %r (timings %s)", r, {k: round(v, 2) for k, v in builder.timings.items()})
             return r
         except BaseException:
@@ -510,12 +512,9 @@ class Retriever:
                     raise ValueError("hybrid_union: this batch mixes short and long queries, which fuse differently "
                                      "(FusionConfig.long_weights); pass each group apart or a FusionConfig with "
                                      "long_weights=None")
-                parts = [(idx, self._search(q.select(idx), k, n_candidates=n_candidates, mode=mode, ef_search=ef_search,
-                                            nprobe=nprobe, subset=subset, where=where, hybrid=f,
-                                            query_texts=[texts[i] for i in idx],
-                                            query_pooled=None if q_pooled is None else q_pooled[idx]))
-                         for f, idx in groups]
-                return merge_query_groups(parts, len(q))
+                return search_in_groups(groups, q, texts, q_pooled, lambda f, q_g, texts_g, pooled_g: self._search(
+                    q_g, k, n_candidates=n_candidates, mode=mode, ef_search=ef_search, nprobe=nprobe, subset=subset,
+                    where=where, hybrid=f, query_texts=texts_g, query_pooled=pooled_g))
             fusion = groups[0][0]
         allowed = self._allowed_mask(subset, where)
         n_allowed = int(allowed.sum()) if allowed is not None else len(self.doc_ids)
@@ -800,7 +799,7 @@ class Retriever:
             tmp = make_temp_dir_beside(target)
             try:
                 self._write_into(tmp, tokens_in_place=False)
-                commit = _commit_of(tmp)
+                commit = fmt.commit_of(tmp)
                 atomic_replace_dir(tmp, target)
             except BaseException:
                 shutil.rmtree(tmp, ignore_errors=True)
@@ -861,7 +860,7 @@ class Retriever:
                 _copy_rows(directory / fmt.DENSE, self.dense, np.float16, 1 << 18)
             names.append(fmt.DENSE)
             hybrid["pooled_dim"] = int(self.dense.shape[1])
-        if self.documents is not None or (directory / fmt.DOCUMENTS).is_file():
+        if self.documents is not None:
             if not tokens_in_place:  # (a build wrote it in place already)
                 self.documents.write_to(directory, self.deleted)
             names.append(fmt.DOCUMENTS)
@@ -910,13 +909,13 @@ class Retriever:
         """
         path = Path(path)
         for attempt in range(_LOAD_ATTEMPTS):
-            before = _commit_of(path)
+            before = fmt.commit_of(path)
             try:
                 return cls._load_once(path, mmap=mmap, verify=verify, encoder=encoder)
             except (fmt.IndexFormatError, OSError):
                 # a writer committed while this load read the files (the directory was swapped between two
                 # reads): load the new commit; the same error on an unchanged directory is a real one
-                if attempt == _LOAD_ATTEMPTS - 1 or _commit_of(path) == before:
+                if attempt == _LOAD_ATTEMPTS - 1 or fmt.commit_of(path) == before:
                     raise
                 log.info("%s changed during load; loading its new commit", path)
         raise AssertionError("unreachable")
@@ -992,16 +991,6 @@ class Retriever:
         r = Retriever.load(path, mmap=True, verify=True)
         check_consistency(r, Path(path))
         return fmt.read_manifest(Path(path))
-
-
-def _commit_of(path: Path) -> str | None:
-    """The commit id of the index at ``path`` (its manifest checksum), None when no manifest is there."""
-    if not (Path(path) / fmt.MANIFEST).is_file():
-        return None
-    try:
-        return fmt.read_manifest(path)[fmt.CHECKSUM_FIELD]
-    except fmt.IndexFormatError:
-        return "unreadable"
 
 
 def _parse_ids(p: Path, raw: list[str], id_type: str) -> np.ndarray:

@@ -16,7 +16,7 @@ from retriever.candidates.ann import faiss_search
 from retriever.candidates.centroids import auto_candidates
 from retriever.store.tokens import TokenEmbeddings
 
-__all__ = ["SearchResults", "merge_query_groups", "search_fde", "search_candidates", "search_exact", "auto_n_candidates", "AUTO_N_SCALE",
+__all__ = ["SearchResults", "search_in_groups", "search_fde", "search_candidates", "search_exact", "auto_n_candidates", "AUTO_N_SCALE",
            "exhaustive_is_cheaper", "candidate_stage", "auto_rule"]
 
 #: ``n_candidates="auto"`` fetches ``AUTO_N_SCALE * sqrt(n_docs)`` documents (at least ``10 * k``, at
@@ -138,7 +138,17 @@ def _py(x):
     return x.item() if isinstance(x, np.generic) else x
 
 
-def merge_query_groups(parts: list[tuple[np.ndarray, SearchResults]], n_queries: int) -> SearchResults:
+def search_in_groups(groups, queries: TokenEmbeddings, texts: list[str], pooled, search) -> SearchResults:
+    """A batch searched group by group and merged back in query order: ``groups`` = [(fusion, query
+    indices), ...] (``FusionConfig.groups``); ``search(fusion, queries, texts, pooled)`` runs on each group's
+    slice of the queries, their texts and pooled vectors (None when there are none)."""
+    parts = [(idx, search(f, queries.select(idx), [texts[i] for i in idx],
+                          None if pooled is None else np.asarray(pooled)[idx]))
+             for f, idx in groups]
+    return _merge_query_groups(parts, len(queries))
+
+
+def _merge_query_groups(parts: list[tuple[np.ndarray, SearchResults]], n_queries: int) -> SearchResults:
     """One result for a batch searched as groups of queries: ``parts`` = [(the group's query indices, its
     results), ...] covering ``0 .. n_queries - 1``."""
     first = parts[0][1]
