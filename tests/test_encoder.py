@@ -555,3 +555,24 @@ def test_dense_activation_and_bias_are_applied(tmp_path):
     cfg_file.write_text(json.dumps({**cfg, "activation_function": "os.system"}))
     with pytest.raises(ValueError, match="activation_function 'os.system' is not supported"):
         load(ck)
+
+
+def test_passage_spans_cover_the_text_within_the_token_budget():
+    enc = ColBERTEncoder.from_pretrained()
+    text = " ".join(f"word{i} is here, and then." for i in range(300))
+    spans = enc.passage_spans([text, "a short text", ""], 40, 8)
+    long, short, empty = spans
+    assert short == [(0, len("a short text"))] and empty == [(0, 0)]
+    assert len(long) > 5 and long[0][0] == 0 and long[-1][1] == len(text)
+    for (a0, b0), (a1, b1) in zip(long, long[1:]):
+        assert a0 < a1 < b0 <= b1  # windows advance and overlap
+    ids = enc.tokenize([text[a:b] for a, b in long], is_query=False)
+    extra = enc.config.document_length - enc.document_budget  # [CLS], [D] marker, [SEP]
+    assert max(len(x) for x in ids) <= 40 + extra
+    # Overlapping windows hold at least every token of the text: nothing truncated.
+    whole = enc.tokenizer(text, add_special_tokens=False)["input_ids"]
+    assert sum(len(x) - extra for x in ids) >= len(whole)
+    with pytest.raises(ValueError, match="chunk_overlap"):
+        enc.passage_spans([text], 40, 40)
+    with pytest.raises(ValueError, match="chunk_tokens"):
+        enc.passage_spans([text], enc.document_budget + 1)

@@ -735,6 +735,53 @@ class ColBERTEncoder:
                      + [-1] * len(self._suffix_ids) for i in range(len(raw))]
         return seqs, n_trunc, words
 
+    @property
+    def document_budget(self) -> int:
+        """Content tokens a document keeps: ``document_length`` less special and marker tokens."""
+        extra = len(self._prefix_ids) + (self._d_marker is not None) + len(self._suffix_ids)
+        return self.config.document_length - extra
+
+    def passage_spans(self, texts: Sequence[str], tokens: int, overlap: int = 0) -> list[list[tuple[int, int]]]:
+        """Character spans that split each text into passages of at most ``tokens`` tokens.
+
+        Windows of ``tokens`` content tokens start every ``tokens - overlap`` tokens; each span
+        runs from its first token's first character to its last token's last character, so
+        ``text[a:b]`` is a passage as written. A text of at most ``tokens`` tokens is one span
+        over the whole text; an empty text is one empty span. ``tokens`` may not exceed
+        :attr:`document_budget`, so an encoded passage is never truncated (up to tokenizer
+        merges at the cut, which only shorten it).
+        """
+        texts = _check_texts(texts)
+        if isinstance(tokens, bool) or not isinstance(tokens, int) or not 1 <= tokens <= self.document_budget:
+            raise ValueError(f"chunk_tokens must be an int in [1, {self.document_budget}] (document_length="
+                             f"{self.config.document_length} less special tokens), got {tokens!r}")
+        if isinstance(overlap, bool) or not isinstance(overlap, int) or not 0 <= overlap < tokens:
+            raise ValueError(f"chunk_overlap must be an int in [0, chunk_tokens={tokens}), got {overlap!r}")
+        if not getattr(self.tokenizer, "is_fast", False):
+            raise ValueError("splitting documents into passages needs a fast (Rust) tokenizer for character "
+                             "offsets; this model's is not")
+        out: list[list[tuple[int, int]]] = []
+        if not texts:
+            return out
+        # Offsets of the text as given; lowercase first when the config does and it keeps lengths.
+        seen = [t.lower() if self.config.lowercase and len(t.lower()) == len(t) else t for t in texts]
+        enc = self.tokenizer(seen, add_special_tokens=False, truncation=False, verbose=False,
+                             return_offsets_mapping=True)
+        step = tokens - overlap
+        for text, offs in zip(texts, enc["offset_mapping"]):
+            offs = [(a, b) for a, b in offs if b > a]
+            if len(offs) <= tokens:
+                out.append([(0, len(text))])
+                continue
+            spans = []
+            for start in range(0, len(offs), step):
+                window = offs[start:start + tokens]
+                spans.append((window[0][0], window[-1][1]))
+                if start + tokens >= len(offs):
+                    break
+            out.append(spans)
+        return out
+
     # -- encoding ---------------------------------------------------------------------------
     def encode_queries(self, texts: Sequence[str], *, batch_size: int | None = None,
                        show_progress: bool = False, return_pooled: bool = False):
