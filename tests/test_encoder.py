@@ -576,3 +576,23 @@ def test_passage_spans_cover_the_text_within_the_token_budget():
         enc.passage_spans([text], 40, 40)
     with pytest.raises(ValueError, match="chunk_tokens"):
         enc.passage_spans([text], enc.document_budget + 1)
+
+
+def test_bf16_weight_copies_match_autocast_and_follow_weight_changes(monkeypatch):
+    enc = ColBERTEncoder.from_pretrained(dtype="bfloat16")
+    texts = ["a first document about proteins", "and a second, longer one about cells and their membranes"]
+    cached = enc.encode_documents(texts).vectors
+    assert enc._bf16_cache[1], "bf16 copies of the linear layers are kept"
+    with monkeypatch.context() as m:
+        m.setattr(ColBERTEncoder, "_bf16_linear_weights", lambda self: None)  # plain autocast
+        plain = enc.encode_documents(texts).vectors
+    np.testing.assert_array_equal(cached, plain)  # autocast casts a bf16 weight to itself
+    lin = next(mod for mod in enc.backbone.modules() if isinstance(mod, torch.nn.Linear))
+    with torch.no_grad():
+        lin.weight.mul_(0.5)  # as an optimizer step would: the copy must be remade
+    changed = enc.encode_documents(texts).vectors
+    with monkeypatch.context() as m:
+        m.setattr(ColBERTEncoder, "_bf16_linear_weights", lambda self: None)
+        np.testing.assert_array_equal(changed, enc.encode_documents(texts).vectors)
+    assert not np.array_equal(changed, cached)
+    assert all(p.dtype == torch.float32 for p in enc.backbone.parameters())  # the model's own stay float32
