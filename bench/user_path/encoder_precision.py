@@ -14,7 +14,10 @@ Variants (the bundled default encoder, in this process, one after the other):
 - ``int8``: ``torch.ao.quantization.quantize_dynamic`` of every ``nn.Linear`` (per-tensor weight
   scales, one dynamic activation scale per batch: fbgemm's VNNI kernels);
 - ``int8-per-channel``: the same with per-output-channel weight scales;
-- ``int8-ffn``: per-channel int8 for the feed-forward layers only, attention in float32.
+- ``int8-ffn``: per-channel int8 for the feed-forward layers only, attention in float32;
+- ``int8-per-token``: W8A8 with a scale per activation row (token) and per weight output channel,
+  int8 x int8 -> int32 products by ``torch._int_mm`` (VNNI through oneDNN), the rest float32;
+- ``int8-per-token-bf16``: the same linear layers, the rest under bf16 autocast.
 
 Each row: documents/s (documents sorted by length and batched as the encoder does), and against
 float32 on the same documents and queries: the largest and mean relative change of the exact MaxSim
@@ -49,12 +52,53 @@ from retriever.encoders.colbert import ColBERTEncoder  # noqa: E402
 log = logging.getLogger("bench.encoder_precision")
 BEIR = Path(os.environ.get("RETRIEVER_TEST_BEIR", ROOT.parent / "shared" / "beir"))
 RESULTS = RESULTS_DIR / "encoder_precision.jsonl"
-VARIANTS = ("float32", "bfloat16", "bf16-weights", "int8", "int8-per-channel", "int8-ffn")
+VARIANTS = ("float32", "bfloat16", "bf16-weights", "int8", "int8-per-channel", "int8-ffn", "int8-per-token",
+            "int8-per-token-bf16")
+
+
+class PerTokenInt8Linear(torch.nn.Module):
+    """``nn.Linear`` as W8A8: per-output-channel int8 weights, each input row quantised with its own scale.
+
+    torch's dynamic quantisation takes one activation scale per batch, which MiniLM's outlier
+    dimensions stretch; a scale per token confines an outlier to its own row.
+    """
+
+    def __init__(self, lin: torch.nn.Linear):
+        super().__init__()
+        w = lin.weight.detach().float()
+        self.w_scale = w.abs().amax(1).clamp_min(1e-8) / 127.0
+        self.w_q = torch.round(w / self.w_scale[:, None]).to(torch.int8).T.contiguous()  # (in, out)
+        self.bias = None if lin.bias is None else lin.bias.detach().float()
+        self.out_features = w.shape[0]
+
+    def forward(self, x):
+        shape = x.shape
+        x2 = x.reshape(-1, shape[-1]).float()
+        x_scale = x2.abs().amax(1, keepdim=True).clamp_min(1e-8) / 127.0
+        x_q = torch.round(x2 / x_scale).to(torch.int8)
+        m = x_q.shape[0]
+        if m <= 16:  # torch._int_mm wants more than 16 rows
+            x_q = torch.cat([x_q, x_q.new_zeros(17 - m, x_q.shape[1])])
+        out = torch._int_mm(x_q, self.w_q)[:m].float() * x_scale * self.w_scale
+        if self.bias is not None:
+            out = out + self.bias
+        return out.reshape(*shape[:-1], self.out_features)
+
+
+def per_token_int8(model: torch.nn.Module) -> torch.nn.Module:
+    for mod in list(model.modules()):
+        for name, child in list(mod.named_children()):
+            if isinstance(child, torch.nn.Linear):
+                setattr(mod, name, PerTokenInt8Linear(child))
+    return model
 
 
 def load_encoder(variant: str) -> ColBERTEncoder:
-    enc = ColBERTEncoder.from_pretrained(dtype="bfloat16" if variant == "bfloat16" else "float32")
-    if variant == "bf16-weights":
+    bf16 = variant in ("bfloat16", "int8-per-token-bf16")
+    enc = ColBERTEncoder.from_pretrained(dtype="bfloat16" if bf16 else "float32")
+    if variant.startswith("int8-per-token"):
+        per_token_int8(enc.backbone)
+    elif variant == "bf16-weights":
         enc.backbone = enc.backbone.to(torch.bfloat16)
     elif variant.startswith("int8"):
         from torch.ao.quantization import default_dynamic_qconfig, per_channel_dynamic_qconfig, quantize_dynamic
