@@ -65,9 +65,11 @@ def peak_rss() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
-def index_dir(n_docs: int, codec: str, seed: int, centroids: str = "auto") -> Path:
-    """Cached synthetic index; ``-ivf`` marks builds with the token centroid stage allowed (auto / on)."""
-    return OUT / f"synth-{n_docs}-{codec}-s{seed}{'' if centroids == 'off' else '-ivf'}"
+def index_dir(n_docs: int, codec: str, seed: int, centroids: str = "auto", factory: str = "auto") -> Path:
+    """Cached synthetic index; ``-ivf`` marks builds with the token centroid stage allowed (auto / on), a
+    suffix the FAISS factory when it is not ``auto`` (e.g. ``-HNSW32_PQ1280``)."""
+    tag = "" if factory == "auto" else "-" + "".join(c if c.isalnum() or c in "_," else "_" for c in factory).replace(",", "+")
+    return OUT / f"synth-{n_docs}-{codec}-s{seed}{'' if centroids == 'off' else '-ivf'}{tag}"
 
 
 def centroids_arg(spec: str):
@@ -110,7 +112,7 @@ def child_build(args) -> dict:
     from retriever import IndexConfig, Retriever
 
     src = TokenSources(find_sources(ROOT / "index_data" / "bench"))
-    path = index_dir(args.n, args.codec, args.seed, args.centroids)
+    path = index_dir(args.n, args.codec, args.seed, args.centroids, args.faiss_factory)
     config = IndexConfig(codec=args.codec, faiss_factory=args.faiss_factory, centroids=centroids_arg(args.centroids))
     gen_s = 0.0
 
@@ -165,7 +167,7 @@ def child_search(args) -> list[dict]:
     from retriever import Retriever
     from retriever.index.retriever import _warmup
 
-    path = args.index_dir or index_dir(args.n, args.codec, args.seed, args.centroids)
+    path = args.index_dir or index_dir(args.n, args.codec, args.seed, args.centroids, args.faiss_factory)
     if args.queries_file:
         from retriever.store.tokens import TokenEmbeddings
 
@@ -204,10 +206,14 @@ def child_search(args) -> list[dict]:
                                                                                nprobe=args.index_nprobe))
     stage = args.stage if args.stage != "auto" else candidate_stage(r.centroid_stage is not None, "auto")
     probes = args.nprobe if stage == "centroids" else [None]
-    for n_spec, nprobe in [(n, p) for p in probes for n in args.n_candidates]:
+    efs = args.ef_search if stage == "fde" else [None]
+    for n_spec, nprobe, ef in [(n, p, e) for p in probes for e in efs for n in args.n_candidates]:
         n_cand = auto_rule(stage)(r.n_docs, 10) if n_spec == "auto" else n_spec
-        kw = dict(k=10, n_candidates=n_cand, mode=stage, nprobe=nprobe)
-        rows.append({"candidate_stage": stage, "nprobe": nprobe if stage == "fde" else (nprobe or r.config.centroids.nprobe),
+        if ef is not None and ef < n_cand:
+            continue  # FAISS's HNSW search explores max(efSearch, N): a smaller ef would repeat a row
+        kw = dict(k=10, n_candidates=n_cand, mode=stage, nprobe=nprobe, ef_search=ef)
+        rows.append({"candidate_stage": stage, "ef_search": ef,
+                     "nprobe": nprobe if stage == "fde" else (nprobe or r.config.centroids.nprobe),
                      "probe_budget": 0 if nprobe or stage != "centroids" else r.config.centroids.probe_budget,
                      "n_candidates": n_cand, "n_candidates_auto": n_spec == "auto",
                      **measure_search(r, q_gt, gt, q_t, singles, **kw)})
@@ -262,6 +268,8 @@ def main(argv=None) -> int:
                     help="build with the token centroid stage (IndexConfig.centroids); 'off' = the FDE-only indexes")
     ap.add_argument("--stage", choices=["auto", "fde", "centroids"], default="auto",
                     help="candidate stage searched (auto: the centroid stage when the index has one)")
+    ap.add_argument("--ef-search", type=int, nargs="+", default=[None],
+                    help="FDE stage over an HNSW factory: efSearch values swept (rows with efSearch < N are skipped)")
     ap.add_argument("--nprobe", type=int, nargs="+", default=[None],
                     help="centroid stage: lists probed per query token (default: the index's)")
     ap.add_argument("--index-nprobe", type=int, default=None,
@@ -284,11 +292,11 @@ def main(argv=None) -> int:
     if args.index_dir:
         common += ["--index-dir", str(args.index_dir), "--queries-file", str(args.queries_file)]
     for n in [0] if args.index_dir else args.sizes:
-        if args.rebuild and not args.index_dir and index_dir(n, args.codec, args.seed, args.centroids).is_dir():
+        if args.rebuild and not args.index_dir and index_dir(n, args.codec, args.seed, args.centroids, args.faiss_factory).is_dir():
             import shutil
 
-            shutil.rmtree(index_dir(n, args.codec, args.seed, args.centroids))  # ground truth is keyed by the store's sha256
-        if not args.index_dir and not (index_dir(n, args.codec, args.seed, args.centroids) / "manifest.json").is_file():
+            shutil.rmtree(index_dir(n, args.codec, args.seed, args.centroids, args.faiss_factory))  # ground truth is keyed by the store's sha256
+        if not args.index_dir and not (index_dir(n, args.codec, args.seed, args.centroids, args.faiss_factory) / "manifest.json").is_file():
             load0 = load_1m()
             for row in run_child(["--child", "build", "--n", str(n), *common]):
                 row.update(load_before=load0, load_after=load_1m())
@@ -301,6 +309,7 @@ def main(argv=None) -> int:
                           "--timed-exact", str(args.timed_exact),
                           "--stage", args.stage, "--n-candidates", *map(str, args.n_candidates),
                           *(["--nprobe", *map(str, args.nprobe)] if args.nprobe != [None] else []),
+                          *(["--ef-search", *map(str, args.ef_search)] if args.ef_search != [None] else []),
                           *(["--index-nprobe", str(args.index_nprobe)] if args.index_nprobe else [])])
         for row in rows:
             row.update(load_before=load0, load_after=load_1m())
@@ -314,7 +323,7 @@ def _latest(rows: list[dict], stage: str, split: str | None = None) -> dict:
         if r.get("stage") != stage or (split and r.get("split") != split):
             continue
         out[(r.get("corpus", "synthetic"), r["n_docs"], r["codec"], _stage(r), r.get("nprobe") or 0,
-             r.get("n_candidates"))] = r
+             r.get("n_candidates"), r.get("faiss_factory") if stage == "search" else None, r.get("ef_search") or 0)] = r
     return out
 
 
@@ -326,6 +335,11 @@ def _load_before(r: dict):
 def _stage(r: dict) -> str:
     """The candidate stage of a search row (rows written before the centroid stage existed: FDE)."""
     return r.get("candidate_stage", "fde") if r.get("stage") == "search" else r.get("faiss_factory")
+
+
+def _graph(r: dict) -> bool:
+    """A search row of the FDE stage over a FAISS graph (HNSW) index."""
+    return "HNSW" in (r.get("faiss_factory") or "")
 
 
 def report(results: Path, split: str, target: float) -> None:
@@ -340,7 +354,7 @@ def report(results: Path, split: str, target: float) -> None:
         r = search[key]
         auto = " (auto)" if r.get("n_candidates_auto") else ""
         cand = (f"token centroids, nprobe {r['nprobe']}" if _stage(r) == "centroids"
-                else f"FDE {r['faiss_factory']}")
+                else f"FDE {r['faiss_factory']}" + (f", efSearch {r['ef_search']}" if r.get("ef_search") else ""))
         lines.append(f"| {r.get('corpus', 'synthetic')} | {r['n_docs']:,} | {r['codec']} | {cand} | "
                      f"{r['n_candidates']:,}{auto} | "
                      f"{r['chamfer_recall_at_10']:.3f} | {r['p50_ms']:.1f} | {r['p99_ms']:.1f} | {r['batch_qps']:.0f} | "
@@ -358,7 +372,9 @@ def report(results: Path, split: str, target: float) -> None:
                      f"{b.get('peak_rss_gb', '–')} | {b['disk_bytes_per_doc']:,} | {b['faiss_bytes_per_doc']:,} |")
     # per candidate stage, the fastest measured setting reaching the target at each size, and the
     # growth of its p50 with corpus size
-    for stage_name, want in (("FDE", lambda r: _stage(r) == "fde"),
+    graphs = sorted({r["faiss_factory"] for r in search.values() if _stage(r) == "fde" and _graph(r)})
+    for stage_name, want in (("FDE (flat scan)", lambda r: _stage(r) == "fde" and not _graph(r)),
+                             *((f"FDE {f}", lambda r, f=f: _stage(r) == "fde" and r["faiss_factory"] == f) for f in graphs),
                              ("token centroids (default nprobe 16)", lambda r: _stage(r) == "centroids"
                               and r.get("nprobe") == 16)):
         best = {}
@@ -385,11 +401,12 @@ def report(results: Path, split: str, target: float) -> None:
 
     fig, ax = plt.subplots(1, 3, figsize=(15, 4.2))
     by_n = {}
-    for (corpus, n, codec, stage, nprobe, n_cand), r in search.items():
+    search = {key: r for key, r in search.items() if not _graph(r)}  # the plot follows the flat FDE scan
+    for (corpus, n, codec, stage, nprobe, n_cand, *_), r in search.items():
         if corpus == "synthetic" and not r.get("n_candidates_auto") and (stage == "fde" or nprobe == 16):
             by_n.setdefault((stage, n_cand), []).append(r)
     for stage, style in (("fde", "k^:"), ("centroids", "k^-")):
-        autos = sorted((r for (c, _n, _c, st, npb, _), r in search.items()
+        autos = sorted((r for (c, _n, _c, st, npb, *_), r in search.items()
                         if c == "synthetic" and st == stage and r.get("n_candidates_auto") and (st == "fde" or npb == 16)),
                        key=lambda r: r["n_docs"])
         if autos:
