@@ -65,10 +65,13 @@ def peak_rss() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
-def index_dir(n_docs: int, codec: str, seed: int, centroids: str = "auto", factory: str = "auto") -> Path:
+def index_dir(n_docs: int, codec: str, seed: int, centroids: str = "auto", factory: str = "auto",
+              fde_final_dim: int | None = None) -> Path:
     """Cached synthetic index; ``-ivf`` marks builds with the token centroid stage allowed (auto / on), a
-    suffix the FAISS factory when it is not ``auto`` (e.g. ``-HNSW32_PQ1280``)."""
+    suffix the FAISS factory when it is not ``auto`` (e.g. ``-HNSW32_PQ1280``) and ``-fdeD`` an FDE with
+    MUVERA's final projection to D dimensions."""
     tag = "" if factory == "auto" else "-" + "".join(c if c.isalnum() or c in "_," else "_" for c in factory).replace(",", "+")
+    tag += f"-fde{fde_final_dim}" if fde_final_dim else ""
     return OUT / f"synth-{n_docs}-{codec}-s{seed}{'' if centroids == 'off' else '-ivf'}{tag}"
 
 
@@ -112,8 +115,11 @@ def child_build(args) -> dict:
     from retriever import IndexConfig, Retriever
 
     src = TokenSources(find_sources(ROOT / "index_data" / "bench"))
-    path = index_dir(args.n, args.codec, args.seed, args.centroids, args.faiss_factory)
-    config = IndexConfig(codec=args.codec, faiss_factory=args.faiss_factory, centroids=centroids_arg(args.centroids))
+    path = index_dir(args.n, args.codec, args.seed, args.centroids, args.faiss_factory, args.fde_final_dim)
+    from retriever.candidates.fde import FDEConfig
+
+    config = IndexConfig(codec=args.codec, faiss_factory=args.faiss_factory, centroids=centroids_arg(args.centroids),
+                         fde=FDEConfig(final_projection_dimension=args.fde_final_dim))
     gen_s = 0.0
 
     def batches():
@@ -133,6 +139,7 @@ def child_build(args) -> dict:
     wall = time.perf_counter() - t0
     disk = sum(f.stat().st_size for f in path.iterdir())
     return {"stage": "build", "corpus": args.corpus_name, "n_docs": r.n_docs, "n_tokens": r.n_tokens, "faiss_factory": r.config.faiss_factory,
+            "fde_final_dim": args.fde_final_dim,
             "codec": args.codec, "wall_s": round(wall, 1), "gen_s": round(gen_s, 1),
             "timings": {k: round(v, 1) for k, v in r.build_timings.items()},
             "build_s_excl_gen": round(wall - gen_s, 1), "peak_rss_gb": round(peak_rss() / 1e9, 2),
@@ -163,11 +170,20 @@ def measure_search(r, q_gt, gt: np.ndarray, q_t, singles: list, **kw) -> dict:
             "p99_ms": round(float(np.percentile(lat, 99)), 2), "batch_qps": round(qps, 1)}
 
 
+def faiss_bytes_per_doc(r, path: Path) -> int:
+    """The FAISS index's code bytes per document, or (graphs, which have no standalone codec) its file size per
+    document, links included."""
+    try:
+        return round(r.faiss_index.sa_code_size())
+    except RuntimeError:
+        return round((path / "fde.faiss").stat().st_size / max(1, r.n_docs))
+
+
 def child_search(args) -> list[dict]:
     from retriever import Retriever
     from retriever.index.retriever import _warmup
 
-    path = args.index_dir or index_dir(args.n, args.codec, args.seed, args.centroids, args.faiss_factory)
+    path = args.index_dir or index_dir(args.n, args.codec, args.seed, args.centroids, args.faiss_factory, args.fde_final_dim)
     if args.queries_file:
         from retriever.store.tokens import TokenEmbeddings
 
@@ -220,13 +236,14 @@ def child_search(args) -> list[dict]:
         log.info("N=%d: %s", n_cand, rows[-1])
     rss_after = rss()
     common = {"stage": "search", "corpus": args.corpus_name, "n_docs": r.n_docs, "n_tokens": r.n_tokens, "faiss_factory": r.config.faiss_factory,
+              "fde_final_dim": args.fde_final_dim,
               "codec": args.codec, "split": split, "gt_queries": len(q_gt), "timed_queries": len(q_t),
               "exact_p50_ms": round(float(np.median(ex)) * 1e3, 1) if ex else None,
               "rss_before_load_gb": round(rss0 / 1e9, 2), "rss_loaded_gb": round(rss_loaded / 1e9, 2),
               "rss_after_gb": round(rss_after / 1e9, 2),
               "resident_bytes_per_doc": round((rss_after - rss0) / r.n_docs),
               "centroid_stage_bytes_per_doc": round(r.centroid_stage.nbytes_resident() / r.n_docs) if r.centroid_stage else 0,
-              "faiss_bytes_per_doc": round(r.faiss_index.sa_code_size() if hasattr(r.faiss_index, "sa_code_size") else 0)}
+              "faiss_bytes_per_doc": faiss_bytes_per_doc(r, path)}
     return [dict(common, **row) for row in rows]
 
 
@@ -247,6 +264,8 @@ def main(argv=None) -> int:
     ap.add_argument("--sizes", type=int, nargs="+", default=[100_000, 300_000, 1_000_000])
     ap.add_argument("--codec", default="int8")
     ap.add_argument("--faiss-factory", default="auto")
+    ap.add_argument("--fde-final-dim", type=int, default=None,
+                    help="MUVERA's final projection of the FDE to this many dimensions (default: none, 10,240)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--split", choices=sorted(SPLITS), default="report")
     ap.add_argument("--n-candidates", type=auto_or_int, nargs="+", default=["auto", 1000, 2000, 4000],
@@ -288,15 +307,16 @@ def main(argv=None) -> int:
         report(args.results, args.split, args.target)
         return 0
     common = ["--codec", args.codec, "--faiss-factory", args.faiss_factory, "--seed", str(args.seed),
+              *(["--fde-final-dim", str(args.fde_final_dim)] if args.fde_final_dim else []),
               "--corpus-name", args.corpus_name, "--centroids", args.centroids]
     if args.index_dir:
         common += ["--index-dir", str(args.index_dir), "--queries-file", str(args.queries_file)]
     for n in [0] if args.index_dir else args.sizes:
-        if args.rebuild and not args.index_dir and index_dir(n, args.codec, args.seed, args.centroids, args.faiss_factory).is_dir():
+        if args.rebuild and not args.index_dir and index_dir(n, args.codec, args.seed, args.centroids, args.faiss_factory, args.fde_final_dim).is_dir():
             import shutil
 
-            shutil.rmtree(index_dir(n, args.codec, args.seed, args.centroids, args.faiss_factory))  # ground truth is keyed by the store's sha256
-        if not args.index_dir and not (index_dir(n, args.codec, args.seed, args.centroids, args.faiss_factory) / "manifest.json").is_file():
+            shutil.rmtree(index_dir(n, args.codec, args.seed, args.centroids, args.faiss_factory, args.fde_final_dim))  # ground truth is keyed by the store's sha256
+        if not args.index_dir and not (index_dir(n, args.codec, args.seed, args.centroids, args.faiss_factory, args.fde_final_dim) / "manifest.json").is_file():
             load0 = load_1m()
             for row in run_child(["--child", "build", "--n", str(n), *common]):
                 row.update(load_before=load0, load_after=load_1m())
@@ -323,7 +343,8 @@ def _latest(rows: list[dict], stage: str, split: str | None = None) -> dict:
         if r.get("stage") != stage or (split and r.get("split") != split):
             continue
         out[(r.get("corpus", "synthetic"), r["n_docs"], r["codec"], _stage(r), r.get("nprobe") or 0,
-             r.get("n_candidates"), r.get("faiss_factory") if stage == "search" else None, r.get("ef_search") or 0)] = r
+             r.get("n_candidates"), r.get("faiss_factory") if stage == "search" else None, r.get("ef_search") or 0,
+             r.get("fde_final_dim") or 0)] = r
     return out
 
 
@@ -354,7 +375,8 @@ def report(results: Path, split: str, target: float) -> None:
         r = search[key]
         auto = " (auto)" if r.get("n_candidates_auto") else ""
         cand = (f"token centroids, nprobe {r['nprobe']}" if _stage(r) == "centroids"
-                else f"FDE {r['faiss_factory']}" + (f", efSearch {r['ef_search']}" if r.get("ef_search") else ""))
+                else f"FDE{' ' + str(r['fde_final_dim']) + '-d' if r.get('fde_final_dim') else ''} {r['faiss_factory']}"
+                + (f", efSearch {r['ef_search']}" if r.get("ef_search") else ""))
         lines.append(f"| {r.get('corpus', 'synthetic')} | {r['n_docs']:,} | {r['codec']} | {cand} | "
                      f"{r['n_candidates']:,}{auto} | "
                      f"{r['chamfer_recall_at_10']:.3f} | {r['p50_ms']:.1f} | {r['p99_ms']:.1f} | {r['batch_qps']:.0f} | "
@@ -365,7 +387,8 @@ def report(results: Path, split: str, target: float) -> None:
     for key in sorted(builds):
         b = builds[key]
         t = b["timings"]
-        lines.append(f"| {b.get('corpus', 'synthetic')} | {b['n_docs']:,} | {b['codec']} | {b['faiss_factory']} | "
+        fde = f" (FDE {b['fde_final_dim']}-d)" if b.get("fde_final_dim") else ""
+        lines.append(f"| {b.get('corpus', 'synthetic')} | {b['n_docs']:,} | {b['codec']} | {b['faiss_factory']}{fde} | "
                      f"{b['build_s_excl_gen']} | "
                      f"{t.get('codec_s')} | {t.get('fde_s')} | {t.get('faiss_s')} | {t.get('centroids_s', '–')} | "
                      f"{t.get('write_s')} | "
@@ -373,7 +396,7 @@ def report(results: Path, split: str, target: float) -> None:
     # per candidate stage, the fastest measured setting reaching the target at each size, and the
     # growth of its p50 with corpus size
     graphs = sorted({r["faiss_factory"] for r in search.values() if _stage(r) == "fde" and _graph(r)})
-    for stage_name, want in (("FDE (flat scan)", lambda r: _stage(r) == "fde" and not _graph(r)),
+    for stage_name, want in (("FDE (flat scan)", lambda r: _stage(r) == "fde" and not _graph(r) and not r.get("fde_final_dim")),
                              *((f"FDE {f}", lambda r, f=f: _stage(r) == "fde" and r["faiss_factory"] == f) for f in graphs),
                              ("token centroids (default nprobe 16)", lambda r: _stage(r) == "centroids"
                               and r.get("nprobe") == 16)):
