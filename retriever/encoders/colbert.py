@@ -749,8 +749,10 @@ class ColBERTEncoder:
         runs from its first token's first character to its last token's last character, so
         ``text[a:b]`` is a passage as written. A text of at most ``tokens`` tokens is one span
         over the whole text; an empty text is one empty span. ``tokens`` may not exceed
-        :attr:`document_budget`, so an encoded passage is never truncated (up to tokenizer
-        merges at the cut, which only shorten it).
+        :attr:`document_budget`. A window boundary can fall inside a word: the piece then
+        tokenizes on its own (``##rin`` of "aspirin" reads as ``ri ##n``) and may come out a
+        token or two longer than its window, so a caller that must truncate nothing counts each
+        passage's tokens again (chunked builds re-split the few that overflow).
         """
         texts = _check_texts(texts)
         if isinstance(tokens, bool) or not isinstance(tokens, int) or not 1 <= tokens <= self.document_budget:
@@ -997,12 +999,16 @@ class ColBERTEncoder:
                         if p.is_floating_point() and p.dtype == torch.float32:
                             cache[f"{mname}.{pname}" if mname else pname] = (p, -1, None)
             self._bf16_cache = (self.backbone, cache)
+        # torch's in-place version counter (the one autograd checks): every optimizer step or in-place
+        # edit of a parameter bumps it. It is a private attribute of torch's tensor class, read here
+        # through the class so that the dependency on torch internals stays visible in one place.
+        version_of = torch.Tensor._version.__get__
         out = {}
         for name, (p, version, copy) in cache.items():
-            if version != p._version or copy is None:
+            if version != version_of(p) or copy is None:
                 with torch.no_grad():
                     copy = p.detach().to(torch.bfloat16)
-                version = p._version
+                version = version_of(p)
                 cache[name] = (p, version, copy)
             out[name] = copy
         return out
