@@ -64,7 +64,8 @@ def add_index_config_args(p) -> None:
 
 
 def index_config_from_args(args):
-    """The ``IndexConfig`` named by :func:`add_index_config_args` options (unset fields keep defaults)."""
+    """The ``IndexConfig`` named by :func:`add_index_config_args` options (and ``retriever index``'s
+    ``--chunk-tokens`` / ``--chunk-overlap``; unset fields keep defaults)."""
     from retriever.candidates.fde import FDEConfig
     from retriever.index.config import IndexConfig
 
@@ -91,7 +92,8 @@ def index_config_from_args(args):
                                residual_pq=args.ivf_residual_pq)
     return IndexConfig(fde=FDEConfig(**fde_kwargs), faiss_factory=args.faiss_factory, codec=codec,
                        pool_factor=args.pool_factor, word_pooling=args.word_pooling, hybrid=hybrid,
-                       centroids=centroids, store_text=args.store_text)
+                       centroids=centroids, store_text=args.store_text,
+                       chunk_tokens=getattr(args, "chunk_tokens", None), chunk_overlap=getattr(args, "chunk_overlap", 0))
 
 
 def auto_or_int(text: str) -> int | str:

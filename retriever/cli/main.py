@@ -47,6 +47,9 @@ def cmd_index(args) -> int:
     encoder = encoder_from_args(args)
     if args.ray_address is not None and args.shards is None:
         raise SystemExit("error: --ray-address builds a sharded index: give --shards N")
+    if args.ray_address is not None and config.chunked:
+        raise SystemExit("error: --chunk-tokens is not supported with --ray-address (the Ray build encodes whole "
+                         "documents); build the sharded index without --ray-address")
     if args.shards is not None:
         from retriever.cluster.shards import ShardedRetriever
 
@@ -66,8 +69,11 @@ def cmd_index(args) -> int:
         return 0
     r = Retriever.build(iter_corpus(corpus), config=config, encoder=encoder, path=args.out, show_progress=not args.quiet)
     log.info("wrote %r to %s", r, args.out)
-    print(json.dumps({"index": str(args.out), "n_docs": r.n_docs, "n_tokens": r.n_tokens, "dim": r.dim,
-                      "timings_s": {k: round(v, 2) for k, v in r.build_timings.items()}}))
+    summary = {"index": str(args.out), "n_docs": r.n_docs, "n_tokens": r.n_tokens, "dim": r.dim,
+               "timings_s": {k: round(v, 2) for k, v in r.build_timings.items()}}
+    if r.passages is not None:
+        summary["n_passages"] = r.n_live_rows
+    print(json.dumps(summary))
     return 0
 
 
@@ -118,13 +124,17 @@ def cmd_search(args) -> int:
           "nprobe": args.nprobe, "hybrid": {"auto": None, "on": True, "off": False}[args.hybrid]}
     if args.where is not None:
         kw["where"] = args.where
+    if args.passages:
+        if args.out:
+            raise SystemExit("error: --passages prints passage hits; a TREC run file (--out) lists documents, "
+                             "ranked by their best passage: drop --passages")
+        kw["passages"] = True
     if len(texts) == 1:
         res = r.search(texts, **kw)
     else:  # a query file: encode and search in steps, with a progress bar
-        import numpy as np
         from tqdm.auto import tqdm
 
-        from retriever.index.search import SearchResults
+        from retriever.index.search import concat_results
 
         parts = []
         with tqdm(total=len(texts), desc="encoding and searching", unit="query", disable=args.quiet) as bar:
@@ -132,10 +142,7 @@ def cmd_search(args) -> int:
                 step = texts[s : s + _SEARCH_STEP]
                 parts.append(r.search(step, **kw))
                 bar.update(len(step))
-        res = SearchResults(ids=np.concatenate([p.ids for p in parts]), scores=np.concatenate([p.scores for p in parts]),
-                            rows=np.concatenate([p.rows for p in parts]),
-                            shards=None if parts[0].shards is None else np.concatenate([p.shards for p in parts]),
-                            documents=parts[0].documents)
+        res = concat_results(parts)
     if args.out:
         write_trec_run(args.out, qids, res.ids, res.scores, tag=args.tag)
         log.info("wrote %d queries x top-%d to %s", len(qids), args.k, args.out)
@@ -143,15 +150,17 @@ def cmd_search(args) -> int:
         for qid, hits in zip(qids, res.hits()):
             for rank, hit in enumerate(hits, 1):
                 line = f"{qid}\t{rank}\t{hit['id']}\t{hit['score']:.4f}"
-                if "text" in hit:  # the index stores documents: a snippet of each hit
-                    line += "\t" + _snippet(hit)
+                if "passage" in hit:  # a chunked index: the (best) passage and its characters
+                    line += f"\tpassage {hit['passage']} [{hit['span'][0]}:{hit['span'][1]}]"
+                if "text" in hit:  # the index stores documents: a snippet of each hit (a passage hit: its text)
+                    line += "\t" + _snippet(hit, title=not res.passage_hits)
                 print(line)
     return 0
 
 
-def _snippet(hit: dict, width: int = _SNIPPET_CHARS) -> str:
-    """Title and text of a hit on one line, cut at ``width`` characters."""
-    text = " ".join(x for x in (hit.get("title"), hit.get("text")) if x)
+def _snippet(hit: dict, width: int = _SNIPPET_CHARS, title: bool = True) -> str:
+    """Title (unless ``title=False``) and text of a hit on one line, cut at ``width`` characters."""
+    text = " ".join(x for x in (hit.get("title") if title else None, hit.get("text")) if x)
     text = " ".join(text.split())
     return text if len(text) <= width else text[: width - 1].rstrip() + "\u2026"
 
@@ -275,8 +284,9 @@ def cmd_verify(args) -> int:
     except IndexFormatError as e:
         print(f"FAILED: {e}")
         return 1
-    print(f"OK: {args.index}: {m['n_docs']} documents, {m['n_tokens']} tokens, dim {m['dim']}, "
-          f"{len(m['files'])} files checked")
+    docs = (f"{m['n_documents']} documents in {m['n_docs'] - m.get('n_deleted', 0)} passages" if "n_documents" in m
+            else f"{m['n_docs']} documents")
+    print(f"OK: {args.index}: {docs}, {m['n_tokens']} tokens, dim {m['dim']}, {len(m['files'])} files checked")
     return 0
 
 
@@ -385,6 +395,12 @@ def build_parser() -> argparse.ArgumentParser:
                     help="continue an interrupted Ray build: chunks already encoded are kept (with --ray-address)")
     add_encoder_args(pi, "default")
     add_index_config_args(pi)
+    pi.add_argument("--chunk-tokens", dest="chunk_tokens", type=int, default=None,
+                    help="split each document into passages of at most N tokens (at most the encoder's "
+                         "document_length less special tokens; nothing is truncated) and rank documents by their "
+                         "best passage (default: off, documents truncated at document_length)")
+    pi.add_argument("--chunk-overlap", dest="chunk_overlap", type=int, default=0,
+                    help="tokens shared by consecutive passages (with --chunk-tokens; default 0)")
     pi.set_defaults(func=cmd_index)
 
     ps = sub.add_parser("search", help="search an index; writes a TREC run file or prints hits")
@@ -409,6 +425,9 @@ def build_parser() -> argparse.ArgumentParser:
     ps.add_argument("--where", type=_where_arg, default=None,
                     help='metadata filter, a JSON object: \'{"year": {"$gte": 2020}, "lang": "en"}\' (operators $eq $ne '
                          '$gt $gte $lt $lte $in $nin $exists, $and $or $nor); needs the document store')
+    ps.add_argument("--passages", action="store_true",
+                    help="indexes built with --chunk-tokens: print the top passages (document id, passage number, "
+                         "character span, the passage's text) instead of documents ranked by their best passage")
     ps.add_argument("--out", help="TREC run file to write (default: print hits)")
     ps.add_argument("--tag", default="retriever", help="run tag in the TREC file")
     add_encoder_args(ps, None)

@@ -13,7 +13,9 @@ find a document's shard from its id alone. A search runs on every shard (the que
 once) and the per-shard top-k lists are merged by (score descending, shard, row): exact for
 MaxSim, which is a per-document score, so a sharded exhaustive search equals the single index's.
 Hybrid searches fuse within each shard (each shard normalises its own top lists), so their merged
-ranking is close to, not identical with, a single index's.
+ranking is close to, not identical with, a single index's. A chunked index (``IndexConfig.chunk_tokens``)
+keeps all passages of a document in the document's shard, so a document's best passage (MaxP) is a
+per-document score too: each shard ranks its documents and the lists merge as above.
 
 This module is the local backend: shards live in this process. It imports ``index``; nothing in
 the single-index modules imports it.
@@ -38,6 +40,7 @@ from retriever.hybrid.fusion import FusionConfig, fuse
 from retriever.index import format as fmt
 from retriever.index.config import IndexConfig
 from retriever.index.inputs import is_batch_item, is_embeddings, is_text_item, py_scalar, text_items, texts_of_queries
+from retriever.index.passages import DEPTH_GROWTH
 from retriever.index.retriever import Retriever
 from retriever.index.search import SearchResults, auto_n_candidates, auto_rule, candidate_stage, search_in_groups
 from retriever.index.writer import WriteGuard
@@ -267,12 +270,27 @@ class ShardedRetriever:
                 out.append(shard.search(**kw) if method == "search" else shard.hybrid_union(**kw))
             return out
 
-        res = sharded_search(call, lambda: self.encoder, first.config.hybrid, [s.n_docs for s in self.shards],
+        chunked = first.passages is not None
+        res = sharded_search(call, lambda: self.encoder, first.config.hybrid, [s.n_live_rows for s in self.shards],
                              queries, k, hybrid=hybrid, n_candidates=n_candidates,
-                             has_centroids=all(s.centroid_stage is not None for s in self.shards), **kwargs)
+                             has_centroids=all(s.centroid_stage is not None for s in self.shards),
+                             chunked=chunked, **kwargs)
+        if chunked and res.passages is None:  # fused across shards from passage rows: name the passages
+            res = self._with_passages(res)
         if any(s.documents is not None for s in self.shards):
             res = dataclasses.replace(res, documents=self._fetch_documents)
         return res
+
+    def _with_passages(self, res: SearchResults) -> SearchResults:
+        """Chunked shards: ``res`` (passage rows of a fused search) with each hit's passage number and span;
+        document results (not ``passage_hits``) then name each document by its first passage's row."""
+        numbers = np.full(res.rows.shape, -1, dtype=np.int64)
+        spans = np.full(res.rows.shape + (2,), -1, dtype=np.int64)
+        for s in np.unique(res.shards[res.rows >= 0]).tolist():
+            at = (res.shards == s) & (res.rows >= 0)
+            numbers[at], spans[at] = self.shards[s].passage_info(res.rows[at])
+        rows = res.rows if res.passage_hits else np.where(res.rows >= 0, res.rows - numbers, -1)
+        return dataclasses.replace(res, rows=rows, passages=numbers, spans=spans)
 
     def _fetch_documents(self, rows, shards) -> list:
         """Stored documents of hits given as (row within shard, shard), in order (None where a shard has none)."""
@@ -557,13 +575,18 @@ def shard_candidates(n_candidates, k, subset, live: list[int], rule=auto_n_candi
 
 
 def sharded_search(call, get_encoder, hybrid_config, live: list[int], queries, k, *, hybrid=None,
-                   n_candidates="auto", has_centroids: bool = False, **kwargs) -> SearchResults:
+                   n_candidates="auto", has_centroids: bool = False, chunked: bool = False,
+                   **kwargs) -> SearchResults:
     """The search of a sharded index over any backend.
 
     ``call(method, per_shard_kwargs)`` runs ``method`` ("search" or "hybrid_union") on every shard
     with its keyword arguments and returns the results in shard order (a local loop, or remote
     calls in parallel); "hybrid_union" results are ``(fusion, scored, ids of each query's U)``; a
-    shard that did not answer (a partial search) is ``None``.
+    shard that did not answer (a partial search) is ``None``. ``live``: each shard's searchable rows.
+    ``chunked`` (shards of passages, ``IndexConfig.chunk_tokens``): a fused document search folds the
+    shards' fused passages into documents, each at its best passage, ranking deeper until it names ``k``
+    documents; its hits are passage rows without passage numbers, which the caller adds (a search that
+    is not fused gets documents, passage numbers included, from the shards themselves).
     """
     texts = texts_of_queries(queries)
     base_kw = dict(kwargs, hybrid=hybrid)
@@ -589,33 +612,51 @@ def sharded_search(call, get_encoder, hybrid_config, live: list[int], queries, k
                 if pooled_g is not None:
                     kw["query_pooled"] = pooled_g
                 return sharded_search(call, get_encoder, hybrid_config, live, q_g, k, hybrid=f,
-                                      n_candidates=n_candidates, has_centroids=has_centroids, **kw)
+                                      n_candidates=n_candidates, has_centroids=has_centroids, chunked=chunked,
+                                      **kw)
 
             return search_in_groups(groups, queries, base_kw["query_texts"], base_kw.get("query_pooled"), search)
         base_kw["hybrid"] = groups[0][0]
     cands = shard_candidates(n_candidates, k, kwargs.get("subset"), live,
                              auto_rule(candidate_stage(has_centroids, kwargs.get("mode", "auto"))))
-    per_shard = [dict(base_kw, queries=queries, k=k, n_candidates=n) for n in cands]
-    method = "hybrid_union" if fused else "search"
-    answers = call(method, per_shard)
-    missing = tuple(s for s, a in enumerate(answers) if a is None)
-    present = [s for s, a in enumerate(answers) if a is not None]
-    if not present:
-        raise RuntimeError("no shard answered the search")
-    if not fused:
-        res = merge_results([answers[s] for s in present], int(k), present)
-    else:
-        res = fuse_shards([answers[s][1] for s in present], answers[present[0]][0], int(k),
-                          [answers[s][2] for s in present], present)
+    by_document = fused and chunked and not kwargs.get("passages", False)
+    total = max(1, int(sum(live)))
+    depth = int(k)  # a fused document search ranks the whole unions of a passage search of k, deeper if need be
+    while True:
+        per_shard = [dict(base_kw, queries=queries, k=depth,
+                          n_candidates=n if n == "auto" or not by_document else max(int(n), depth)) for n in cands]
+        answers = call("hybrid_union" if fused else "search", per_shard)
+        missing = tuple(s for s, a in enumerate(answers) if a is None)
+        present = [s for s, a in enumerate(answers) if a is not None]
+        if not present:
+            raise RuntimeError("no shard answered the search")
+        if not fused:
+            res = merge_results([answers[s] for s in present], int(k), present)
+            break
+        fusion = answers[present[0]][0]
+        res = fuse_shards([answers[s][1] for s in present], fusion, int(k), [answers[s][2] for s in present],
+                          present, depth=max(depth, int(fusion.depth)), by_document=by_document)
+        if not by_document:
+            break
+        # a query is done when it names k documents or its unions hold fewer rows than were asked for
+        union = np.sum([[u.size for u, _, _ in answers[s][1]] for s in present], axis=0)
+        done = ((res.rows >= 0).sum(axis=1) >= int(k)) | (union < depth)
+        if done.all() or depth >= total:
+            break
+        depth = min(total, depth * DEPTH_GROWTH)
+    if kwargs.get("passages", False) and fused:
+        res = dataclasses.replace(res, passage_hits=True)
     return dataclasses.replace(res, missing_shards=missing) if missing else res
 
 
-def fuse_shards(scored: list[list], fusion, k: int, u_ids: list[list], shard_numbers: list[int] | None = None
-                ) -> SearchResults:
+def fuse_shards(scored: list[list], fusion, k: int, u_ids: list[list], shard_numbers: list[int] | None = None,
+                depth: int | None = None, by_document: bool = False) -> SearchResults:
     """Rank the shards' hybrid unions as one index would: each signal's mean and spread come from its
-    top-``depth`` scores over all shards, then the fused lists merge by (score, shard, row).
-    ``u_ids[s][i]``: the external ids of shard ``s``'s union for query ``i``."""
-    depth = max(int(fusion.depth), int(k))
+    top-``depth`` scores over all shards (default ``max(fusion.depth, k)``: the depth the unions were made
+    with), then the fused lists merge by (score, shard, row). ``u_ids[s][i]``: the external ids of shard
+    ``s``'s union for query ``i``. ``by_document`` (chunked shards, whose union rows are passages): each
+    document is kept at its best passage only, so the ``k`` hits are ``k`` documents."""
+    depth = max(int(fusion.depth), int(k)) if depth is None else int(depth)
     n_q = len(scored[0])
     parts = []
     for s, shard_scored in enumerate(scored):
@@ -630,7 +671,11 @@ def fuse_shards(scored: list[list], fusion, k: int, u_ids: list[list], shard_num
                 every = np.concatenate([sc[i][2][name] for sc in scored])
                 tops[name] = np.sort(every)[-depth:]
             f = fuse(signals, tops, fusion)
-            order = np.lexsort((u, -f))[:k]
+            order = np.lexsort((u, -f))
+            if by_document:  # a document's first (best) passage
+                _, first = np.unique(np.asarray(u_ids[s][i])[order], return_index=True)
+                order = order[np.sort(first)]
+            order = order[:k]
             rows[i, : order.size] = u[order]
             scores[i, : order.size] = f[order]
         ids = _padded_ids(u_ids[s], scored[s], rows)
@@ -660,6 +705,12 @@ def merge_results(parts: list[SearchResults], k: int, shard_numbers: list[int] |
     rows = np.concatenate([p.rows for p in parts], axis=1)
     ids = np.concatenate([p.ids for p in parts], axis=1)
     shard = np.concatenate([np.full(p.rows.shape, numbers[j], dtype=np.int64) for j, p in enumerate(parts)], axis=1)
+    with_passages = all(p.passages is not None for p in parts)
+    if with_passages:
+        pas = np.concatenate([p.passages for p in parts], axis=1)
+        spans = np.concatenate([p.spans for p in parts], axis=1)
+        out_pas = np.full((n_q, k), -1, dtype=np.int64)
+        out_spans = np.full((n_q, k, 2), -1, dtype=np.int64)
     out_ids = np.empty((n_q, k), dtype=ids.dtype)
     out_scores = np.full((n_q, k), -np.inf, dtype=np.float32)
     out_rows = np.full((n_q, k), -1, dtype=np.int64)
@@ -672,4 +723,9 @@ def merge_results(parts: list[SearchResults], k: int, shard_numbers: list[int] |
         out_scores[i, : order.size] = scores[i, order]
         out_rows[i, : order.size] = rows[i, order]
         out_shards[i, : order.size] = shard[i, order]
-    return SearchResults(ids=out_ids, scores=out_scores, rows=out_rows, shards=out_shards)
+        if with_passages:
+            out_pas[i, : order.size] = pas[i, order]
+            out_spans[i, : order.size] = spans[i, order]
+    return SearchResults(ids=out_ids, scores=out_scores, rows=out_rows, shards=out_shards,
+                         passages=out_pas if with_passages else None, spans=out_spans if with_passages else None,
+                         passage_hits=any(p.passage_hits for p in parts))

@@ -1,7 +1,7 @@
 """The index: ``Retriever`` (the facade: build, search, save, load, add / delete / compact), its
 ``IndexConfig``, the streaming build (``builder``), changes to a built index (``lifecycle``), the
-on-disk format (``format``), the search pipeline over candidate stages (``search``) and the checks
-on what callers pass (``inputs``).
+on-disk format (``format``), the search pipeline over candidate stages (``search``), long documents
+as passages (``passages``) and the checks on what callers pass (``inputs``).
 
 May import: ``retriever.core``, ``store``, ``candidates``, ``hybrid``, ``encoders``, ``retriever_kernels``.
 """

@@ -26,6 +26,7 @@ from retriever.hybrid.lexical import LexicalAppender, LexicalIndex
 from retriever.index import format as fmt
 from retriever.index.documents import DocumentRecord, DocumentStore
 from retriever.index.inputs import ids_array, py_scalar, validate_batch
+from retriever.index.passages import PassageMap, timed_split
 from retriever.store.codecs import TokenCodec
 from retriever.store.tokens import TokenEmbeddings
 
@@ -98,12 +99,28 @@ class IndexBuilder:
         self.documents = DocumentStore.writer(workdir) if store_documents else None  # documents.sqlite
         if self.documents is not None:
             self.timings["store_s"] = 0.0
+        self.numbers: list[np.ndarray] = []  # chunked builds: passage number and span of every row
+        self.spans: list[np.ndarray] = []
+        self.passages: PassageMap | None = None  # finish(): the passage map of a chunked build
 
     def add(self, emb: TokenEmbeddings, ids: list, pooled: np.ndarray | None = None,
-            texts: list[str] | None = None, records: list[DocumentRecord] | None = None) -> None:
-        """Append a batch; ``records`` (one per document, for the document store) are required when the
-        build stores documents."""
-        self.id_type, _ = validate_batch(emb, ids, self.dim, self.id_type, self.id_set, len(self.ids))
+            texts: list[str] | None = None, records: list[DocumentRecord] | None = None,
+            passages: tuple[np.ndarray, np.ndarray] | None = None) -> None:
+        """Append a batch; ``records`` (one per row, for the document store) are required when the
+        build stores documents. A chunked build (``IndexConfig.chunk_tokens``) appends passages: ``ids``
+        repeat each document's id on its rows, ``passages`` = (passage numbers, spans) of the rows and
+        ``records`` hold each document on its first row only (None on the others)."""
+        if self.config.chunked and passages is None:
+            raise ValueError(f"IndexConfig.chunk_tokens={self.config.chunk_tokens}: a chunked build appends passages "
+                             f"(split from texts), not whole documents")
+        if passages is not None and not self.config.chunked:
+            raise ValueError("passages given to a build without IndexConfig.chunk_tokens")
+        numbers = None if passages is None else passages[0]
+        self.id_type, _ = validate_batch(emb, ids, self.dim, self.id_type, self.id_set, len(self.ids),
+                                         numbers=numbers)
+        if passages is not None:
+            self.numbers.append(np.asarray(passages[0], dtype=np.int64))
+            self.spans.append(np.asarray(passages[1], dtype=np.int64).reshape(-1, 2))
         pooled = check_signals(self.hybrid, len(ids), pooled, texts, self.pooled_dim)
         if self.documents is not None:
             if records is None or len(records) != len(ids):
@@ -210,6 +227,8 @@ class IndexBuilder:
             self.lexical = self._lexical_app.finish()
             self._lexical_app = None
             self.timings["bm25_s"] += time.perf_counter() - t0
+        if self.config.chunked:
+            self.passages = PassageMap(np.concatenate(self.numbers), np.concatenate(self.spans))
         return offsets, ids_array(self.ids, self.id_type), index
 
 
@@ -333,9 +352,12 @@ def fill_centroids(config: CentroidConfig, codec: TokenCodec, store, offsets: np
     return out
 
 
-def stream_texts(builder, records: Iterator, encoder, show_progress: bool, word_pooling: bool = False) -> None:
+def stream_texts(builder, records: Iterator, encoder, show_progress: bool, word_pooling: bool = False,
+                 chunking: IndexConfig | None = None) -> None:
     """Encode :class:`DocumentRecord` s step by step (``_TEXT_BATCH`` documents) into ``builder.add``.
 
+    With ``chunking`` (an ``IndexConfig`` with ``chunk_tokens``) each step's documents are split into
+    passages first (``retriever.index.passages``) and the passages are encoded and added, one row each.
     Truncated documents are counted over all steps and logged in one line at the end.
     """
     summary = encoder.truncation_summary() if hasattr(encoder, "truncation_summary") else contextlib.nullcontext()
@@ -344,8 +366,14 @@ def stream_texts(builder, records: Iterator, encoder, show_progress: bool, word_
             chunk = list(itertools.islice(records, _TEXT_BATCH))
             if not chunk:
                 break
-            ids = [rec.id for rec in chunk]
-            texts = [rec.text for rec in chunk]
+            passages = None
+            rows = chunk
+            if chunking is not None and chunking.chunked:
+                batch = timed_split(chunk, encoder, chunking, builder.timings)
+                ids, texts, rows, passages = batch.ids, batch.texts, batch.records, (batch.numbers, batch.spans)
+            else:
+                ids = [rec.id for rec in chunk]
+                texts = [rec.text for rec in chunk]
             signals = builder.hybrid.signals
             t0 = time.perf_counter()
             pooled = None
@@ -354,7 +382,7 @@ def stream_texts(builder, records: Iterator, encoder, show_progress: bool, word_
             else:
                 emb = encoder.encode_documents(texts, word_pooling=word_pooling)
             builder.timings["encode_s"] += time.perf_counter() - t0
-            builder.add(emb, ids, pooled, texts if "bm25" in signals else None, records=chunk)
+            builder.add(emb, ids, pooled, texts if "bm25" in signals else None, records=rows, passages=passages)
             del emb  # not alive during the next step's encoding
             release_freed_memory()
             bar.update(len(chunk))

@@ -9,7 +9,7 @@ import numpy as np
 
 from retriever.candidates.centroids import CentroidConfig
 from retriever.candidates.fde import FDEConfig
-from retriever.core.configs import check_keys
+from retriever.core.configs import check_keys, is_int
 from retriever.hybrid.fusion import NONE as NO_HYBRID
 from retriever.hybrid.fusion import FusionConfig, HybridConfig
 from retriever.store.codecs import CodecConfig
@@ -62,6 +62,16 @@ class IndexConfig:
         (``documents.sqlite``, ``retriever.index.documents``): hits carry their document and searches
         take metadata filters (``where=``). True (default) for builds that have the texts (text
         builds, or token embeddings with ``texts=``); False stores none (``--no-store-text``).
+    chunk_tokens : int or None
+        Split every document into passages of at most this many tokens (``retriever.index.passages``):
+        each passage is a row of the token store (with its own FDE, centroid lists, dense vector and
+        BM25 postings), searches return documents ranked by their best passage (MaxP) or, with
+        ``search(..., passages=True)``, passages. Text builds only, and at most the encoder's
+        ``document_budget`` (``document_length`` less special tokens): a chunked build truncates
+        nothing. None (default): one row per document, truncated at ``document_length`` (as before).
+    chunk_overlap : int
+        Tokens shared by consecutive passages of a document (windows start every
+        ``chunk_tokens - chunk_overlap`` tokens); in ``[0, chunk_tokens)``, 0 without ``chunk_tokens``.
     """
 
     fde: FDEConfig = field(default_factory=FDEConfig)
@@ -72,6 +82,8 @@ class IndexConfig:
     hybrid: HybridConfig | str = "auto"
     centroids: CentroidConfig = field(default_factory=CentroidConfig)
     store_text: bool = True
+    chunk_tokens: int | None = None
+    chunk_overlap: int = 0
 
     def __post_init__(self) -> None:
         if isinstance(self.centroids, (bool, np.bool_, str)):
@@ -96,6 +108,23 @@ class IndexConfig:
             raise ValueError(f"IndexConfig.store_text must be a bool, got {self.store_text!r}")
         if not (isinstance(self.hybrid, HybridConfig) or self.hybrid == "auto"):
             raise ValueError(f"IndexConfig.hybrid must be a HybridConfig or 'auto', got {self.hybrid!r}")
+        ct, co = self.chunk_tokens, self.chunk_overlap
+        if ct is not None and (not is_int(ct) or ct < 1):
+            raise ValueError(f"IndexConfig.chunk_tokens must be None or a positive integer, got {ct!r}")
+        if not is_int(co) or co < 0:
+            raise ValueError(f"IndexConfig.chunk_overlap must be a non-negative integer, got {co!r}")
+        if ct is None and co:
+            raise ValueError(f"IndexConfig.chunk_overlap={co!r} needs chunk_tokens (passages to overlap)")
+        if ct is not None and co >= ct:
+            raise ValueError(f"IndexConfig.chunk_overlap must be smaller than chunk_tokens={ct}, got {co!r}")
+        if ct is not None:
+            object.__setattr__(self, "chunk_tokens", int(ct))
+        object.__setattr__(self, "chunk_overlap", int(co))
+
+    @property
+    def chunked(self) -> bool:
+        """True when documents are split into passages (``chunk_tokens`` is set)."""
+        return self.chunk_tokens is not None
 
     def resolved(self, texts: bool, pooled: bool, fusion: dict | None = None) -> "IndexConfig":
         """This config with ``hybrid="auto"`` decided for a build that has the documents' texts
@@ -124,11 +153,13 @@ class IndexConfig:
         return {"fde": self.fde.to_dict(), "faiss_factory": self.faiss_factory, "codec": self.codec.to_dict(),
                 "pool_factor": int(self.pool_factor), "word_pooling": bool(self.word_pooling),
                 "hybrid": self.hybrid if isinstance(self.hybrid, str) else self.hybrid.to_dict(),
-                "centroids": self.centroids.to_dict(), "store_text": bool(self.store_text)}
+                "centroids": self.centroids.to_dict(), "store_text": bool(self.store_text),
+                "chunk_tokens": self.chunk_tokens, "chunk_overlap": int(self.chunk_overlap)}
 
     @classmethod
     def from_dict(cls, d: dict) -> "IndexConfig":
-        """Inverse of :meth:`to_dict`; ``codec``, the pooling fields and ``hybrid`` default as before they existed."""
+        """Inverse of :meth:`to_dict`; ``codec``, the pooling fields, ``hybrid`` and the chunking fields default
+        as before they existed."""
         check_keys(cls, d)
         kw = dict(d)
         if "fde" in kw:
@@ -146,4 +177,6 @@ class IndexConfig:
         elif "centroids" not in kw:
             kw["centroids"] = CentroidConfig(enabled=False)  # written before the centroid stage existed
         kw.setdefault("store_text", False)  # written before the document store existed
+        kw.setdefault("chunk_tokens", None)  # written before chunked builds existed: one row per document
+        kw.setdefault("chunk_overlap", 0)
         return cls(**kw)

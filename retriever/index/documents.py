@@ -361,6 +361,13 @@ class DocumentStore:
         self.close()
         return DocumentStore.open(directory, n_rows)
 
+    def stored_rows(self) -> np.ndarray:
+        """int64 ascending rows that hold a document (committed and pending)."""
+        with self._lock:
+            parts = [np.fromiter((r + lo for (r,) in conn.execute("SELECT row FROM documents ORDER BY row")),
+                                 dtype=np.int64) for conn, lo, _ in self._parts()]
+        return np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
+
     # -- checks ------------------------------------------------------------------------------
     def check(self, doc_ids: np.ndarray, live: np.ndarray, full: bool = False) -> None:
         """``StoreFormatError`` unless every stored document sits at a live row under that row's id, every
@@ -398,8 +405,10 @@ class StoreWriter:
         self.conn = _connect_new(path)
         self.n_rows = 0
 
-    def append(self, records: list[DocumentRecord]) -> None:
-        _insert(self.conn, [(self.n_rows + j, rec) for j, rec in enumerate(records)])
+    def append(self, records: list[DocumentRecord | None]) -> None:
+        """Add documents as the next rows; None: a row without a document of its own (a passage after
+        its document's first, in a chunked index)."""
+        _insert(self.conn, [(self.n_rows + j, rec) for j, rec in enumerate(records) if rec is not None])
         self.n_rows += len(records)
 
     def finish(self) -> None:

@@ -27,6 +27,10 @@ An index is a directory of plain files::
     documents.sqlite  builds with texts (IndexConfig.store_text): each document's id, title, text and
                       JSON metadata by row, and its metadata flattened for filters (SQLite;
                       retriever/index/documents.py); deleted rows are dropped at save
+    passages.npy      chunked indexes (IndexConfig.chunk_tokens; retriever/index/passages.py): every
+                      row is a passage, (n_rows, 3) int64 = passage number within its document (0 at
+                      the document's first row, where the document store keeps it), start and end
+                      character of the passage; doc_ids.txt repeats the document's id on its rows
 
 No pickle anywhere. ``manifest.json`` is written last, so a directory without it is incomplete.
 The manifest carries the sha256 of its own content (``manifest_sha256``, computed over the
@@ -65,6 +69,7 @@ IVF_RESIDUALS = "ivf_residuals.npy"
 
 DENSE = "dense.npy"
 DOCUMENTS = "documents.sqlite"  # titles, texts and metadata by row (retriever/index/documents.py)
+PASSAGES = "passages.npy"  # chunked indexes: passage number and character span of every row
 BM25_VOCAB = "bm25_vocab.txt"
 BM25_FILES = {"term_offsets": "bm25_term_offsets.npy", "post_rows": "bm25_post_rows.npy",
               "post_tf": "bm25_post_tf.npy", "doc_len": "bm25_doc_len.npy"}
@@ -72,7 +77,7 @@ BM25_FILES = {"term_offsets": "bm25_term_offsets.npy", "post_rows": "bm25_post_r
 # Files whose checksum load() always checks (small); tokens.npy and fde.faiss are checked
 # by size and header at load and by checksum in verify().
 SMALL_FILES = (DOC_OFFSETS, DOC_IDS, DELETED, *CODEC_FILES.values(), *IVF_FILES.values(), IVF_PQ, BM25_VOCAB, BM25_FILES["term_offsets"],
-               BM25_FILES["doc_len"])
+               BM25_FILES["doc_len"], PASSAGES)
 
 
 class IndexFormatError(ValueError):
@@ -92,7 +97,7 @@ def describe_files(directory: Path, names: list[str], checksum: bool = True) -> 
 
 REQUIRED_FILES = (TOKENS, DOC_OFFSETS, DOC_IDS, FAISS)
 KNOWN_FILES = REQUIRED_FILES + (DELETED, *CODEC_FILES.values(), *IVF_FILES.values(), IVF_CODES, IVF_PQ,
-               IVF_RESIDUALS, DENSE, BM25_VOCAB, *BM25_FILES.values(), DOCUMENTS)
+               IVF_RESIDUALS, DENSE, BM25_VOCAB, *BM25_FILES.values(), DOCUMENTS, PASSAGES)
 CHECKSUM_FIELD = "manifest_sha256"
 _COUNT_FIELDS = ("n_docs", "n_tokens", "dim", "fde_dim")
 

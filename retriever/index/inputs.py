@@ -57,11 +57,13 @@ MAX_INT_ID = np.iinfo(np.int64).max
 
 
 def validate_batch(emb: TokenEmbeddings, ids: list, dim: int, id_type: str | None, taken: set, pos0: int = 0,
-                    in_index=None) -> tuple[str, np.ndarray]:
+                    in_index=None, numbers: np.ndarray | None = None) -> tuple[str, np.ndarray]:
     """Check a batch of documents and their ids exactly as :meth:`Retriever.build` does.
 
     ``taken`` holds the ids seen earlier in the same call; ``in_index(id)`` (optional) tells
-    whether an id is already a live document of the index. Nothing is modified.
+    whether an id is already a live document of the index. ``numbers`` (a chunked index: the
+    passage number of each row) marks rows that continue the document of the row before: they
+    carry its id, and only a document's first row counts for uniqueness. Nothing is modified.
 
     Returns
     -------
@@ -76,6 +78,11 @@ def validate_batch(emb: TokenEmbeddings, ids: list, dim: int, id_type: str | Non
     batch: set = set()
     for pos, i in enumerate(ids):
         key = py_scalar(i)
+        if numbers is not None and numbers[pos] != 0:
+            if pos == 0 or key != py_scalar(ids[pos - 1]):
+                raise ValueError(f"row {pos0 + pos} is passage {int(numbers[pos])} of document {i!r}, which does not "
+                                 f"start on the row before")
+            continue
         if key in taken or key in batch:
             raise ValueError(f"duplicate document id {i!r} (position {pos0 + pos})")
         if in_index is not None and in_index(key):

@@ -28,6 +28,11 @@ How each change is made
   pooled vectors come from the same encoder pass, the BM25 postings are merged into a new
   ``LexicalIndex``; both are swapped in with the rest), deleted rows stay in BM25's statistics
   until ``compact``, which keeps the live rows of both.
+* A chunked index (``IndexConfig.chunk_tokens``, ``retriever.index.passages``) has one row per
+  passage: ``add`` / ``upsert`` split new texts into passages as the build did and append them
+  (the document store keeps each document once, at its first passage's row), ``delete`` and
+  ``upsert`` flag every passage of a document, and ``compact`` keeps whole documents, so a
+  document's passages stay consecutive rows numbered from 0.
 """
 
 from __future__ import annotations
@@ -55,6 +60,7 @@ from retriever.index.builder import (
     stream_texts,
 )
 from retriever.index.documents import DocumentStore
+from retriever.index.passages import embeddings_refused
 from retriever.index.inputs import (
     check_ids,
     ids_array,
@@ -193,17 +199,25 @@ class _Stager:
         self.records: list = []  # the new documents for the document store (None: a row without text)
         self.codes: list[np.ndarray] = []  # token centroid ids of the new tokens (centroid stage)
         self.residuals: list[np.ndarray] = []  # and their residual codes (a stage with residual codes)
+        self.config = r.config
+        self.numbers: list[np.ndarray] = []  # a chunked index: passage number and span of every new row
+        self.spans: list[np.ndarray] = []
 
     def add(self, emb: TokenEmbeddings, ids: list, pooled: np.ndarray | None = None,
-            texts: list[str] | None = None, records: list | None = None) -> None:
+            texts: list[str] | None = None, records: list | None = None,
+            passages: tuple[np.ndarray, np.ndarray] | None = None) -> None:
         r = self.r
+        if (r.passages is not None) != (passages is not None):
+            raise embeddings_refused(r.config, "these documents are") if passages is None else \
+                ValueError("passages given to an index without IndexConfig.chunk_tokens")
         if ids:
             batch_type = check_ids(ids, None)
             if batch_type != r.id_type:
                 raise TypeError(f"document ids are {batch_type}, this index has {r.id_type} ids (e.g. {py_scalar(ids[0])!r})")
         row_of = r.live_row_map()
         in_index = None if self.replace else (lambda i: i in row_of)
-        validate_batch(emb, ids, r.dim, r.id_type, self.taken, len(self.ids), in_index)
+        numbers = None if passages is None else np.asarray(passages[0], dtype=np.int64)
+        validate_batch(emb, ids, r.dim, r.id_type, self.taken, len(self.ids), in_index, numbers=numbers)
         pooled = check_signals(self.hybrid, len(ids), pooled, texts,
                                r.dense.shape[1] if r.dense is not None else None)
         t0 = time.perf_counter()
@@ -235,6 +249,9 @@ class _Stager:
         self.ids.extend(ids)
         self.lengths.append(emb.lengths)
         self.records.extend(records if records is not None else [None] * len(ids))
+        if passages is not None:
+            self.numbers.append(numbers)
+            self.spans.append(np.asarray(passages[1], dtype=np.int64).reshape(-1, 2))
 
     def commit(self) -> int:
         r = self.r
@@ -250,11 +267,15 @@ class _Stager:
         doc_ids = np.concatenate([r.doc_ids, new_ids])
         deleted = np.concatenate([r.deleted, np.zeros(len(self.ids), dtype=np.uint8)])
         n_before = len(r.doc_ids)
+        passages = numbers = None
+        if r.passages is not None:
+            numbers = np.concatenate(self.numbers)
+            passages = r.passages.extended(numbers, np.concatenate(self.spans))
         replaced = []
         if self.replace:
             row_of = r.live_row_map()
-            replaced = [row_of[py_scalar(i)] for i in self.ids if py_scalar(i) in row_of]
-            deleted[replaced] = 1
+            replaced = sorted({row_of[py_scalar(i)] for i in self.ids if py_scalar(i) in row_of})
+            deleted[replaced if r.passages is None else r.passages.expand(np.asarray(replaced, dtype=np.int64))] = 1
         tokens = self.sink.finish()
         lexical = self.lexical_app.finish() if self.lexical_app is not None else None
         dense = None
@@ -286,6 +307,8 @@ class _Stager:
         r.doc_offsets = offsets
         r.doc_ids = doc_ids
         r.deleted = deleted
+        if passages is not None:
+            r.passages = passages
         if lexical is not None:
             r.lexical = lexical
         if dense is not None:
@@ -295,9 +318,12 @@ class _Stager:
         with r.ids_lock:
             if r.row_of is not None:
                 for j, i in enumerate(self.ids):
-                    r.row_of[py_scalar(i)] = n_before + j
-        log.info("added %d documents (%d replaced) to %r", len(self.ids), len(replaced), r)
-        return len(self.ids)
+                    if numbers is None or numbers[j] == 0:
+                        r.row_of[py_scalar(i)] = n_before + j
+        n_added = len(self.ids) if numbers is None else int((numbers == 0).sum())
+        log.info("added %d documents%s (%d replaced) to %r", n_added,
+                 "" if numbers is None else f" in {len(self.ids)} passages", len(replaced), r)
+        return n_added
 
     def abort(self) -> None:
         if self.sink is not None:
@@ -339,8 +365,11 @@ def add_documents(r: Retriever, documents, doc_ids, *, replace: bool, show_progr
             encoder = r.encoder  # ValueError if the index has none
             if doc_ids is None and all(isinstance(x, str) for x in items):
                 doc_ids = _default_ids(r, len(items), verb)
-            stream_texts(stager, text_items(items, doc_ids), encoder, show_progress, r.config.word_pooling)
+            stream_texts(stager, text_items(items, doc_ids), encoder, show_progress, r.config.word_pooling,
+                         chunking=r.config)
         else:
+            if r.passages is not None:
+                raise embeddings_refused(r.config, "this index is chunked and these documents are")
             emb = as_token_embeddings(list(items) if not isinstance(items, TokenEmbeddings) else items)
             ids = _default_ids(r, len(emb), verb) if doc_ids is None else list(doc_ids)
             stager.add(emb, ids)
@@ -368,7 +397,7 @@ def delete_documents(r: Retriever, ids) -> int:
     if rows.size == 0:
         return 0
     deleted = r.deleted.copy()
-    deleted[rows] = 1
+    deleted[rows if r.passages is None else r.passages.expand(rows)] = 1  # every passage of a chunked document
     with r.ids_lock:
         r.deleted = deleted  # one reference swap: a concurrent search sees the old or the new mask
         if r.row_of is not None:
@@ -533,6 +562,7 @@ def compact_index(r: Retriever, *, retrain: bool = False) -> int:
         stage = _compacted_centroids(r, live, tokens, offsets, retrain, codec, workdir)
         dense = np.asarray(r.dense[live]) if r.dense is not None else None
         lexical = r.lexical.select(live) if r.lexical is not None else None
+        passages = r.passages.select(live) if r.passages is not None else None  # whole documents: all or none
         documents = None
         if r.documents is not None:  # rows renumbered in a new file of this workdir
             r.documents.write_to(workdir, r.deleted, keep_rows=live)
@@ -550,6 +580,7 @@ def compact_index(r: Retriever, *, retrain: bool = False) -> int:
         r.centroid_stage = stage
         r.dense = dense
         r.lexical = lexical
+        r.passages = passages
         r.row_of = None
         old_documents, r.documents = r.documents, documents
     if old_documents is not None:
@@ -602,9 +633,40 @@ def _check_centroid_codes(r: Retriever, path: Path) -> None:
             f"{int(rows[bad[0]])}) are not those of their stored vectors")
 
 
+def _check_passages(r: Retriever, path: Path) -> None:
+    """A chunked index: the passage map against ids and deleted flags, the document store holding each live
+    document once (at its first passage's row), and every span inside its document's source text."""
+    from retriever.index.passages import passage_source
+
+    pm = r.passages
+    pm.check(path / fmt.PASSAGES, r.doc_ids, r.deleted)
+    if r.documents is None:
+        return
+    heads = pm.heads[r.deleted[pm.heads] == 0]
+    stored = r.documents.stored_rows()
+    if not np.array_equal(stored, heads):
+        extra = np.setdiff1d(stored, heads)
+        what = (f"holds a document at row {int(extra[0])}, which is not the first passage of a live document"
+                if extra.size else f"has no document at row {int(np.setdiff1d(heads, stored)[0])}, the first passage "
+                                   f"of live document {r.doc_ids[np.setdiff1d(heads, stored)[0]]!r}")
+        raise fmt.IndexFormatError(f"{path / fmt.DOCUMENTS} {what}")
+    ends = np.maximum.reduceat(pm.spans[:, 1], pm.heads) if pm.n_rows else np.zeros(0, dtype=np.int64)
+    end_of = dict(zip(pm.heads.tolist(), ends.tolist()))
+    for s in range(0, heads.size, _CODE_SAMPLE):
+        block = heads[s : s + _CODE_SAMPLE]
+        for row, doc in zip(block.tolist(), r.documents.get(block)):
+            n = len(passage_source(doc["title"], doc["text"]))
+            if end_of[row] > n:
+                raise fmt.IndexFormatError(f"{path / fmt.PASSAGES}: a passage of document {r.doc_ids[row]!r} ends at "
+                                           f"character {end_of[row]}, its text has {n}")
+
+
 def check_consistency(r: Retriever, path: Path) -> None:
     """Checks of :meth:`Retriever.verify` beyond checksums; ``IndexFormatError`` naming the problem."""
     live = np.flatnonzero(r.deleted == 0)
+    if r.passages is not None:
+        _check_passages(r, path)
+        live = live[r.passages.numbers[live] == 0]  # one id per document, at its first passage
     live_ids = r.doc_ids[live].tolist()
     if len(set(live_ids)) != len(live_ids):
         seen: set = set()

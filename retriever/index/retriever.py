@@ -48,6 +48,7 @@ from retriever.index.inputs import (
     text_items,
     texts_of_queries,
 )
+from retriever.index.passages import PassageMap, check_chunking, embeddings_refused, load_passage_map, rank_documents
 from retriever.index.search import (
     SearchResults,
     auto_rule,
@@ -110,6 +111,7 @@ class Retriever:
         lexical: LexicalIndex | None = None,
         centroid_stage: CentroidIndex | None = None,
         documents: DocumentStore | None = None,
+        passages: PassageMap | None = None,
     ) -> None:
         if config.hybrid == "auto":
             config = config.resolved(texts=False, pooled=False)
@@ -133,6 +135,7 @@ class Retriever:
         self.lexical = lexical  # hybrid "bm25" signal
         self.centroid_stage = centroid_stage  # token centroid candidates (retriever.candidates.centroids), or None
         self.documents = documents  # titles, texts and metadata by row (retriever.index.documents), or None
+        self.passages = passages  # chunked indexes: row -> passage of its document (retriever.index.passages)
         self.row_of: dict | None = None  # external id -> live row, built on first use
         self.ids_lock = threading.Lock()  # guards row_of
         self._write_lock = threading.RLock()  # serialises add/upsert/delete/compact/save
@@ -174,7 +177,15 @@ class Retriever:
 
     @property
     def n_docs(self) -> int:
-        """Documents that can be returned (deleted ones excluded)."""
+        """Documents that can be returned (deleted ones excluded); a chunked index counts documents, not
+        their passages (see :attr:`n_live_rows`)."""
+        if self.passages is not None:
+            return self.passages.n_live_documents(self.deleted)
+        return self.n_live_rows
+
+    @property
+    def n_live_rows(self) -> int:
+        """Rows that can be returned: documents, or a chunked index's passages (deleted ones excluded)."""
         return int(len(self.doc_ids) - int(self.deleted.sum()))
 
     @property
@@ -195,7 +206,8 @@ class Retriever:
             f"fde_dim={self.fde_encoder.output_dim}, faiss={self.config.faiss_factory!r}, "
             f"codec={self.codec.config.name!r}, pool_factor={self.config.pool_factor}"
             f"{', word_pooling=True' if self.config.word_pooling else ''}"
-            f"{f', hybrid={self.config.hybrid.signals}' if self.config.hybrid.enabled else ''})"
+            f"{f', hybrid={self.config.hybrid.signals}' if self.config.hybrid.enabled else ''}"
+            f"{f', passages={self.n_live_rows}, chunk_tokens={self.config.chunk_tokens}' if self.passages else ''})"
         )
 
     # -- build -----------------------------------------------------------------------------
@@ -259,6 +271,8 @@ class Retriever:
                              "text builds compute them, streamed batches cannot carry them")
         if metadata is not None and texts is None:
             raise ValueError("metadata= is stored with the documents' texts: give texts= too")
+        if config.chunked and not is_text:
+            raise embeddings_refused(config, "these documents are")
         if texts is not None:
             if isinstance(texts, (str, bytes)):
                 raise TypeError("texts must be a collection of strings, one per document, not a single string")
@@ -284,10 +298,12 @@ class Retriever:
                     from retriever.encoders.colbert import ColBERTEncoder
 
                     encoder = ColBERTEncoder.from_pretrained("default")
+                check_chunking(config, encoder)
                 pooled_dim = getattr(encoder, "pooled_dim", None) if "dense" in config.hybrid.signals else None
                 builder = IndexBuilder(workdir, config, encoder.dim, show_progress, pooled_dim=pooled_dim,
                                        store_documents=config.store_text)
-                stream_texts(builder, text_items(items, doc_ids), encoder, show_progress, config.word_pooling)
+                stream_texts(builder, text_items(items, doc_ids), encoder, show_progress, config.word_pooling,
+                             chunking=config)
             elif config.word_pooling:
                 raise ValueError("IndexConfig.word_pooling needs text documents (the encoder's tokenizer tells "
                                  "the words apart); these are token embeddings")
@@ -350,6 +366,7 @@ class Retriever:
                 dense=_built_dense(workdir, builder, len(ids_arr)),
                 lexical=builder.lexical,
                 centroid_stage=builder.centroid_index,
+                passages=builder.passages,
             )
             if builder.documents is None:
                 config = dataclasses.replace(config, store_text=False)
@@ -395,6 +412,7 @@ class Retriever:
         hybrid: bool | FusionConfig | None = None,
         query_texts=None,
         query_pooled=None,
+        passages: bool = False,
     ) -> SearchResults:
         """Top-``k`` documents for each query by MaxSim (late interaction) similarity.
 
@@ -434,15 +452,21 @@ class Retriever:
             The queries' texts (BM25) and pooled single vectors (float32 ``(n_queries, d)``, the
             dense signal) for a hybrid search when the embeddings were computed elsewhere (an index
             built with ``texts=`` / ``pooled=``). Text queries compute both themselves.
+        passages : bool
+            Chunked indexes (``IndexConfig.chunk_tokens``) only. False (default): documents, each scored
+            by its best passage (MaxP), ``k`` distinct documents (passages are ranked as deep as that
+            takes); ``subset`` and ``where`` select documents (all their passages). True: the top-``k``
+            passages, a document possibly several times. ``n_candidates`` counts passages.
 
         Returns
         -------
         SearchResults with (n_queries, k) ``ids``, ``scores`` (descending) and ``rows``; its
         :meth:`~SearchResults.hits` adds each hit's title, text and metadata from the document store.
+        A chunked index's results also carry each hit's ``passages`` (number) and ``spans``.
         """
         return self._search(queries, k, n_candidates=n_candidates, mode=mode, ef_search=ef_search, nprobe=nprobe,
                             subset=subset, where=where, hybrid=hybrid, query_texts=query_texts,
-                            query_pooled=query_pooled)
+                            query_pooled=query_pooled, passages=passages)
 
     def warmup(self) -> None:
         """Answer one throw-away query along the default path, so that the first real one pays no
@@ -472,11 +496,16 @@ class Retriever:
         return fusion, scored, [self._ids_of(u) for u, _, _ in scored]
 
     def _search(self, queries, k, *, n_candidates="auto", mode="auto", ef_search=None, nprobe=None, subset=None,
-                where=None, hybrid=None, query_texts=None, query_pooled=None, union_only=False):
+                where=None, hybrid=None, query_texts=None, query_pooled=None, union_only=False, passages=False):
         if not isinstance(k, (int, np.integer)) or isinstance(k, bool) or not 1 <= k <= MAX_K:
             raise ValueError(f"k must be an integer in [1, {MAX_K}], got {k!r}")
         if mode not in ("auto", "fde", "centroids", "exact"):
             raise ValueError(f"mode must be 'auto', 'fde', 'centroids' or 'exact', got {mode!r}")
+        if not isinstance(passages, (bool, np.bool_)):
+            raise TypeError(f"passages must be a bool, got {passages!r}")
+        if passages and self.passages is None:
+            raise ValueError("passages=True returns passages of an index built with IndexConfig.chunk_tokens "
+                             "(documents split into passages); this index has one row per document")
         if mode == "centroids" and self.centroid_stage is None:
             raise ValueError("mode='centroids' needs an index built with the token centroid stage "
                              "(IndexConfig.centroids); this one has none")
@@ -514,36 +543,71 @@ class Retriever:
                                      "long_weights=None")
                 return search_in_groups(groups, q, texts, q_pooled, lambda f, q_g, texts_g, pooled_g: self._search(
                     q_g, k, n_candidates=n_candidates, mode=mode, ef_search=ef_search, nprobe=nprobe, subset=subset,
-                    where=where, hybrid=f, query_texts=texts_g, query_pooled=pooled_g))
+                    where=where, hybrid=f, query_texts=texts_g, query_pooled=pooled_g, passages=passages))
             fusion = groups[0][0]
         allowed = self._allowed_mask(subset, where)
         n_allowed = int(allowed.sum()) if allowed is not None else len(self.doc_ids)
-        if auto:
-            n_candidates = max(int(k), auto_rule(stage)(n_allowed, int(k)))
-        exhaustive = (mode == "exact" or n_candidates >= n_allowed
-                      or (mode == "auto" and exhaustive_is_cheaper(q.lengths, n_candidates, n_allowed)))
-        if fusion is not None:
-            if exhaustive:
-                base, _ = search_exact(q, self.store, self.doc_offsets, k=max(int(k), fusion.depth), allowed=allowed)
+
+        def rank(idx, depth: int, whole_union: bool = False):
+            """(rows, scores, exhaustive) of the top-``depth`` rows for the queries ``idx`` (None: all)."""
+            q_i = q if idx is None else q.select(idx)
+            if auto:
+                n_cand = max(int(depth), auto_rule(stage)(n_allowed, int(k)))
             else:
-                base = self._candidates(q, int(n_candidates), stage, ef_search, nprobe, allowed)
-            scored = score_union(
-                q, base, self.store, self.doc_offsets, depth=max(int(k), fusion.depth),
-                dense=self.dense if q_pooled is not None else None, q_pooled=q_pooled,
-                lexical=self.lexical, q_texts=texts if self.lexical is not None else None, allowed=allowed,
-            )
-            if union_only:
-                return fusion, scored
-            rows, scores = rank_fused(scored, int(k), fusion)
-        elif union_only:
-            return None
-        elif exhaustive:
-            # exhaustive scoring of every allowed document is exact and (by the kernels' cost model) cheaper
-            rows, scores = search_exact(q, self.store, self.doc_offsets, k=int(k), allowed=allowed)
-        else:
-            cand = self._candidates(q, int(n_candidates), stage, ef_search, nprobe, allowed)
-            rows, scores = search_candidates(q, cand, self.store, self.doc_offsets, k=int(k))
-        return SearchResults(ids=self._ids_of(rows), scores=scores, rows=rows, documents=self._fetch_documents())
+                n_cand = max(int(depth), int(n_candidates))
+            exhaustive = (mode == "exact" or n_cand >= n_allowed
+                          or (mode == "auto" and exhaustive_is_cheaper(q_i.lengths, n_cand, n_allowed)))
+            if fusion is not None:
+                union_depth = max(int(depth), fusion.depth)
+                if exhaustive:
+                    base, _ = search_exact(q_i, self.store, self.doc_offsets, k=union_depth, allowed=allowed)
+                else:
+                    base = self._candidates(q_i, n_cand, stage, ef_search, nprobe, allowed)
+                texts_i = texts if idx is None else [texts[j] for j in idx]
+                pooled_i = q_pooled if q_pooled is None or idx is None else q_pooled[idx]
+                scored = score_union(
+                    q_i, base, self.store, self.doc_offsets, depth=union_depth,
+                    dense=self.dense if pooled_i is not None else None, q_pooled=pooled_i,
+                    lexical=self.lexical, q_texts=texts_i if self.lexical is not None else None, allowed=allowed,
+                )
+                if union_only:
+                    return fusion, scored
+                width = max([int(depth)] + [u.size for u, _, _ in scored]) if whole_union else int(depth)
+                return (*rank_fused(scored, width, fusion), exhaustive)
+            if exhaustive:
+                # exhaustive scoring of every allowed document is exact and (by the kernels' cost model) cheaper
+                return (*search_exact(q_i, self.store, self.doc_offsets, k=int(depth), allowed=allowed), True)
+            cand = self._candidates(q_i, n_cand, stage, ef_search, nprobe, allowed)
+            return (*search_candidates(q_i, cand, self.store, self.doc_offsets, k=int(depth)), False)
+
+        if union_only:
+            return rank(None, int(k)) if fusion is not None else None
+        if self.passages is not None and not passages:
+            return self._search_documents(q, int(k), rank, fusion is not None, n_allowed)
+        rows, scores, _ = rank(None, int(k))
+        numbers = spans = None
+        if self.passages is not None:
+            numbers, spans = self.passage_info(rows)
+        return SearchResults(ids=self._ids_of(rows), scores=scores, rows=rows, documents=self._fetch_documents(),
+                             passages=numbers, spans=spans, passage_hits=bool(passages))
+
+    def _search_documents(self, q: TokenEmbeddings, k: int, rank, fused: bool, n_allowed: int) -> SearchResults:
+        """Documents of a chunked index by their best passage (see :func:`retriever.index.passages.rank_documents`)."""
+        heads, scores, best = rank_documents(self, q, k, rank, fused, n_allowed)
+        numbers, spans = self.passage_info(best)
+        return SearchResults(ids=self._ids_of(heads), scores=scores, rows=heads, documents=self._fetch_documents(),
+                             passages=numbers, spans=spans)
+
+    def passage_info(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(passage numbers int64 ``rows.shape``, spans int64 ``rows.shape + (2,)``) of passage rows of a
+        chunked index, -1 where ``rows`` is -1."""
+        rows = np.asarray(rows, dtype=np.int64)
+        numbers = np.full(rows.shape, -1, dtype=np.int64)
+        spans = np.full(rows.shape + (2,), -1, dtype=np.int64)
+        hit = rows >= 0
+        numbers[hit] = self.passages.numbers[rows[hit]]
+        spans[hit] = self.passages.spans[rows[hit]]
+        return numbers, spans
 
     def _candidates(self, q: TokenEmbeddings, n: int, stage: str, ef_search, nprobe, allowed) -> np.ndarray:
         """int64 (n_q, n) candidate rows (-1 padded) from the centroid stage or the FDE index."""
@@ -592,7 +656,8 @@ class Retriever:
         return None if store is None else (lambda rows, shards=None: store.get(rows))
 
     def _allowed_mask(self, subset, where=None) -> np.ndarray | None:
-        """uint8 (n_rows,) mask of documents that may be returned, or None when all may."""
+        """uint8 (n_rows,) mask of rows that may be returned, or None when all may (a chunked index: every
+        passage of each document that may be)."""
         if where is not None and self.documents is None:
             raise ValueError("where= filters on stored metadata, and this index has no document store (build it "
                              "from texts with IndexConfig.store_text=True, the default)")
@@ -603,16 +668,21 @@ class Retriever:
             if isinstance(subset, (str, bytes)):
                 raise TypeError("subset must be a collection of document ids, not a single string")
             rows = self.rows_of(list(subset))
+            if self.passages is not None:
+                rows = self.passages.expand(np.unique(rows))
             sub = np.zeros(len(self.doc_ids), dtype=np.uint8)
             sub[rows] = 1
             mask = sub if mask is None else mask & sub
         if where is not None:
             sel = self.documents.select(where).astype(np.uint8)
+            if self.passages is not None:  # the store holds each document at its first row
+                sel = self.passages.doc_mask(sel)
             mask = sel if mask is None else mask & sel
         return mask
 
     def rows_of(self, ids: list) -> np.ndarray:
-        """Internal rows of the live documents with external ids ``ids``, int64 (len(ids),).
+        """Internal rows of the live documents with external ids ``ids``, int64 (len(ids),); a chunked
+        index's documents by the row of their first passage.
 
         Raises ``KeyError`` naming the ids that are not in the index (never added, or deleted).
         """
@@ -621,10 +691,14 @@ class Retriever:
         return lookup_rows(self, ids)
 
     def live_row_map(self) -> dict:
-        """{external id: row} over the live documents (a deleted id may have been re-added at a new row)."""
+        """{external id: row} over the live documents (a deleted id may have been re-added at a new row); a
+        chunked index maps each document to the row of its first passage."""
         with self.ids_lock:
             if self.row_of is None:
-                live = np.flatnonzero(self.deleted == 0)
+                live = self.deleted == 0
+                if self.passages is not None:
+                    live &= self.passages.numbers == 0
+                live = np.flatnonzero(live)
                 self.row_of = dict(zip(self.doc_ids[live].tolist(), live.tolist()))
             return self.row_of
 
@@ -838,6 +912,9 @@ class Retriever:
         if self.deleted.any():
             np.save(directory / fmt.DELETED, self.deleted, allow_pickle=False)
             names.append(fmt.DELETED)
+        if self.passages is not None:
+            np.save(directory / fmt.PASSAGES, self.passages.array(), allow_pickle=False)
+            names.append(fmt.PASSAGES)
         for key, arr in self.codec.arrays().items():
             np.save(directory / fmt.CODEC_FILES[key], arr, allow_pickle=False)
             names.append(fmt.CODEC_FILES[key])
@@ -894,6 +971,8 @@ class Retriever:
             "centroids": {"n_centroids": stage.n_centroids, "n_coarse": int(stage.coarse.shape[0])} if stage else None,
             "files": fmt.describe_files(directory, names),
         }
+        if self.passages is not None:
+            manifest["n_documents"] = self.n_docs  # live documents (n_docs counts rows: passages)
         fmt.write_manifest(directory, manifest)
 
     @classmethod
@@ -947,6 +1026,7 @@ class Retriever:
             raise fmt.IndexFormatError(f"{path / fmt.DOC_IDS} has {len(raw)} ids, the manifest says {n_docs}")
         id_type = m["id_type"]
         ids = _parse_ids(path / fmt.DOC_IDS, raw, id_type)
+        passages = load_passage_map(path, m, config, ids, deleted)
         dense, lexical = _load_hybrid(path, m, config, n_docs, mmap)
         stage = _load_centroid_stage(path, m, config, dim, n_tokens, offsets)
         # the file is opened now (a later save over this directory cannot change what is read) and, with
@@ -963,6 +1043,7 @@ class Retriever:
             config=config, codec=codec, encoder_info=m.get("encoder"), deleted=deleted,
             dense=dense, lexical=lexical, centroid_stage=stage,
             documents=DocumentStore.open(path, n_docs) if fmt.DOCUMENTS in m["files"] else None,
+            passages=passages,
         )
         if index is None:
             r._faiss_loader = loader

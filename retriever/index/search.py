@@ -14,9 +14,11 @@ from retriever_kernels.topk import topk_candidates
 
 from retriever.candidates.ann import faiss_search
 from retriever.candidates.centroids import auto_candidates
+from retriever.index.passages import passage_source
 from retriever.store.tokens import TokenEmbeddings
 
-__all__ = ["SearchResults", "search_in_groups", "search_fde", "search_candidates", "search_exact", "auto_n_candidates", "AUTO_N_SCALE",
+__all__ = ["SearchResults", "search_in_groups", "concat_results", "search_fde", "search_candidates", "search_exact",
+           "auto_n_candidates", "AUTO_N_SCALE",
            "exhaustive_is_cheaper", "candidate_stage", "auto_rule"]
 
 #: ``n_candidates="auto"`` fetches ``AUTO_N_SCALE * sqrt(n_docs)`` documents (at least ``10 * k``, at
@@ -79,11 +81,14 @@ class SearchResults:
     ----------
     ids : ndarray (n_queries, k)
         External document ids, best first. int64 padded with -1 for integer ids;
-        object (str) padded with None for string ids.
+        object (str) padded with None for string ids. Passage hits (``passage_hits``) repeat the id
+        of a document for each of its passages.
     scores : float32 ndarray (n_queries, k)
-        MaxSim (late-interaction) similarities, descending; -inf where padded.
+        MaxSim (late-interaction) similarities, descending; -inf where padded. An index of passages
+        (``IndexConfig.chunk_tokens``) scores a document by its best passage (MaxP).
     rows : int64 ndarray (n_queries, k)
-        Internal document rows of the index, -1 where padded.
+        Internal rows of the index, -1 where padded: the document's row (for a chunked index, the
+        row of its first passage), or with ``passage_hits`` the passage's row.
     shards : int64 ndarray (n_queries, k) or None
         For a sharded index (``retriever.cluster.shards``): the shard of each hit (``rows`` are rows
         within it), -1 where padded. None for a single index.
@@ -93,6 +98,15 @@ class SearchResults:
     documents : callable or None
         ``(rows, shards) -> [dict or None]``: the index's document store, read by :meth:`hits`
         (None: the index stores no documents). Not compared, not shown.
+    passages : int64 ndarray (n_queries, k) or None
+        Chunked indexes: the passage number of each hit within its document (document results: the
+        best passage, whose score is the document's), -1 where padded. None for other indexes.
+    spans : int64 ndarray (n_queries, k, 2) or None
+        Chunked indexes: the passage's start and end character in its document's source text
+        (``title + " " + text`` when the document has a title, else ``text``; see
+        ``retriever.index.passages.passage_source``), -1 where padded.
+    passage_hits : bool
+        True when the hits are passages (``search(..., passages=True)``), False for documents.
     """
 
     ids: np.ndarray
@@ -101,12 +115,16 @@ class SearchResults:
     shards: np.ndarray | None = None
     missing_shards: tuple = ()
     documents: object = field(default=None, repr=False, compare=False)
+    passages: np.ndarray | None = None
+    spans: np.ndarray | None = None
+    passage_hits: bool = False
 
     def __len__(self) -> int:
         return int(self.scores.shape[0])
 
     def to_list(self) -> list[list[tuple[object, float]]]:
-        """Per query, the list of (id, score) pairs without padding."""
+        """Per query, the list of (id, score) pairs without padding (passage hits: the passage's
+        document id, repeated for each passage of a document)."""
         out = []
         for ids, scores, rows in zip(self.ids, self.scores, self.rows):
             keep = rows >= 0
@@ -115,20 +133,33 @@ class SearchResults:
 
     def hits(self) -> list[list[dict]]:
         """Per query, one dict per hit (best first, padding left out): ``id`` and ``score``, and, when the
-        index stores documents, ``title``, ``text`` and ``metadata`` (one store read for the whole batch)."""
+        index stores documents, ``title``, ``text`` and ``metadata`` (one store read for the whole batch).
+
+        A chunked index adds ``passage`` (number) and ``span`` (``[start, end]`` characters): for document
+        hits those of the best passage, the ``text`` being the whole document's; for passage hits
+        (``passage_hits``) those of the passage, the ``text`` being the passage's own."""
         keep = self.rows >= 0
+        doc_rows = self.rows
+        if self.passage_hits and self.passages is not None:  # a passage's document sits at its first row
+            doc_rows = np.where(keep, self.rows - self.passages, -1)
         stored = None
         if self.documents is not None:
-            stored = iter(self.documents(self.rows[keep], None if self.shards is None else self.shards[keep]))
+            stored = iter(self.documents(doc_rows[keep], None if self.shards is None else self.shards[keep]))
         out = []
         for q in range(self.rows.shape[0]):
             hits = []
             for j in np.flatnonzero(keep[q]):
                 hit = {"id": _py(self.ids[q, j]), "score": float(self.scores[q, j])}
+                if self.passages is not None:
+                    hit["passage"] = int(self.passages[q, j])
+                    hit["span"] = [int(x) for x in self.spans[q, j]]
                 if stored is not None:
                     doc = next(stored)
                     if doc is not None:
                         hit.update(doc)
+                        if self.passage_hits:
+                            a, b = hit["span"]
+                            hit["text"] = passage_source(doc["title"], doc["text"])[a:b]
                 hits.append(hit)
             out.append(hits)
         return out
@@ -157,14 +188,33 @@ def _merge_query_groups(parts: list[tuple[np.ndarray, SearchResults]], n_queries
     scores = np.empty((n_queries, k), dtype=first.scores.dtype)
     rows = np.empty((n_queries, k), dtype=first.rows.dtype)
     shards = None if first.shards is None else np.empty((n_queries, k), dtype=first.shards.dtype)
+    numbers = None if first.passages is None else np.empty((n_queries, k), dtype=np.int64)
+    spans = None if first.spans is None else np.empty((n_queries, k, 2), dtype=np.int64)
     missing: set = set()
     for idx, res in parts:
         ids[idx], scores[idx], rows[idx] = res.ids, res.scores, res.rows
         if shards is not None:
             shards[idx] = res.shards
+        if numbers is not None:
+            numbers[idx] = res.passages
+        if spans is not None:
+            spans[idx] = res.spans
         missing.update(res.missing_shards)
     return SearchResults(ids=ids, scores=scores, rows=rows, shards=shards, missing_shards=tuple(sorted(missing)),
-                         documents=first.documents)
+                         documents=first.documents, passages=numbers, spans=spans, passage_hits=first.passage_hits)
+
+
+def concat_results(parts: list[SearchResults]) -> SearchResults:
+    """One result for consecutive batches of queries searched apart (``parts`` in query order)."""
+    first = parts[0]
+
+    def cat(name):
+        return None if getattr(first, name) is None else np.concatenate([getattr(p, name) for p in parts])
+
+    return SearchResults(ids=cat("ids"), scores=cat("scores"), rows=cat("rows"), shards=cat("shards"),
+                         missing_shards=tuple(sorted({s for p in parts for s in p.missing_shards})),
+                         documents=first.documents, passages=cat("passages"), spans=cat("spans"),
+                         passage_hits=first.passage_hits)
 
 
 def search_fde(

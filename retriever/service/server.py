@@ -5,7 +5,8 @@ schema at ``/openapi.json``) served by uvicorn. Endpoints:
 
 - ``POST /search``: one or many query texts (``queries``) or token embeddings (``embeddings``), with
   ``k``, ``n_candidates``, ``mode`` and an optional ``subset`` of document ids; returns ids, scores and
-  timings per request.
+  timings per request. An index built with ``chunk_tokens`` adds each hit's (best) ``passage`` and its
+  character ``span``; ``"passages": true`` returns passages instead of documents.
 - ``POST /documents`` (add, or replace with ``upsert``), ``DELETE /documents`` (ids), ``POST /compact``,
   ``POST /save`` (durable when it returns: the index directory is replaced atomically).
 - ``GET /health`` (no key needed), ``GET /stats`` (counts, config, index bytes, latency so far).
@@ -163,11 +164,12 @@ class SearchService:
 
     # -- reads -------------------------------------------------------------------------------
     def n_live(self) -> int:
-        """Documents searchable now (rows not deleted)."""
-        return int((self.retriever.deleted == 0).sum())
+        """Documents searchable now (not deleted; a chunked index counts documents, not passages)."""
+        return self.retriever.n_docs
 
     def search(self, *, queries=None, embeddings=None, k: int = 10, n_candidates="auto", mode: str = "auto",
-               subset=None, hybrid: bool | None = None, where: dict | None = None, documents: bool = False) -> dict:
+               subset=None, hybrid: bool | None = None, where: dict | None = None, documents: bool = False,
+               passages: bool = False) -> dict:
         lim = self.limits
         if (queries is None) == (embeddings is None):
             raise RequestError(422, "give exactly one of 'queries' (texts) or 'embeddings' (token vectors)")
@@ -202,14 +204,17 @@ class SearchService:
             t1 = time.perf_counter()
             with _library_errors():
                 res = self.retriever.search(q, k=k, n_candidates=n_candidates, mode=mode, subset=subset, hybrid=hybrid,
-                                            where=where)
+                                            where=where, passages=passages)
                 if documents:  # title, text and metadata from the store, read under the same lock
                     hits = res.hits()
         t2 = time.perf_counter()
         if not documents:
             hits = []
-            for ids, scores, rows in zip(res.ids.tolist(), res.scores.tolist(), res.rows.tolist()):
+            for q_i, (ids, scores, rows) in enumerate(zip(res.ids.tolist(), res.scores.tolist(), res.rows.tolist())):
                 hits.append([{"id": i, "score": s} for i, s, w in zip(ids, scores, rows) if w >= 0])
+                if res.passages is not None:  # a chunked index: the (best) passage of each hit
+                    for hit, n, span in zip(hits[-1], res.passages[q_i].tolist(), res.spans[q_i].tolist()):
+                        hit.update(passage=n, span=span)
         with self._lat_lock:
             self._lat.append(t2 - t0)
             self.counts["search_requests"] += 1
@@ -224,7 +229,7 @@ class SearchService:
                 counts = dict(self.counts)
             files = [f for f in self.path.iterdir() if f.is_file()] if self.path.is_dir() else []
             return {
-                "index": str(self.path), "n_docs": self.n_live(), "n_rows": r.n_docs,
+                "index": str(self.path), "n_docs": self.n_live(), "n_rows": r.n_live_rows,
                 "n_deleted": int(r.deleted.sum()), "n_tokens": r.n_tokens, "dim": r.dim,
                 "config": r.config.to_dict(), "codec": r.codec.describe(),
                 "index_bytes_on_disk": int(sum(f.stat().st_size for f in files)),
@@ -386,6 +391,9 @@ def create_app(service: SearchService, *, api_key: str | None = None):
                                    "$eq $ne $gt $gte $lt $lte $in $nin $exists $and $or $nor)")
         documents: StrictBool = Field(False, description="return each hit's title, text and metadata (indexes "
                                       "that store documents)")
+        passages: StrictBool = Field(False, description="indexes built with chunk_tokens: return the top passages "
+                                     "(id, passage, span, score; with documents: the passage's text) instead of "
+                                     "documents ranked by their best passage")
 
     class Document(BaseModel):
         model_config = ConfigDict(extra="forbid")
@@ -447,7 +455,7 @@ def create_app(service: SearchService, *, api_key: str | None = None):
     def search(req: SearchRequest) -> dict:
         return service.search(queries=req.queries, embeddings=req.embeddings, k=req.k,
                               n_candidates=req.n_candidates, mode=req.mode, subset=req.subset, hybrid=req.hybrid,
-                              where=req.where, documents=req.documents)
+                              where=req.where, documents=req.documents, passages=req.passages)
 
     @app.post("/documents", dependencies=[Depends(check_key)])
     def add_documents(req: DocumentsRequest) -> dict:
