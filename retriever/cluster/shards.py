@@ -288,7 +288,7 @@ class ShardedRetriever:
         spans = np.full(res.rows.shape + (2,), -1, dtype=np.int64)
         for s in np.unique(res.shards[res.rows >= 0]).tolist():
             at = (res.shards == s) & (res.rows >= 0)
-            numbers[at], spans[at] = self.shards[s].passage_info(res.rows[at])
+            numbers[at], spans[at] = self.shards[s].passages.info(res.rows[at])
         rows = res.rows if res.passage_hits else np.where(res.rows >= 0, res.rows - numbers, -1)
         return dataclasses.replace(res, rows=rows, passages=numbers, spans=spans)
 

@@ -711,6 +711,21 @@ class ColBERTEncoder:
         seqs, n_trunc, _ = self._tokenize_words(texts, is_query, with_words=False)
         return seqs, n_trunc
 
+    def _prepared(self, texts: list[str]) -> list[str]:
+        """Texts as the tokenizer sees them: lowercased when the config says so, stripped."""
+        if self.config.lowercase:
+            texts = [t.lower() for t in texts]
+        return [t.strip() for t in texts]
+
+    def content_lengths(self, texts: Sequence[str]) -> list[int]:
+        """Tokens of each text without special or marker tokens and without truncation: what
+        ``document_budget`` is compared against (a longer document is truncated when encoded)."""
+        texts = self._prepared(_check_texts(texts))
+        if not texts:
+            return []
+        return [len(x) for x in self.tokenizer(texts, add_special_tokens=False, truncation=False,
+                                                  verbose=False)["input_ids"]]
+
     def _tokenize_words(self, texts: list[str], is_query: bool, with_words: bool):
         """(input ids per text, number truncated, word index per position or None).
 
@@ -718,9 +733,7 @@ class ColBERTEncoder:
         punctuation marks); special and marker tokens get -1.
         """
         cfg = self.config
-        if cfg.lowercase:
-            texts = [t.lower() for t in texts]
-        texts = [t.strip() for t in texts]
+        texts = self._prepared(texts)
         enc = self.tokenizer(texts, add_special_tokens=False, truncation=False, verbose=False) if texts else None
         raw = enc["input_ids"] if texts else []
         marker = self._q_marker if is_query else self._d_marker

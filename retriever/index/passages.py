@@ -75,16 +75,6 @@ class PassageBatch:
     records: list  # the document record on its head row, None on the others (the store keeps it once)
 
 
-def _token_counts(encoder, texts: list[str]) -> list[int]:
-    """Content tokens of each text as the encoder tokenizes a document (lowercased per its config,
-    stripped), untruncated."""
-    if not texts:
-        return []
-    seen = [t.lower() if encoder.config.lowercase else t for t in texts]
-    enc = encoder.tokenizer([t.strip() for t in seen], add_special_tokens=False, truncation=False, verbose=False)
-    return [len(x) for x in enc["input_ids"]]
-
-
 def _fitted(encoder, text: str, n: int, budget: int, overlap: int) -> list[tuple[int, int]]:
     """Spans that split ``text`` (``n`` tokens, more than ``budget``) into pieces of at most ``budget``
     tokens each: windows shrunk by the excess until every piece fits."""
@@ -92,7 +82,7 @@ def _fitted(encoder, text: str, n: int, budget: int, overlap: int) -> list[tuple
     while True:
         tokens = max(1, tokens - max(1, excess))
         spans = encoder.passage_spans([text], tokens, min(overlap, tokens - 1))[0]
-        worst = max(_token_counts(encoder, [text[a:b] for a, b in spans]))
+        worst = max(encoder.content_lengths([text[a:b] for a, b in spans]))
         if worst <= budget or tokens == 1:
             return spans
         excess = worst - budget  # the worst piece's excess shrinks the next windows
@@ -110,7 +100,7 @@ def split_records(records: list[DocumentRecord], encoder, chunk_tokens: int, chu
     spans = encoder.passage_spans(sources, chunk_tokens, chunk_overlap)
     budget = encoder.document_budget
     flat = [src[a:b] for src, sp in zip(sources, spans) for a, b in sp]
-    counts = iter(_token_counts(encoder, flat))  # one fast tokenizer pass over every passage
+    counts = iter(encoder.content_lengths(flat))  # one fast tokenizer pass over every passage
     for d, (src, sp) in enumerate(zip(sources, spans)):
         n_tok = [next(counts) for _ in sp]
         if max(n_tok, default=0) <= budget:
@@ -220,6 +210,17 @@ class PassageMap:
     def doc_mask(self, head_mask: np.ndarray) -> np.ndarray:
         """A per-row mask from a mask whose values count at head rows only (a filter on stored metadata)."""
         return np.asarray(head_mask)[self.row_heads]
+
+    def info(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(passage numbers int64 ``rows.shape``, spans int64 ``rows.shape + (2,)``) of passage rows,
+        -1 where ``rows`` is -1."""
+        rows = np.asarray(rows, dtype=np.int64)
+        numbers = np.full(rows.shape, -1, dtype=np.int64)
+        spans = np.full(rows.shape + (2,), -1, dtype=np.int64)
+        hit = rows >= 0
+        numbers[hit] = self.numbers[rows[hit]]
+        spans[hit] = self.spans[rows[hit]]
+        return numbers, spans
 
     def n_live_documents(self, deleted: np.ndarray) -> int:
         return int((np.asarray(deleted)[self.heads] == 0).sum())

@@ -587,27 +587,16 @@ class Retriever:
         rows, scores, _ = rank(None, int(k))
         numbers = spans = None
         if self.passages is not None:
-            numbers, spans = self.passage_info(rows)
+            numbers, spans = self.passages.info(rows)
         return SearchResults(ids=self._ids_of(rows), scores=scores, rows=rows, documents=self._fetch_documents(),
                              passages=numbers, spans=spans, passage_hits=bool(passages))
 
     def _search_documents(self, q: TokenEmbeddings, k: int, rank, fused: bool, n_allowed: int) -> SearchResults:
         """Documents of a chunked index by their best passage (see :func:`retriever.index.passages.rank_documents`)."""
         heads, scores, best = rank_documents(self, q, k, rank, fused, n_allowed)
-        numbers, spans = self.passage_info(best)
+        numbers, spans = self.passages.info(best)
         return SearchResults(ids=self._ids_of(heads), scores=scores, rows=heads, documents=self._fetch_documents(),
                              passages=numbers, spans=spans)
-
-    def passage_info(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(passage numbers int64 ``rows.shape``, spans int64 ``rows.shape + (2,)``) of passage rows of a
-        chunked index, -1 where ``rows`` is -1."""
-        rows = np.asarray(rows, dtype=np.int64)
-        numbers = np.full(rows.shape, -1, dtype=np.int64)
-        spans = np.full(rows.shape + (2,), -1, dtype=np.int64)
-        hit = rows >= 0
-        numbers[hit] = self.passages.numbers[rows[hit]]
-        spans[hit] = self.passages.spans[rows[hit]]
-        return numbers, spans
 
     def _candidates(self, q: TokenEmbeddings, n: int, stage: str, ef_search, nprobe, allowed) -> np.ndarray:
         """int64 (n_q, n) candidate rows (-1 padded) from the centroid stage or the FDE index."""
