@@ -45,11 +45,11 @@ from common import RESULTS_DIR, ROOT, append_rows, collection_dir  # noqa: E402
 import retriever  # noqa: E402,F401  (sets the OpenMP wait policy before torch loads)
 import faiss  # noqa: E402
 import torch  # noqa: E402
-from retriever_kernels.maxsim import maxsim_scores_batch  # noqa: E402
 
 from retriever import Retriever  # noqa: E402
 from retriever.core.beir import read_qrels, read_queries  # noqa: E402
 from retriever.evaluation.metrics import chamfer_recall, evaluate, run_from_arrays  # noqa: E402
+from retriever.index.search import search_candidates  # noqa: E402
 
 log = logging.getLogger("bench.lemur")
 RESULTS = RESULTS_DIR / "lemur.jsonl"
@@ -142,12 +142,6 @@ def fit_documents(phi: Phi, tokens, doc_offsets, args, rng) -> tuple[np.ndarray,
     return w, {"fit_s": round(time.perf_counter() - t0, 1)}
 
 
-def rerank(q, tokens, doc_offsets, cand: np.ndarray, k: int = 10) -> np.ndarray:
-    s = maxsim_scores_batch(q.vectors, q.offsets, tokens, doc_offsets, np.ascontiguousarray(cand, np.int64))
-    order = np.argsort(-s, axis=1, kind="stable")[:, :k]
-    return np.take_along_axis(cand, order, 1), np.take_along_axis(s, order, 1)
-
-
 def main() -> int:
     from synthetic import find_sources
 
@@ -204,7 +198,7 @@ def main() -> int:
             if n == 10:  # the single vector alone
                 rows_out.append(dict(base, method="lemur", n_candidates=10, rerank=False, **info,
                                      **quality(cand, sv)))
-            top, sc = rerank(q, tokens, doc_offsets, cand)
+            top, sc = search_candidates(q, np.ascontiguousarray(cand, np.int64), r.store, doc_offsets, k=10)  # the engine's rerank
             rows_out.append(dict(base, method="lemur", n_candidates=n, rerank=True, **info,
                                  candidates_ms_per_query=round(lemur_s * 1e3 / len(q), 3), **quality(top, sc)))
             if n == 10:

@@ -312,11 +312,13 @@ def main(argv=None) -> int:
     if args.index_dir:
         common += ["--index-dir", str(args.index_dir), "--queries-file", str(args.queries_file)]
     for n in [0] if args.index_dir else args.sizes:
-        if args.rebuild and not args.index_dir and index_dir(n, args.codec, args.seed, args.centroids, args.faiss_factory, args.fde_final_dim).is_dir():
+        cached = None if args.index_dir else index_dir(n, args.codec, args.seed, args.centroids, args.faiss_factory,
+                                                        args.fde_final_dim)
+        if args.rebuild and cached is not None and cached.is_dir():
             import shutil
 
-            shutil.rmtree(index_dir(n, args.codec, args.seed, args.centroids, args.faiss_factory, args.fde_final_dim))  # ground truth is keyed by the store's sha256
-        if not args.index_dir and not (index_dir(n, args.codec, args.seed, args.centroids, args.faiss_factory, args.fde_final_dim) / "manifest.json").is_file():
+            shutil.rmtree(cached)  # ground truth is keyed by the store's sha256
+        if cached is not None and not (cached / "manifest.json").is_file():
             load0 = load_1m()
             for row in run_child(["--child", "build", "--n", str(n), *common]):
                 row.update(load_before=load0, load_after=load_1m())
