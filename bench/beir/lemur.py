@@ -21,7 +21,10 @@ a maximum-inner-product search over the ``w_d``. Nothing here uses labels or que
 Beside it, on the same cached float16 index (``retriever bench --data ... --codec float16`` caches one:
 the synthetic-corpus sources) and the same queries: the index's own FDE stage (``mode="fde"``, its
 FAISS index as built, ``IVF1,PQ2560x4fs`` for these sizes) reranked at the same N, and both single
-vectors alone (N = 10, no rerank, the LEMUR paper's single-vector nDCG@10). Quality is nDCG@10 against
+vectors alone (N = 10, no rerank, the LEMUR paper's single-vector nDCG@10), and the engine's default candidate
+stage for corpora of 2,048 documents or more, the token centroid stage (``mode="centroids"``, built in memory
+with its default config when the cached index has none), at the same N. ``--methods`` picks which of
+``lemur``, ``fde`` and ``centroids`` run (the centroid rows need no training). Quality is nDCG@10 against
 the qrels and Chamfer recall@10 against exhaustive MaxSim. Rows go to ``bench/results/lemur.jsonl``
 (common envelope: CPU model, load average).
 """
@@ -159,8 +162,13 @@ def main() -> int:
     p.add_argument("--ridge", type=float, default=1e-3, help="ridge strength, relative to the mean eigenvalue")
     p.add_argument("--n-candidates", type=int, nargs="+", default=[10, 100, 200, 500, 1000])
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--methods", default="lemur,fde,centroids",
+                   help="comma-separated candidate stages to measure: lemur, fde, centroids")
     p.add_argument("--results", type=Path, default=RESULTS)
     args = p.parse_args()
+    methods = set(args.methods.split(","))
+    if not methods or methods - {"lemur", "fde", "centroids"}:
+        p.error(f"--methods takes lemur, fde and centroids, got {args.methods!r}")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     torch.set_num_threads(max(1, torch.get_num_threads()))
 
@@ -184,32 +192,48 @@ def main() -> int:
                     "chamfer_recall_at_10": round(chamfer_recall(rows, exact.rows, 10), 4)}
 
         rows_out = [dict(base, method="exhaustive", n_candidates=r.n_docs, **quality(exact.rows, exact.scores))]
-        phi, train_docs, t_train = train_lemur(tokens, doc_offsets, args, rng)
-        w, t_fit = fit_documents(phi, tokens, doc_offsets, args, rng)
-        index = faiss.IndexFlatIP(args.dim)
-        index.add(w)
-        qv = np.stack([features(phi, q.vectors[q.offsets[i]:q.offsets[i + 1]]).sum(0) for i in range(len(q))])
-        info = dict(dim=args.dim, hidden=args.hidden, train_docs=args.train_docs, train_tokens=args.train_tokens,
-                    fit_tokens=args.fit_tokens, epochs=args.epochs, bytes_per_doc=args.dim * 4, **t_train, **t_fit)
-        for n in args.n_candidates:
+        if "lemur" in methods:
+            phi, train_docs, t_train = train_lemur(tokens, doc_offsets, args, rng)
+            w, t_fit = fit_documents(phi, tokens, doc_offsets, args, rng)
+            index = faiss.IndexFlatIP(args.dim)
+            index.add(w)
+            qv = np.stack([features(phi, q.vectors[q.offsets[i]:q.offsets[i + 1]]).sum(0) for i in range(len(q))])
+            info = dict(dim=args.dim, hidden=args.hidden, train_docs=args.train_docs, train_tokens=args.train_tokens,
+                        fit_tokens=args.fit_tokens, epochs=args.epochs, bytes_per_doc=args.dim * 4, **t_train, **t_fit)
+        if "centroids" in methods and r.centroid_stage is None:
             t = time.perf_counter()
-            sv, cand = index.search(qv, n)
-            lemur_s = time.perf_counter() - t
-            if n == 10:  # the single vector alone
-                rows_out.append(dict(base, method="lemur", n_candidates=10, rerank=False, **info,
-                                     **quality(cand, sv)))
-            top, sc = search_candidates(q, np.ascontiguousarray(cand, np.int64), r.store, doc_offsets, k=10)  # the engine's rerank
-            rows_out.append(dict(base, method="lemur", n_candidates=n, rerank=True, **info,
-                                 candidates_ms_per_query=round(lemur_s * 1e3 / len(q), 3), **quality(top, sc)))
-            if n == 10:
-                fde_q = r.fde_encoder.encode_queries(q)
-                fs, fc = r.faiss_index.search(fde_q, 10)
-                rows_out.append(dict(base, method="fde", n_candidates=10, rerank=False,
-                                     faiss_factory=r.config.faiss_factory, bytes_per_doc=r.faiss_index.sa_code_size(),
-                                     **quality(fc, fs)))
-            res = r.search(q, k=10, mode="fde", n_candidates=n)
-            rows_out.append(dict(base, method="fde", n_candidates=n, rerank=True, faiss_factory=r.config.faiss_factory,
-                                 bytes_per_doc=r.faiss_index.sa_code_size(), **quality(res.rows, res.scores)))
+            r.rebuild_centroids()  # in memory: the cached index on disk is not changed
+            centroid_info = {"centroids_build_s": round(time.perf_counter() - t, 1),
+                             "n_centroids": r.centroid_stage.n_centroids,
+                             "bytes_per_doc": round(r.centroid_stage.nbytes_resident() / r.n_docs)}
+        elif "centroids" in methods:
+            centroid_info = {"n_centroids": r.centroid_stage.n_centroids,
+                             "bytes_per_doc": round(r.centroid_stage.nbytes_resident() / r.n_docs)}
+        for n in args.n_candidates:
+            if "lemur" in methods:
+                t = time.perf_counter()
+                sv, cand = index.search(qv, n)
+                lemur_s = time.perf_counter() - t
+                if n == 10:  # the single vector alone
+                    rows_out.append(dict(base, method="lemur", n_candidates=10, rerank=False, **info,
+                                         **quality(cand, sv)))
+                top, sc = search_candidates(q, np.ascontiguousarray(cand, np.int64), r.store, doc_offsets, k=10)  # the engine's rerank
+                rows_out.append(dict(base, method="lemur", n_candidates=n, rerank=True, **info,
+                                     candidates_ms_per_query=round(lemur_s * 1e3 / len(q), 3), **quality(top, sc)))
+            if "fde" in methods:
+                if n == 10:
+                    fde_q = r.fde_encoder.encode_queries(q)
+                    fs, fc = r.faiss_index.search(fde_q, 10)
+                    rows_out.append(dict(base, method="fde", n_candidates=10, rerank=False,
+                                         faiss_factory=r.config.faiss_factory, bytes_per_doc=r.faiss_index.sa_code_size(),
+                                         **quality(fc, fs)))
+                res = r.search(q, k=10, mode="fde", n_candidates=n)
+                rows_out.append(dict(base, method="fde", n_candidates=n, rerank=True, faiss_factory=r.config.faiss_factory,
+                                     bytes_per_doc=r.faiss_index.sa_code_size(), **quality(res.rows, res.scores)))
+            if "centroids" in methods:
+                res = r.search(q, k=10, mode="centroids", n_candidates=n)
+                rows_out.append(dict(base, method="centroids", n_candidates=n, rerank=True, **centroid_info,
+                                     **quality(res.rows, res.scores)))
         for row in append_rows(args.results, rows_out, bench="beir/lemur"):
             log.info("%s", json.dumps({k: row.get(k) for k in ("dataset", "method", "n_candidates", "rerank",
                                                                 "ndcg_at_10", "chamfer_recall_at_10")}))
