@@ -8,10 +8,12 @@ import numpy as np
 import pytest
 
 from retriever_kernels.centroids import build_lists, build_token_lists, centroid_candidates, probe_cells
-from lifecycle_util import SMALL_FDE, make_docs, make_queries, unit
+from lifecycle_util import DIM, SMALL_FDE, make_docs, make_queries, unit
 from retriever import IndexConfig, Retriever
 from retriever.index import format as fmt
 from retriever.candidates.centroids import (
+    AUTO_LONG_QUERY_MAX_DOCS,
+    AUTO_MAX_QUERY_TOKENS,
     AUTO_MIN_DOCS,
     AUTO_PQ_MAX_TOKENS,
     CentroidConfig,
@@ -24,6 +26,7 @@ from retriever.candidates.centroids import (
     residual_lut,
 )
 from retriever.index.format import IndexFormatError
+from retriever.index.search import stage_groups
 from retriever.store.tokens import as_token_embeddings
 
 ON = IndexConfig(fde=SMALL_FDE, codec="float16", centroids=CentroidConfig(enabled=True, n_centroids=64))
@@ -298,7 +301,8 @@ def test_assign_is_the_best_fine_centroid_of_the_nearest_cell():
                                  dict(probe_cells=0), dict(max_train_bytes=10), dict(seed=-1),
                                  dict(residual_pq=-1), dict(residual_pq=1.5), dict(residual_pq=257),
                                  dict(residual_pq="yes"), dict(probe_budget=-1),
-                                 dict(probe_budget=2.0)])
+                                 dict(probe_budget=2.0), dict(max_query_tokens=0), dict(max_query_tokens=2.5),
+                                 dict(max_query_tokens="64")])
 def test_centroid_config_names_the_bad_field(bad):
     field = next(iter(bad))
     with pytest.raises(ValueError, match=f"CentroidConfig.{field}"):
@@ -319,6 +323,29 @@ def test_centroid_config_round_trips_and_refuses_unknown_keys():
     assert IndexConfig.from_dict(d).centroids.enabled is False
     old = {k: v for k, v in c.to_dict().items() if k != "residual_pq"}
     assert CentroidConfig.from_dict(old).residual_pq == 0 and CentroidConfig().residual_pq == "auto"
+    # before the stage rule: every query through the stage; "auto" decides by corpus size
+    old = {k: v for k, v in c.to_dict().items() if k != "max_query_tokens"}
+    assert CentroidConfig.from_dict(old).max_query_tokens is None and CentroidConfig().max_query_tokens == "auto"
+    for value in (None, 32, "auto"):
+        one = CentroidConfig(max_query_tokens=value)
+        assert CentroidConfig.from_dict(json.loads(json.dumps(one.to_dict()))) == one
+    auto = CentroidConfig()
+    assert auto.query_token_limit(AUTO_LONG_QUERY_MAX_DOCS - 1) == AUTO_MAX_QUERY_TOKENS == 64
+    assert auto.query_token_limit(AUTO_LONG_QUERY_MAX_DOCS) is None
+    assert auto.resolved(1000, 10**5).max_query_tokens == 64 and auto.resolved(10**5, 10**7).max_query_tokens is None
+    assert CentroidConfig(max_query_tokens=8).resolved(10**6, 10**8).max_query_tokens == 8
+
+
+def test_stage_groups():
+    lengths = [10, 70, 64, 65, 3]
+    assert [(st, idx.tolist()) for st, idx in stage_groups(lengths, True, "auto", 64)] == [
+        ("centroids", [0, 2, 4]), ("fde", [1, 3])]
+    assert [(st, idx.tolist()) for st, idx in stage_groups(lengths, True, "auto", None)] == [
+        ("centroids", [0, 1, 2, 3, 4])]
+    for has, mode, stage in ((True, "centroids", "centroids"), (True, "fde", "fde"), (False, "auto", "fde"),
+                             (True, "exact", "fde")):
+        assert [(st, idx.tolist()) for st, idx in stage_groups(lengths, has, mode, 64)] == [(stage, [0, 1, 2, 3, 4])]
+    assert [(st, idx.tolist()) for st, idx in stage_groups([100], True, "auto", 64)] == [("fde", [0])]
 
 
 # -- inside an index -----------------------------------------------------------------------------
@@ -514,6 +541,64 @@ def test_failed_add_leaves_the_stage_unchanged(corpus, monkeypatch):
     assert results_of(r, queries, mode="centroids", n_candidates=50) == answers
     r.add(docs[200:210], doc_ids=list(range(200, 210)))
     assert r.centroid_stage.n_docs == 210
+
+
+def _long_and_short(seed=7, n_long=3, n_short=3):
+    """Queries of 80 tokens (past the default ``max_query_tokens``) and of 1-8 tokens, interleaved."""
+    rng = np.random.default_rng(seed)
+    centres = unit(np.random.default_rng(12345).standard_normal((12, DIM)))
+    long = [unit(centres[rng.integers(0, 12, size=80)] + 0.3 * rng.standard_normal((80, DIM))) for _ in range(n_long)]
+    short = make_queries(n_short, seed=seed)
+    return [q for pair in zip(short, long) for q in pair]
+
+
+def test_auto_sends_long_queries_to_the_fdes(corpus, tmp_path):
+    import dataclasses
+
+    docs, _ = corpus
+    r = _build(docs, path=tmp_path / "i")
+    assert json.loads((tmp_path / "i" / fmt.MANIFEST).read_text())["config"]["centroids"]["max_query_tokens"] == 64
+    batch = _long_and_short()
+    assert batch[0].shape[1] == r.dim and [len(q) > 64 for q in batch] == [False, True] * 3
+    got = r.search(batch, k=10, n_candidates=60)
+    stages = ["fde" if len(q) > 64 else "centroids" for q in batch]
+    apart = [r.search([q], k=10, n_candidates=60, mode=st) for q, st in zip(batch, stages)]
+    assert got.ids.tolist() == [a.ids[0].tolist() for a in apart]
+    np.testing.assert_array_equal(got.scores, np.concatenate([a.scores for a in apart]))
+    via_centroids = r.search(batch, k=10, n_candidates=60, mode="centroids")
+    assert via_centroids.ids[1::2].tolist() != got.ids[1::2].tolist()  # the rule changes the long queries' answers
+    assert via_centroids.ids[0::2].tolist() == got.ids[0::2].tolist()
+    # a corpus of 40,000 documents or more, or max_query_tokens=None: every query through the centroid stage
+    assert r.config.centroids.query_token_limit(10**6) == 64  # decided at build time, for the built corpus
+    r.config = dataclasses.replace(r.config, centroids=dataclasses.replace(r.config.centroids, max_query_tokens=None))
+    assert r.search(batch, k=10, n_candidates=60).ids.tolist() == via_centroids.ids.tolist()
+
+
+def test_sharded_auto_sends_long_queries_to_the_fdes(corpus):
+    from retriever.cluster.shards import ShardedRetriever
+
+    docs, _ = corpus
+    sr = ShardedRetriever.build(docs, doc_ids=list(range(len(docs))), n_shards=2, config=ON, show_progress=False)
+    batch = _long_and_short()
+    got = sr.search(batch, k=10)
+    apart = [sr.search([q], k=10) for q in batch]
+    assert got.ids.tolist() == [a.ids[0].tolist() for a in apart]
+    np.testing.assert_array_equal(got.scores, np.concatenate([a.scores for a in apart]))
+    fde = [sr.search([q], k=10, mode="fde") for q in batch[1::2]]  # the FDE stage's own candidate count
+    assert [a.ids[0].tolist() for a in apart[1::2]] == [f.ids[0].tolist() for f in fde]
+
+
+def test_sharded_build_decides_the_stage_rule_for_the_whole_corpus(corpus, monkeypatch):
+    import retriever.candidates.centroids as centroids_module
+    from retriever.cluster.shards import ShardedRetriever
+
+    docs, _ = corpus
+    monkeypatch.setattr(centroids_module, "AUTO_LONG_QUERY_MAX_DOCS", 200)  # 300 documents: "large"; a shard: not
+    assert _build(docs).config.centroids.max_query_tokens is None
+    assert _build(docs[:150]).config.centroids.max_query_tokens == 64
+    sr = ShardedRetriever.build(docs, doc_ids=list(range(len(docs))), n_shards=2, config=ON, show_progress=False)
+    assert all(len(s.doc_ids) < 200 for s in sr.shards)
+    assert [s.config.centroids.max_query_tokens for s in sr.shards] == [None, None]
 
 
 def test_batch_search_equals_one_query_at_a_time(corpus):

@@ -457,6 +457,32 @@ def test_a_long_query_is_fused_with_the_long_weights(hindex, encoder):
     np.testing.assert_array_equal(short.rows, hindex.search(QUERIES[:1], k=6, hybrid=FusionConfig(long_weights=None)).rows)
 
 
+def test_a_batch_split_by_candidate_stage_equals_its_queries_searched_apart(encoder):
+    from retriever.candidates.centroids import CentroidConfig
+
+    # the fixture encoder keeps at most 24 query tokens: the stage threshold is lowered to 20 to make some "long";
+    # one fusion (no long weights) and a shallow union, so that the candidate stage shapes the answer
+    config = IndexConfig(fde=FDE, centroids=CentroidConfig(enabled=True, max_query_tokens=20))
+    r = Retriever.build(_docs(80, seed=3), encoder=encoder, config=config, show_progress=False)
+    fusion = FusionConfig(depth=5, long_weights=None)
+    batch = [QUERIES[0], LONG, QUERIES[2], QUERIES[1] + " " + QUERIES[3]]
+    lengths = encoder.encode_queries(batch).lengths
+    assert (lengths <= 20).any() and (lengths > 20).any()
+    both = r.search(batch, k=5, n_candidates=10, hybrid=fusion)
+    apart = [r.search([q], k=5, n_candidates=10, hybrid=fusion) for q in batch]
+    np.testing.assert_array_equal(both.rows, np.concatenate([a.rows for a in apart]))
+    np.testing.assert_allclose(both.scores, np.concatenate([a.scores for a in apart]), rtol=1e-5)
+    _, scored, ids = r.hybrid_union(batch, k=5, n_candidates=10, hybrid=fusion)
+    for i, q in enumerate(batch):
+        _, one, one_ids = r.hybrid_union([q], k=5, n_candidates=10, hybrid=fusion)
+        np.testing.assert_array_equal(scored[i][0], one[0][0])
+        assert list(ids[i]) == list(one_ids[0])
+    sr = ShardedRetriever.build(_docs(80, seed=3), n_shards=2, encoder=encoder, config=config, show_progress=False)
+    sb = sr.search(batch, k=5, hybrid=fusion)
+    sa = [sr.search([q], k=5, hybrid=fusion) for q in batch]
+    assert sb.ids.tolist() == [a.ids.tolist()[0] for a in sa]
+
+
 def test_a_mixed_batch_equals_its_groups_searched_apart(hindex, encoder):
     fusion = FusionConfig(long_query_tokens=16)
     batch = [QUERIES[0], LONG, QUERIES[1], LONG + " caffeine"]

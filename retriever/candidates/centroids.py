@@ -51,7 +51,7 @@ from retriever.core.configs import check_keys, is_int
 log = logging.getLogger(__name__)
 
 __all__ = ["CentroidConfig", "CentroidIndex", "auto_n_centroids", "auto_candidates", "probes_per_token", "residual_lut",
-           "AUTO_MIN_DOCS", "AUTO_PQ_BYTES", "AUTO_PQ_MAX_TOKENS", "AUTO_SCALE", "AUTO_FLOOR"]
+           "AUTO_MIN_DOCS", "AUTO_MAX_QUERY_TOKENS", "AUTO_LONG_QUERY_MAX_DOCS", "AUTO_PQ_BYTES", "AUTO_PQ_MAX_TOKENS", "AUTO_SCALE", "AUTO_FLOOR"]
 
 #: ``CentroidConfig.enabled="auto"`` builds the stage for corpora of at least this many documents
 #: (the size from which ``faiss_factory="auto"`` compresses FDEs). The stage beat the FDEs at every
@@ -66,6 +66,12 @@ AUTO_MIN_DOCS = 2048
 #: tokens, neutral at equal latency at 10 M and a loss at 68 M (module docstring).
 AUTO_PQ_BYTES = 4
 AUTO_PQ_MAX_TOKENS = 1 << 22
+#: ``CentroidConfig.max_query_tokens="auto"``: queries of more token vectors than ``AUTO_MAX_QUERY_TOKENS`` are searched
+#: through the FDEs under ``mode="auto"`` in corpora of fewer than ``AUTO_LONG_QUERY_MAX_DOCS`` documents. The FDEs
+#: won for long queries at 15,000 documents and lost at 100,000 (the class docstring); 40,000 is about the
+#: geometric mean of the two, not a measured crossing.
+AUTO_MAX_QUERY_TOKENS = 64
+AUTO_LONG_QUERY_MAX_DOCS = 40_000
 _KMEANS_ITERS = 10
 _ASSIGN_ROWS = 1 << 16  # tokens assigned per step
 
@@ -99,6 +105,17 @@ class CentroidConfig:
         dimension), 0 for centroid scores only. ``"auto"``: 4 for corpora of at most
         ``AUTO_PQ_MAX_TOKENS`` stored tokens, else 0; the built index's config holds the decision.
         Indexes built before this option existed read as 0.
+    max_query_tokens : int, None or "auto" (default)
+        ``search(mode="auto")`` sends queries of more token vectors than this to the FDE stage and
+        keeps the shorter ones here; None keeps every query here (``mode="centroids"`` always does).
+        ``"auto"``: ``AUTO_MAX_QUERY_TOKENS`` (64) for corpora of fewer than ``AUTO_LONG_QUERY_MAX_DOCS``
+        (40,000) documents, else None; the built index's config holds the decision. Indexes built
+        before this option existed read as None. Measured on tuning queries (``bench/beir/stage_rule.py``,
+        ``bench/scale/scale.py --split longq-tune``; ``docs/scaling.md``): on the 15,000-document long-query
+        set (queries of 64-398 vectors) the FDEs reached Chamfer recall@10 0.971 at N=1,600 where this
+        stage needed N=3,200 for 0.961, and at k=100 0.963 against 0.817; on 100,000 synthetic documents
+        the same queries went the other way (N=8,000: 0.919 here, 0.829 for the FDEs); short queries
+        (SciFact train, NFCorpus dev) need 4-8x fewer candidates here.
     max_train_bytes : int
         Bound on the float32 sample tokens k-means trains on (default 256 MB).
     seed : int
@@ -111,6 +128,7 @@ class CentroidConfig:
     probe_cells: int = 8
     probe_budget: int = 256
     residual_pq: int | str = "auto"
+    max_query_tokens: int | str | None = "auto"
     max_train_bytes: int = 256 << 20
     seed: int = 1
 
@@ -128,6 +146,9 @@ class CentroidConfig:
         if self.residual_pq != "auto" and (not is_int(self.residual_pq) or not 0 <= self.residual_pq <= 256):
             raise ValueError(f"CentroidConfig.residual_pq must be 'auto' or an integer in [0, 256], "
                              f"got {self.residual_pq!r}")
+        mq = self.max_query_tokens
+        if mq is not None and mq != "auto" and (not is_int(mq) or mq < 1):
+            raise ValueError(f"CentroidConfig.max_query_tokens must be None, 'auto' or a positive integer, got {mq!r}")
         if not is_int(self.max_train_bytes) or self.max_train_bytes < 1 << 16:
             raise ValueError(f"CentroidConfig.max_train_bytes must be an integer >= 65536, got {self.max_train_bytes!r}")
         if not is_int(self.seed) or self.seed < 0:
@@ -143,7 +164,15 @@ class CentroidConfig:
             out = replace(out, enabled=bool(n_docs >= AUTO_MIN_DOCS))
         if out.residual_pq == "auto":
             out = replace(out, residual_pq=AUTO_PQ_BYTES if n_tokens <= AUTO_PQ_MAX_TOKENS else 0)
+        if out.max_query_tokens == "auto":
+            out = replace(out, max_query_tokens=self.query_token_limit(n_docs))
         return out
+
+    def query_token_limit(self, n_docs: int) -> int | None:
+        """``max_query_tokens`` with ``"auto"`` decided for ``n_docs`` documents."""
+        if self.max_query_tokens != "auto":
+            return self.max_query_tokens
+        return AUTO_MAX_QUERY_TOKENS if n_docs < AUTO_LONG_QUERY_MAX_DOCS else None
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -153,7 +182,8 @@ class CentroidConfig:
     @classmethod
     def from_dict(cls, d: dict) -> "CentroidConfig":
         check_keys(cls, d)
-        return cls(**{"residual_pq": 0, **d})  # manifests from before residual codes: none
+        # manifests from before residual codes: none; from before the stage rule: every query here
+        return cls(**{"residual_pq": 0, "max_query_tokens": None, **d})
 
 
 def auto_n_centroids(n_tokens: int) -> int:

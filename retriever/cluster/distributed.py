@@ -100,7 +100,8 @@ class _ShardServer:
 
     def info(self) -> dict:
         return {"n_docs": self.r.n_docs, "hybrid": self.r.config.hybrid.to_dict(), "pid": os.getpid(),
-                "centroids": self.r.centroid_stage is not None}
+                "centroids": self.r.centroid_stage is not None,
+                "max_query_tokens": self.r.config.centroids.query_token_limit(len(self.r.doc_ids))}
 
     def search(self, queries, kw: dict) -> SearchResults:
         # arrays only travel back: the document store (an SQLite connection) stays with the actor
@@ -158,6 +159,7 @@ class RayShardedRetriever:
 
         self.hybrid = HybridConfig.from_dict(infos[0]["hybrid"])
         self.has_centroids = all(i["centroids"] for i in infos)
+        self.max_query_tokens = infos[0]["max_query_tokens"]
         self._encoder = encoder
         self._next = 0
         log.info("serving %d shards x %d replicas of %s on Ray", len(self.actors), replicas, self.path)
@@ -242,7 +244,7 @@ class RayShardedRetriever:
             return out
 
         res = sharded_search(call, lambda: self.encoder, self.hybrid, self.live, queries, k,
-                             has_centroids=self.has_centroids, **kwargs)
+                             has_centroids=self.has_centroids, max_query_tokens=self.max_query_tokens, **kwargs)
         return dataclasses.replace(res, documents=self._fetch_documents)
 
     def _fetch_documents(self, rows, shards) -> list:
@@ -441,6 +443,11 @@ def build_sharded_on_ray(documents, path, *, n_shards: int, config=None, encoder
             raise ValueError(f"document id {i!r} appears twice")
         seen.add(i)
     check_not_empty(np.bincount([shard_of(i, n_shards) for i, _ in pairs], minlength=n_shards).tolist(), n_shards)
+    if config.centroids.max_query_tokens == "auto":  # the stage rule follows the whole corpus, not a shard
+        import dataclasses
+
+        config = dataclasses.replace(config, centroids=dataclasses.replace(
+            config.centroids, max_query_tokens=config.centroids.query_token_limit(len(pairs))))
     if chunk_docs == "auto":
         chunk_docs = auto_chunk_docs(len(pairs))
     work = target.parent / f".{target.name}.build"

@@ -42,7 +42,15 @@ from retriever.index.config import IndexConfig
 from retriever.index.inputs import is_batch_item, is_embeddings, is_text_item, py_scalar, text_items, texts_of_queries
 from retriever.index.passages import DEPTH_GROWTH
 from retriever.index.retriever import Retriever
-from retriever.index.search import SearchResults, auto_n_candidates, auto_rule, candidate_stage, search_in_groups
+from retriever.index.search import (
+    SearchResults,
+    auto_n_candidates,
+    auto_rule,
+    candidate_stage,
+    merge_query_groups,
+    search_in_groups,
+    stage_groups,
+)
 from retriever.index.writer import WriteGuard
 from retriever.store.tokens import TokenEmbeddings, as_token_embeddings
 
@@ -212,6 +220,9 @@ class ShardedRetriever:
                               None if pooled is None else np.asarray(pooled)[rows]))
             sizes = [len(p[1]) for p in parts]
         check_not_empty(sizes, n_shards)
+        if config.centroids.max_query_tokens == "auto":  # the stage rule follows the whole corpus, not a shard
+            config = dataclasses.replace(config, centroids=dataclasses.replace(
+                config.centroids, max_query_tokens=config.centroids.query_token_limit(sum(sizes))))
         if is_text and encoder is None:
             from retriever.encoders.colbert import ColBERTEncoder
 
@@ -274,6 +285,7 @@ class ShardedRetriever:
         res = sharded_search(call, lambda: self.encoder, first.config.hybrid, [s.n_live_rows for s in self.shards],
                              queries, k, hybrid=hybrid, n_candidates=n_candidates,
                              has_centroids=all(s.centroid_stage is not None for s in self.shards),
+                             max_query_tokens=first.config.centroids.query_token_limit(len(first.doc_ids)),
                              chunked=chunked, **kwargs)
         if chunked and res.passages is None:  # fused across shards from passage rows: name the passages
             res = self._with_passages(res)
@@ -575,14 +587,18 @@ def shard_candidates(n_candidates, k, subset, live: list[int], rule=auto_n_candi
 
 
 def sharded_search(call, get_encoder, hybrid_config, live: list[int], queries, k, *, hybrid=None,
-                   n_candidates="auto", has_centroids: bool = False, chunked: bool = False,
-                   **kwargs) -> SearchResults:
+                   n_candidates="auto", has_centroids: bool = False, max_query_tokens: int | None = None,
+                   chunked: bool = False, **kwargs) -> SearchResults:
     """The search of a sharded index over any backend.
 
     ``call(method, per_shard_kwargs)`` runs ``method`` ("search" or "hybrid_union") on every shard
     with its keyword arguments and returns the results in shard order (a local loop, or remote
     calls in parallel); "hybrid_union" results are ``(fusion, scored, ids of each query's U)``; a
     shard that did not answer (a partial search) is ``None``. ``live``: each shard's searchable rows.
+    ``has_centroids`` / ``max_query_tokens``: every shard has the token centroid stage, and the shards'
+    ``CentroidConfig.max_query_tokens``: under ``mode="auto"`` a batch of short and long queries is
+    searched as two groups (:func:`retriever.index.search.stage_groups`), each with its stage's
+    candidate count split across the shards.
     ``chunked`` (shards of passages, ``IndexConfig.chunk_tokens``): a fused document search folds the
     shards' fused passages into documents, each at its best passage, ranking deeper until it names ``k``
     documents; its hits are passage rows without passage numbers, which the caller adds (a search that
@@ -612,13 +628,29 @@ def sharded_search(call, get_encoder, hybrid_config, live: list[int], queries, k
                 if pooled_g is not None:
                     kw["query_pooled"] = pooled_g
                 return sharded_search(call, get_encoder, hybrid_config, live, q_g, k, hybrid=f,
-                                      n_candidates=n_candidates, has_centroids=has_centroids, chunked=chunked,
-                                      **kw)
+                                      n_candidates=n_candidates, has_centroids=has_centroids,
+                                      max_query_tokens=max_query_tokens, chunked=chunked, **kw)
 
             return search_in_groups(groups, queries, base_kw["query_texts"], base_kw.get("query_pooled"), search)
         base_kw["hybrid"] = groups[0][0]
-    cands = shard_candidates(n_candidates, k, kwargs.get("subset"), live,
-                             auto_rule(candidate_stage(has_centroids, kwargs.get("mode", "auto"))))
+    mode = kwargs.get("mode", "auto")
+    stage = candidate_stage(has_centroids, mode)
+    if stage == "centroids" and mode == "auto" and max_query_tokens is not None:
+        queries = as_token_embeddings(queries)
+        by_stage = stage_groups(queries.lengths, has_centroids, mode, max_query_tokens)
+        stage = by_stage[0][0]
+        if len(by_stage) > 1:  # long queries take the FDE stage, the others the centroid stage
+            parts = []
+            for _, idx in by_stage:
+                kw = dict(base_kw)
+                for name in ("query_texts", "query_pooled"):
+                    if kw.get(name) is not None:
+                        kw[name] = [kw[name][i] for i in idx] if name == "query_texts" else np.asarray(kw[name])[idx]
+                parts.append((idx, sharded_search(call, get_encoder, hybrid_config, live, queries.select(idx), k,
+                                                  n_candidates=n_candidates, has_centroids=has_centroids,
+                                                  max_query_tokens=max_query_tokens, chunked=chunked, **kw)))
+            return merge_query_groups(parts, len(queries))
+    cands = shard_candidates(n_candidates, k, kwargs.get("subset"), live, auto_rule(stage))
     by_document = fused and chunked and not kwargs.get("passages", False)
     total = max(1, int(sum(live)))
     depth = int(k)  # a fused document search ranks the whole unions of a passage search of k, deeper if need be

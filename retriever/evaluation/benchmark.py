@@ -56,7 +56,7 @@ from retriever.core.storage import file_sha256
 from retriever.evaluation.metrics import DEFAULT_METRICS, chamfer_recall, evaluate, run_from_arrays
 from retriever.index.config import IndexConfig
 from retriever.index.retriever import Retriever
-from retriever.index.search import auto_rule, candidate_stage
+from retriever.index.search import auto_rule, merge_query_groups, stage_groups
 from retriever.store.tokens import TokenEmbeddings
 
 log = logging.getLogger(__name__)
@@ -772,17 +772,30 @@ def run_benchmark(
                 add("exhaustive", {"mode": "exact", "index": info["index_config"]}, quality, m, enc, info["build"],
                     extra["store_bytes"], extra, {"quality": q_s, "timing": m["_wall_s"]})
         store_extra = _store_extra(r, info)
-        # the pipeline's candidate stage: the token centroid stage when the index has one, else the FDEs
-        stage = candidate_stage(r.centroid_stage is not None, "auto")
+        # the pipeline's candidate stages, as mode="auto" picks them per query (the token centroid stage when the
+        # index has one, the FDEs for queries longer than its max_query_tokens and without it), never exhaustive
+        has_c, max_qt = r.centroid_stage is not None, r.config.centroids.query_token_limit(r.n_docs)
+        stages = [st for st, _ in stage_groups(q.lengths, has_c, "auto", max_qt)]
+        stage = stages[0] if len(stages) == 1 else "+".join(stages)
         for n_spec in settings.n_candidates:
-            n_cand = auto_rule(stage)(r.n_docs, k) if n_spec == "auto" else n_spec
+            n_of = {st: auto_rule(st)(r.n_docs, k) if n_spec == "auto" else n_spec for st in stages}
+            n_cand = n_of[stages[0]] if len(stages) == 1 else "/".join(str(n_of[st]) for st in stages)
+
+            def pipeline(qs, qtexts=None, qpooled=None, n_of=n_of):
+                """The queries ``qs`` (with their texts and pooled vectors: hybrid) through their stages."""
+                def side(idx):
+                    return {} if qtexts is None else {"query_texts": [qtexts[i] for i in idx],
+                                                       "query_pooled": qpooled[idx]}
+
+                parts = [(idx, r.search(qs.select(idx), k=k, n_candidates=n_of[st], mode=st, **side(idx)))
+                         for st, idx in stage_groups(qs.lengths, has_c, "auto", max_qt)]
+                return parts[0][1] if len(parts) == 1 else merge_query_groups(parts, len(qs))
+
             what = f"pipeline ({stage} candidates, N={n_cand}, {r.config.faiss_factory}, {r.codec.config.name})"
-            m = _measure(lambda i: r.search(singles[i], k=k, n_candidates=n_cand, mode=stage),
-                         lambda ix: r.search(subset, k=k, n_candidates=n_cand, mode=stage), timed, warm,
+            m = _measure(lambda i: pipeline(singles[i]), lambda ix: pipeline(subset), timed, warm,
                          f"timing the {what}", show)
             # the pipeline, even where exhaustive is cheaper
-            ids, scores, q_s = quality_pass(lambda a, b: r.search(_slice(q, a, b), k=k, n_candidates=n_cand, mode=stage),
-                                            f"the {what}")
+            ids, scores, q_s = quality_pass(lambda a, b: pipeline(_slice(q, a, b)), f"the {what}")
             quality = _quality(qids, ids, scores, data.qrels, exact_ids, k, True)
             extra = {"index_name": info["name"], "index_cached": info["cached"], **store_extra}
             if exh is not None:
@@ -798,14 +811,12 @@ def run_benchmark(
                 # and pooled vectors (the encoder returns those in the same pass: "encode" as above)
                 if qp is None:
                     _, qp = encoder.encode_queries(texts, return_pooled=True)
-                hkw = dict(k=k, n_candidates=n_cand, mode=stage)
                 hwhat = f"hybrid pipeline ({'+'.join(r.config.hybrid.signals)}, N={n_cand}, {r.codec.config.name})"
-                hm = _measure(lambda i: r.search(singles[i], query_texts=[texts[i]], query_pooled=qp[i : i + 1], **hkw),
-                              lambda ix: r.search(subset, query_texts=[texts[i] for i in ix], query_pooled=qp[ix], **hkw),
+                hm = _measure(lambda i: pipeline(singles[i], [texts[i]], qp[i : i + 1]),
+                              lambda ix: pipeline(subset, [texts[i] for i in ix], qp[ix]),
                               timed, warm, f"timing the {hwhat}", show)
-                ids, scores, q_s = quality_pass(
-                    lambda a, b: r.search(_slice(q, a, b), query_texts=texts[a:b], query_pooled=qp[a:b], **hkw),
-                    f"the {hwhat}")
+                ids, scores, q_s = quality_pass(lambda a, b: pipeline(_slice(q, a, b), texts[a:b], qp[a:b]),
+                                                f"the {hwhat}")
                 quality = _quality(qids, ids, scores, data.qrels, exact_ids, k, False)
                 hextra = {key: v for key, v in extra.items() if key != "speedup_vs_exhaustive"}
                 if exh is not None:

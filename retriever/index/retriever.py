@@ -54,9 +54,11 @@ from retriever.index.search import (
     auto_rule,
     candidate_stage,
     exhaustive_is_cheaper,
+    merge_query_groups,
     search_candidates,
     search_exact,
     search_in_groups,
+    stage_groups,
 )
 from retriever.index.writer import WriteGuard
 from retriever.store.codecs import TokenCodec
@@ -432,7 +434,9 @@ class Retriever:
             "fde": FAISS candidates by FDE inner product + exact rerank; "centroids": candidates
             from the token centroid stage (indexes built with it) + exact rerank; "exact":
             exhaustive MaxSim, the ground truth; "auto": the centroid stage when the index has
-            it, else the FDEs, unless scoring every document costs less than reranking the
+            it for queries of at most ``IndexConfig.centroids.max_query_tokens`` vectors (64 below 40,000
+            documents, every query above), the FDEs for longer ones and on indexes without the stage (a
+            mixed batch is searched as two groups), unless scoring every document costs less than reranking the
             candidates (:func:`retriever.index.search.exhaustive_is_cheaper`: large batches of short
             queries on small corpora), in which case the answer is the exact one.
         ef_search : HNSW search depth (HNSW FDE indexes only)
@@ -545,6 +549,25 @@ class Retriever:
                     q_g, k, n_candidates=n_candidates, mode=mode, ef_search=ef_search, nprobe=nprobe, subset=subset,
                     where=where, hybrid=f, query_texts=texts_g, query_pooled=pooled_g, passages=passages))
             fusion = groups[0][0]
+        by_stage = stage_groups(q.lengths, self.centroid_stage is not None, mode,
+                                self.config.centroids.query_token_limit(len(self.doc_ids)))
+        if len(by_stage) > 1:  # mode="auto": long queries take the FDE stage, the others the centroid stage
+            parts = [(idx, self._search(
+                q.select(idx), k, n_candidates=n_candidates, mode=mode, ef_search=ef_search, nprobe=nprobe,
+                subset=subset, where=where, hybrid=fusion if fusion is not None else False,
+                query_texts=None if fusion is None else [texts[i] for i in idx],
+                query_pooled=None if fusion is None or q_pooled is None else q_pooled[idx],
+                union_only=union_only, passages=passages)) for _, idx in by_stage]
+            if not union_only:
+                return merge_query_groups(parts, len(q))
+            if fusion is None:
+                return None
+            scored = [None] * len(q)
+            for idx, (_, part) in parts:
+                for j, i in enumerate(idx):
+                    scored[i] = part[j]
+            return fusion, scored
+        stage = by_stage[0][0]
         allowed = self._allowed_mask(subset, where)
         n_allowed = int(allowed.sum()) if allowed is not None else len(self.doc_ids)
 

@@ -19,7 +19,7 @@ from retriever.store.tokens import TokenEmbeddings
 
 __all__ = ["SearchResults", "search_in_groups", "concat_results", "search_fde", "search_candidates", "search_exact",
            "auto_n_candidates", "AUTO_N_SCALE",
-           "exhaustive_is_cheaper", "candidate_stage", "auto_rule"]
+           "exhaustive_is_cheaper", "candidate_stage", "stage_groups", "merge_query_groups", "auto_rule"]
 
 #: ``n_candidates="auto"`` fetches ``AUTO_N_SCALE * sqrt(n_docs)`` documents (at least ``10 * k``, at
 #: most every document). FDE candidate recall falls as the corpus grows, so N must grow, but
@@ -40,6 +40,21 @@ def candidate_stage(has_centroids: bool, mode: str) -> str:
     """The candidate stage a search in ``mode`` uses: ``"centroids"`` when the index (every shard) has
     the token centroid stage and ``mode`` is "auto" or "centroids", else ``"fde"``."""
     return "centroids" if has_centroids and mode in ("auto", "centroids") else "fde"
+
+
+def stage_groups(lengths, has_centroids: bool, mode: str, max_query_tokens: int | None) -> list[tuple[str, np.ndarray]]:
+    """The queries of a batch (their token counts ``lengths``) grouped by the candidate stage each uses:
+    ``[(stage, query indices), ...]``, short queries first. ``mode="auto"`` on an index with the centroid
+    stage sends queries of more than ``max_query_tokens`` vectors (``CentroidConfig.max_query_tokens``;
+    None: none) to the FDEs, where long queries find more of their exact top-k per candidate
+    (``bench/beir/stage_rule.py``); every other case is :func:`candidate_stage`'s one stage."""
+    lengths = np.asarray(lengths)
+    stage = candidate_stage(has_centroids, mode)
+    if stage != "centroids" or mode != "auto" or max_query_tokens is None:
+        return [(stage, np.arange(lengths.size))]
+    long = lengths > int(max_query_tokens)
+    out = [(st, np.flatnonzero(m)) for st, m in (("centroids", ~long), ("fde", long)) if m.any()]
+    return out or [(stage, np.arange(lengths.size))]
 
 
 def auto_rule(stage: str):
@@ -176,10 +191,10 @@ def search_in_groups(groups, queries: TokenEmbeddings, texts: list[str], pooled,
     parts = [(idx, search(f, queries.select(idx), [texts[i] for i in idx],
                           None if pooled is None else np.asarray(pooled)[idx]))
              for f, idx in groups]
-    return _merge_query_groups(parts, len(queries))
+    return merge_query_groups(parts, len(queries))
 
 
-def _merge_query_groups(parts: list[tuple[np.ndarray, SearchResults]], n_queries: int) -> SearchResults:
+def merge_query_groups(parts: list[tuple[np.ndarray, SearchResults]], n_queries: int) -> SearchResults:
     """One result for a batch searched as groups of queries: ``parts`` = [(the group's query indices, its
     results), ...] covering ``0 .. n_queries - 1``."""
     first = parts[0][1]
