@@ -5,6 +5,7 @@ Usage::
     .venv/bin/python bench/scale/scale.py --sizes 100000 300000      # build (cached) + measure -> scale.jsonl
     .venv/bin/python bench/scale/scale.py --sizes 100000 --split tune --nprobe 8 16 --n-candidates 500 1000 2000
     .venv/bin/python bench/scale/scale.py --sizes 100000 --centroids off --n-candidates auto 4000 8000  # FDE stage
+    .venv/bin/python bench/scale/scale.py --sizes 100000 --split longq-tune --stage fde   # long queries, FDE stage
     .venv/bin/python bench/scale/scale.py --report                    # scale.md + scale.png
 
 Corpora come from :mod:`synthetic` (real token windows of the cached SciFact/NFCorpus float16 stores,
@@ -14,7 +15,8 @@ not involved: "build" here is store + codec + FDE + FAISS + the token centroid s
 the directory name marks indexes built with the stage allowed, ``--centroids off`` the FDE-only ones). Queries are the real queries of both
 collections, encoded once and cached: ``--split report`` (SciFact test + NFCorpus test, 623
 queries) for the quoted numbers, ``--split tune`` (SciFact train + NFCorpus dev, 1,133) for choosing
-defaults.
+defaults, ``--split longq-tune`` (the tune half of ``bench/beir/long_query_set.py``'s set: 300 queries of
+64-398 token vectors) for long queries.
 
 Per corpus size, in fresh child processes (so memory figures are the process's own):
 
@@ -58,7 +60,9 @@ log = logging.getLogger("bench.scale")
 
 OUT = ROOT / "index_data" / "scale"
 RESULTS = RESULTS_DIR / "scale.jsonl"
-SPLITS = {"report": [("scifact", "test"), ("nfcorpus", "test")], "tune": [("scifact", "train"), ("nfcorpus", "dev")]}
+SPLITS = {"report": [("scifact", "test"), ("nfcorpus", "test")], "tune": [("scifact", "train"), ("nfcorpus", "dev")],
+          # long queries (64-398 token vectors): the tuning half of bench/beir/long_query_set.py's set
+          "longq-tune": [(ROOT / "index_data" / "longq" / "set", "tune")]}
 
 
 def peak_rss() -> int:
@@ -91,7 +95,7 @@ def queries(split: str):
         enc = ColBERTEncoder.from_pretrained("default")
         vecs, lens = [], []
         for name, sp in SPLITS[split]:
-            d = collection_dir(name)
+            d = name if isinstance(name, Path) else collection_dir(name)
             q, rel = read_queries(d / "queries.jsonl"), read_qrels(d / "qrels" / f"{sp}.tsv")
             e = enc.encode_queries([q[i] for i in q if i in rel])
             vecs.append(e.vectors.astype(np.float32))
@@ -191,7 +195,9 @@ def child_search(args) -> list[dict]:
             q_all = TokenEmbeddings(z["vectors"], z["offsets"])
     else:
         q_all = queries(args.split)
-    _warmup(args.codec)
+    from retriever.store.codecs import CodecConfig
+
+    _warmup(CodecConfig.parse(args.codec).kind)  # the kernels' store kind: "residual" for residual1/2/4
     rss0 = rss()
     r = Retriever.load(path)
     rss_loaded = rss()
