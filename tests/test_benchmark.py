@@ -471,3 +471,24 @@ def test_cli_times_a_bounded_sample_by_default():
     assert parser.parse_args(["bench", "--data", "x"]).timing_queries == 200
     assert parser.parse_args(["bench", "--data", "x", "--timing-queries", "all"]).timing_queries is None
     assert parser.parse_args(["bench", "--data", "x", "--timing-queries", "50"]).timing_queries == 50
+
+
+def test_pipeline_rows_follow_the_per_query_stage_rule(tmp_path, encoder):
+    from retriever.candidates.centroids import CentroidConfig
+
+    data = write_collection(tmp_path / "mixed", seed=4, n_queries=8)
+    rng = random.Random(4)  # q0 and q4 (test split) long enough (24 vectors) to pass a lowered threshold of 20
+    queries = [{"_id": f"q{i}", "text": " ".join(rng.choices(WORDS, k=30 if i % 4 == 0 else 3))} for i in range(8)]
+    (data / "queries.jsonl").write_text("".join(json.dumps(q) + "\n" for q in queries))
+    cfg = IndexConfig(fde=CFG_A.fde, codec="float16", hybrid=HybridConfig(),
+                      centroids=CentroidConfig(enabled=True, n_centroids=16, max_query_tokens=20))
+    settings = bm.BenchSettings(k=10, n_candidates=("auto", 12), baselines=("exhaustive",), **FAST)
+    rows = bm.run_benchmark(data, split="test", index_configs=cfg, encoder=encoder, settings=settings, results=None,
+                            cache_dir=tmp_path / "cache")
+    pipeline = [r for r in rows if r["method"] == "fde"]
+    assert [r["config"]["mode"] for r in pipeline] == ["centroids+fde"] * 2
+    assert pipeline[0]["config"]["n_candidates_by_stage"] == {"centroids": N_DOCS, "fde": N_DOCS}
+    assert pipeline[1]["config"]["n_candidates_by_stage"] == {"centroids": 12, "fde": 12}
+    exhaustive = next(r for r in rows if r["method"] == "exhaustive")
+    assert pipeline[0]["ndcg@10"] == exhaustive["ndcg@10"]  # N = every document: exact, whatever the stage
+    assert pipeline[0]["chamfer_recall@10"] == 1.0

@@ -7,6 +7,11 @@ search is the default pipeline (``mode="auto"``, k=10). Queries are encoded once
 two settings rank the same embeddings (``query_texts=`` / ``query_pooled=``).
 
     .venv/bin/python bench/beir/long_query_defaults.py
+    .venv/bin/python bench/beir/long_query_defaults.py --compare stage --sets longq
+
+``--compare stage``: the candidate-stage rule instead (``CentroidConfig.max_query_tokens``: 64, what a build of
+these indexes records now, against None, what their manifests read), with the default fusion and with MaxSim
+alone; Chamfer recall@10 of MaxSim alone against exhaustive MaxSim too.
 """
 
 from __future__ import annotations
@@ -34,10 +39,18 @@ RESULTS = RESULTS_DIR / "long_query_defaults.jsonl"
 
 
 def main() -> int:
-    argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter).parse_args()
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--compare", choices=["fusion", "stage"], default="fusion")
+    p.add_argument("--sets", nargs="+", choices=sorted(SETS), default=list(SETS))
+    args = p.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    if args.compare == "stage":
+        append_rows(RESULTS, compare_stage_rule(args.sets), bench="beir/long_query_defaults")
+        return 0
     rows = []
     for name, (data, splits) in SETS.items():
+        if name not in args.sets:
+            continue
         r = Retriever.load(ROOT / "index_data" / "longq" / f"index-{name}")
         new = r.config.hybrid.fusion
         old = FusionConfig(method=new.method, weights=new.weights, depth=new.depth, rrf_k=new.rrf_k, long_weights=None)
@@ -65,6 +78,45 @@ def main() -> int:
                          n_long, len(qids))
     append_rows(RESULTS, rows, bench="beir/long_query_defaults")
     return 0
+
+
+def compare_stage_rule(sets) -> list[dict]:
+    """nDCG@10 (default fusion, MaxSim alone) and Chamfer recall@10 (MaxSim alone) with the stage rule's
+    ``max_query_tokens`` at 64 and at None, on the same index and query embeddings."""
+    import dataclasses
+
+    from retriever.evaluation.metrics import chamfer_recall
+
+    rows = []
+    for name in sets:
+        data, splits = SETS[name]
+        r = Retriever.load(ROOT / "index_data" / "longq" / f"index-{name}")
+        queries = read_queries(data / "queries.jsonl")
+        for split in splits:
+            qrels = read_qrels(data / "qrels" / f"{split}.tsv")
+            qids = [q for q in qrels if q in queries]
+            texts = [queries[q] for q in qids]
+            emb, pooled = r.encoder.encode_queries(texts, return_pooled=True)
+            exact = r.search(emb, k=10, mode="exact", hybrid=False).rows
+            for limit in (64, None):
+                r.config = dataclasses.replace(r.config, centroids=dataclasses.replace(r.config.centroids,
+                                                                                       max_query_tokens=limit))
+                for label, kw in (("hybrid", dict(query_texts=texts, query_pooled=pooled)), ("maxsim", dict(hybrid=False))):
+                    t0 = time.perf_counter()
+                    res = r.search(emb, k=10, **kw)
+                    search_s = time.perf_counter() - t0
+                    run = {q: {str(d): float(s) for d, s in pairs} for q, pairs in zip(qids, res.to_list())}
+                    m = evaluate(run, {q: qrels[q] for q in qids}, ["ndcg@10"])
+                    row = {"collection": name, "split": split, "compare": "stage", "max_query_tokens": limit,
+                           "search": label, "n_queries": len(qids), "n_docs": r.n_docs,
+                           "n_long": int((emb.lengths > 64).sum()), "ndcg@10": round(float(m["ndcg@10"]), 4),
+                           "search_ms_per_query": round(search_s / len(qids) * 1e3, 2)}
+                    if label == "maxsim":
+                        row["chamfer_recall@10"] = round(chamfer_recall(res.rows, exact, 10), 4)
+                    rows.append(row)
+                    log.info("%s %s max_query_tokens=%s %s: nDCG@10 %.4f %s", name, split, limit, label,
+                             row["ndcg@10"], row.get("chamfer_recall@10", ""))
+    return rows
 
 
 if __name__ == "__main__":

@@ -779,7 +779,8 @@ def run_benchmark(
         stage = stages[0] if len(stages) == 1 else "+".join(stages)
         for n_spec in settings.n_candidates:
             n_of = {st: auto_rule(st)(r.n_docs, k) if n_spec == "auto" else n_spec for st in stages}
-            n_cand = n_of[stages[0]] if len(stages) == 1 else "/".join(str(n_of[st]) for st in stages)
+            n_cand = n_of[stages[0]]  # of the short queries' stage when the batch has both
+            n_label = str(n_cand) if len(stages) == 1 else "/".join(str(n_of[st]) for st in stages)
 
             def pipeline(qs, qtexts=None, qpooled=None, n_of=n_of):
                 """The queries ``qs`` (with their texts and pooled vectors: hybrid) through their stages."""
@@ -791,7 +792,7 @@ def run_benchmark(
                          for st, idx in stage_groups(qs.lengths, has_c, "auto", max_qt)]
                 return parts[0][1] if len(parts) == 1 else merge_query_groups(parts, len(qs))
 
-            what = f"pipeline ({stage} candidates, N={n_cand}, {r.config.faiss_factory}, {r.codec.config.name})"
+            what = f"pipeline ({stage} candidates, N={n_label}, {r.config.faiss_factory}, {r.codec.config.name})"
             m = _measure(lambda i: pipeline(singles[i]), lambda ix: pipeline(subset), timed, warm,
                          f"timing the {what}", show)
             # the pipeline, even where exhaustive is cheaper
@@ -802,6 +803,8 @@ def run_benchmark(
                 extra["speedup_vs_exhaustive"] = {"p50": round(exh["_p50_s"] / m["_p50_s"], 3),
                                                   "qps": round(exh["_batch_s"] / m["_batch_s"], 3)}
             config = {"mode": stage, "n_candidates": n_cand, "index": info["index_config"]}
+            if len(stages) > 1:
+                config["n_candidates_by_stage"] = n_of
             if n_spec == "auto":
                 config["n_candidates_auto"] = True
             add("fde", config, quality, m, enc, info["build"], info["index_bytes"], extra,
@@ -811,7 +814,7 @@ def run_benchmark(
                 # and pooled vectors (the encoder returns those in the same pass: "encode" as above)
                 if qp is None:
                     _, qp = encoder.encode_queries(texts, return_pooled=True)
-                hwhat = f"hybrid pipeline ({'+'.join(r.config.hybrid.signals)}, N={n_cand}, {r.codec.config.name})"
+                hwhat = f"hybrid pipeline ({'+'.join(r.config.hybrid.signals)}, N={n_label}, {r.codec.config.name})"
                 hm = _measure(lambda i: pipeline(singles[i], [texts[i]], qp[i : i + 1]),
                               lambda ix: pipeline(subset, [texts[i] for i in ix], qp[ix]),
                               timed, warm, f"timing the {hwhat}", show)
