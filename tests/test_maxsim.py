@@ -83,6 +83,27 @@ def test_batch_random_sizes(seed, dim, n_docs, n_q, dtype):
     np.testing.assert_array_equal(got[i], maxsim_scores(q_vectors[q_offsets[i] : q_offsets[i + 1]], tokens, offsets, cand[i]))
 
 
+@pytest.mark.parametrize("pack_chunks", [1, 3, 16])
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_batch_packs_queries_sharing_a_document_bit_identically(dtype, pack_chunks, monkeypatch):
+    """Queries that share a candidate document are scored with their tokens packed lane after lane, in as
+    many passes as the pack holds: every row equals the single-query call bit for bit, and the oracle."""
+    import retriever_kernels.maxsim as km
+
+    monkeypatch.setattr(km, "_PACK_CHUNKS", pack_chunks)
+    rng = np.random.default_rng(7)
+    tokens, offsets = store(rng, dtype)
+    n_docs = offsets.size - 1
+    q_vectors, q_offsets = csr(rng, rng.integers(1, 70, 40), tokens.shape[1])  # 40 queries of 1-69 tokens
+    cand = np.stack([rng.permutation(n_docs) for _ in range(40)]).astype(np.int64)  # every query: every document
+    cand[::5, -1] = -1
+    got = maxsim_scores_batch(q_vectors, q_offsets, tokens, offsets, cand)
+    assert_scores_close(got, *maxsim_pairs_ref(q_vectors, q_offsets, tokens, offsets, cand))
+    for i in range(40):
+        one = maxsim_scores(q_vectors[q_offsets[i] : q_offsets[i + 1]], tokens, offsets, cand[i])
+        np.testing.assert_array_equal(got[i], one)
+
+
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_exhaustive_matches_oracle_and_batch(dtype):
     rng = np.random.default_rng(1)

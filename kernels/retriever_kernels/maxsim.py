@@ -57,6 +57,7 @@ _ROW_BLOCK = 256  # document rows converted to float32 at a time (128 KiB at dim
 _PAIRS_PER_TASK = 16  # (query, candidate) pairs per parallel task: amortises scratch allocation
 _DOCS_PER_TASK = 4  # documents per parallel task in the exhaustive kernel
 _GROUPS_PER_TASK = 8  # documents (each with all its (query, candidate) pairs) per task of the grouped pairs kernel
+_PACK_CHUNKS = 16  # 32-lane chunks of packed query tokens per scoring pass of the grouped kernel (256 KiB at dim 128)
 _GROUP_MAX_ROWS = 4096  # longest document the grouped kernel decodes whole (2 MiB of float32 at dim 128 per thread)
 _TOPK_BLOCK_BYTES = 8 << 20  # score block size of maxsim_exhaustive_topk
 
@@ -255,17 +256,22 @@ def _pairs_kernel(qp, q_chunks, q_ntok, tokens, doc_offsets, candidates, max_chu
 
 
 @njit(parallel=True, cache=True)
-def _grouped_pairs_kernel(qp, q_chunks, q_ntok, tokens, doc_offsets, pair_q, pair_c, pair_d, group_starts,
-                          max_chunks, buf_rows, out):
+def _grouped_pairs_kernel(qp, q_chunks, q_ntok, q_vectors, q_offsets, tokens, doc_offsets, pair_q, pair_c, pair_d,
+                          group_starts, max_chunks, pack_chunks, buf_rows, out):
     """Like :func:`_pairs_kernel`, over pairs sorted by document: a document of at most ``buf_rows``
-    tokens is converted to float32 once for all the queries that have it as a candidate (the max over
-    its rows is the same whether taken in one pass or block by block: results are bit-identical)."""
+    tokens is converted to float32 once for all the queries that have it as a candidate, and those
+    queries' token vectors (rows of ``q_vectors``) are packed lane after lane into chunks of up to
+    ``pack_chunks`` x 32 lanes, so a query of fewer than 32 tokens does not pay for a whole chunk (as in
+    the exhaustive kernel). Each lane's dot products and each query's sum run in the same order as per
+    pair: results are bit-identical to :func:`_pairs_kernel`. A longer document is scored pair by pair."""
     n_groups = group_starts.shape[0] - 1
     dim = qp.shape[1]
     n_tasks = (n_groups + _GROUPS_PER_TASK - 1) // _GROUPS_PER_TASK
+    cap = pack_chunks * LANES
     for task in prange(n_tasks):
         buf = np.empty((max(buf_rows, _ROW_BLOCK), dim), dtype=np.float32)
-        mx = np.empty(max(max_chunks, 1) * LANES, dtype=np.float32)
+        mx = np.empty(max(max_chunks, pack_chunks, 1) * LANES, dtype=np.float32)
+        pq = np.zeros((pack_chunks, dim, LANES), dtype=np.float32)
         for g in range(task * _GROUPS_PER_TASK, min(n_groups, (task + 1) * _GROUPS_PER_TASK)):
             p0, p1 = group_starts[g], group_starts[g + 1]
             d = pair_d[p0]
@@ -280,17 +286,38 @@ def _grouped_pairs_kernel(qp, q_chunks, q_ntok, tokens, doc_offsets, pair_q, pai
                     out[qi, pair_c[p]] = s
                 continue
             rows, r0 = _f32_rows(tokens, start, stop - start, buf)
-            for p in range(p0, p1):
-                qi = pair_q[p]
-                c0, c1 = q_chunks[qi], q_chunks[qi + 1]
-                for j in range((c1 - c0) * LANES):
+            p = p0
+            while p < p1:
+                # pack the next queries of this document's pairs into pq, as many as fit
+                lanes = 0
+                pe = p
+                while pe < p1 and (pe == p or lanes + q_ntok[pair_q[pe]] <= cap):
+                    qi = pair_q[pe]
+                    for t in range(q_ntok[qi]):
+                        lane = lanes + t
+                        ch, ln = lane // LANES, lane % LANES
+                        row = q_offsets[qi] + t
+                        for k in range(dim):
+                            pq[ch, k, ln] = q_vectors[row, k]
+                    lanes += q_ntok[qi]
+                    pe += 1
+                n_ch = (lanes + LANES - 1) // LANES
+                for lane in range(lanes, n_ch * LANES):  # the last chunk's unused lanes: zero, never read
+                    for k in range(dim):
+                        pq[n_ch - 1, k, lane % LANES] = np.float32(0.0)
+                for j in range(n_ch * LANES):
                     mx[j] = -np.inf
-                for c in range(c0, c1):
-                    _tile_max(qp, c, rows, r0, r0 + (stop - start), mx, (c - c0) * LANES)
-                s = np.float32(0.0)
-                for j in range(q_ntok[qi]):
-                    s += mx[j]
-                out[qi, pair_c[p]] = s
+                for c in range(n_ch):
+                    _tile_max(pq, c, rows, r0, r0 + (stop - start), mx, c * LANES)
+                lanes = 0
+                for q in range(p, pe):
+                    qi = pair_q[q]
+                    s = np.float32(0.0)
+                    for j in range(q_ntok[qi]):
+                        s += mx[lanes + j]
+                    out[qi, pair_c[q]] = s
+                    lanes += q_ntok[qi]
+                p = pe
 
 
 @njit(parallel=True, cache=True)
@@ -529,8 +556,9 @@ def _score_pairs(q_vectors, q_offsets, store, offsets, candidates) -> np.ndarray
     out.reshape(-1)[flat < 0] = -np.inf
     if pair_d.size:
         longest = int((offsets[pair_d[group_starts[1:] - 1] + 1] - offsets[pair_d[group_starts[1:] - 1]]).max())
-        _grouped_pairs_kernel(qp, q_chunks, q_ntok, store, offsets, pair_q.astype(np.int64), pair_c.astype(np.int64),
-                              pair_d, group_starts, max_chunks, min(longest, _GROUP_MAX_ROWS), out)
+        _grouped_pairs_kernel(qp, q_chunks, q_ntok, readonly(q_vectors), readonly(q_offsets), store,
+                              offsets, pair_q.astype(np.int64), pair_c.astype(np.int64), pair_d, group_starts,
+                              max_chunks, max(max_chunks, _PACK_CHUNKS), min(longest, _GROUP_MAX_ROWS), out)
     return out
 
 

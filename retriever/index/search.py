@@ -77,7 +77,11 @@ def exhaustive_is_cheaper(query_lengths: np.ndarray, n_candidates: int, n_docs: 
     Measured (BEIR test batches, int8, batch rerank grouped by document): NFCorpus, 323 queries of 7
     tokens on average, N=1,205 of 3,633 documents: pipeline 1.98 s, exhaustive 1.23 s (the model: 1.5x
     cheaper); SciFact, 300 queries of 23 tokens, N=1,440 of 5,183: pipeline 2.5 s, exhaustive 5.1 s (the
-    model: 0.39x as cheap).
+    model: 0.39x as cheap). Since 2026-12-06 the batch rerank packs the queries that share a document lane
+    after lane, so a short query no longer pays a whole chunk per candidate: the model now overstates the
+    rerank of short-query batches and picks the (exact) exhaustive pass in some cases the rerank would win
+    (NFCorpus test, centroid stage N=505, MaxSim: pipeline 0.63 s, exhaustive 2.8 s; the model already
+    chose the pipeline there).
     """
     lengths = np.asarray(query_lengths, dtype=np.int64)
     if lengths.size == 0:
