@@ -580,12 +580,16 @@ def test_sharded_auto_sends_long_queries_to_the_fdes(corpus):
     docs, _ = corpus
     sr = ShardedRetriever.build(docs, doc_ids=list(range(len(docs))), n_shards=2, config=ON, show_progress=False)
     batch = _long_and_short()
-    got = sr.search(batch, k=10)
-    apart = [sr.search([q], k=10) for q in batch]
-    assert got.ids.tolist() == [a.ids[0].tolist() for a in apart]
-    np.testing.assert_array_equal(got.scores, np.concatenate([a.scores for a in apart]))
-    fde = [sr.search([q], k=10, mode="fde") for q in batch[1::2]]  # the FDE stage's own candidate count
-    assert [a.ids[0].tolist() for a in apart[1::2]] == [f.ids[0].tolist() for f in fde]
+    for n in ("auto", 30):  # auto: each group with its stage's own candidate count
+        got = sr.search(batch, k=10, n_candidates=n)
+        apart = [sr.search([q], k=10, n_candidates=n) for q in batch]
+        assert got.ids.tolist() == [a.ids[0].tolist() for a in apart]
+        np.testing.assert_array_equal(got.scores, np.concatenate([a.scores for a in apart]))
+    long = [sr.search([q], k=10, n_candidates=30, mode=m).ids[0].tolist() for q in batch[1::2] for m in ("fde", "centroids")]
+    assert [a.ids[0].tolist() for a in apart[1::2]] == long[0::2]  # the long queries took the FDEs
+    assert long[0::2] != long[1::2]  # which answer differently here
+    assert [a.ids[0].tolist() for a in apart[0::2]] == [
+        sr.search([q], k=10, n_candidates=30, mode="centroids").ids[0].tolist() for q in batch[0::2]]
 
 
 def test_sharded_build_decides_the_stage_rule_for_the_whole_corpus(corpus, monkeypatch):
