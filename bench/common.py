@@ -95,6 +95,19 @@ WN_SENSE = re.compile(r"\n\s+(?:(?:n|v|adj|adv)\s+)?\d+:\s")
 _B64 = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
 
 
+def single_latencies_ms(call, items, warmup: int) -> list[float]:
+    """Milliseconds of ``call(item)`` for each of ``items``, one call at a time, after ``call`` on the first
+    ``warmup`` items (untimed): single-query latency as a user's loop sees it."""
+    for item in items[:warmup]:
+        call(item)
+    out = []
+    for item in items:
+        t = time.perf_counter()
+        call(item)
+        out.append((time.perf_counter() - t) * 1e3)
+    return out
+
+
 def _b64(s: str) -> int:
     v = 0
     for c in s:

@@ -38,6 +38,12 @@ SETS = {"longq": (ROOT / "index_data" / "longq" / "set", ("tune", "check")),
 RESULTS = RESULTS_DIR / "long_query_defaults.jsonl"
 
 
+def ndcg_at_10(res, qids: list[str], qrels: dict) -> float:
+    """nDCG@10 of search results ``res`` (one row per query of ``qids``) against ``qrels``."""
+    run = {q: {str(d): float(s) for d, s in pairs} for q, pairs in zip(qids, res.to_list())}
+    return round(float(evaluate(run, {q: qrels[q] for q in qids}, ["ndcg@10"])["ndcg@10"]), 4)
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--compare", choices=["fusion", "stage"], default="fusion")
@@ -67,11 +73,9 @@ def main() -> int:
                 t0 = time.perf_counter()
                 res = r.search(emb, k=10, hybrid=fusion, query_texts=texts, query_pooled=pooled)
                 search_s = time.perf_counter() - t0
-                run = {q: {str(d): float(s) for d, s in pairs} for q, pairs in zip(qids, res.to_list())}
-                m = evaluate(run, {q: qrels[q] for q in qids}, ["ndcg@10"])
                 row = {"collection": name, "split": split, "setting": label,
                        "fusion": fusion.to_dict(), "n_queries": len(qids), "n_long": n_long,
-                       "ndcg@10": round(float(m["ndcg@10"]), 4), "encode_s": round(enc_s, 2),
+                       "ndcg@10": ndcg_at_10(res, qids, qrels), "encode_s": round(enc_s, 2),
                        "search_ms_per_query": round(search_s / len(qids) * 1e3, 2)}
                 rows.append(row)
                 log.info("%s %s %s: nDCG@10 %.4f (%d of %d queries long)", name, split, label, row["ndcg@10"],
@@ -105,11 +109,9 @@ def compare_stage_rule(sets) -> list[dict]:
                     t0 = time.perf_counter()
                     res = r.search(emb, k=10, **kw)
                     search_s = time.perf_counter() - t0
-                    run = {q: {str(d): float(s) for d, s in pairs} for q, pairs in zip(qids, res.to_list())}
-                    m = evaluate(run, {q: qrels[q] for q in qids}, ["ndcg@10"])
                     row = {"collection": name, "split": split, "compare": "stage", "max_query_tokens": limit,
                            "search": label, "n_queries": len(qids), "n_docs": r.n_docs,
-                           "n_long": int((emb.lengths > 64).sum()), "ndcg@10": round(float(m["ndcg@10"]), 4),
+                           "n_long": int((emb.lengths > 64).sum()), "ndcg@10": ndcg_at_10(res, qids, qrels),
                            "search_ms_per_query": round(search_s / len(qids) * 1e3, 2)}
                     if label == "maxsim":
                         row["chamfer_recall@10"] = round(chamfer_recall(res.rows, exact, 10), 4)

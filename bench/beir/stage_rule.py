@@ -27,14 +27,13 @@ import argparse
 import json
 import logging
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # bench/, for common
 
-from common import RESULTS_DIR, ROOT, append_rows, collection_dir  # noqa: E402
+from common import RESULTS_DIR, ROOT, append_rows, collection_dir, single_latencies_ms  # noqa: E402
 
 from retriever import Retriever  # noqa: E402
 from retriever.core.beir import read_qrels, read_queries  # noqa: E402
@@ -58,14 +57,7 @@ def tuning_queries(source, split: str) -> list[str]:
 
 
 def p50_ms(r, singles, **kw) -> float:
-    for one in singles[:5]:
-        r.search(one, **kw)
-    lat = []
-    for one in singles:
-        t = time.perf_counter()
-        r.search(one, **kw)
-        lat.append(time.perf_counter() - t)
-    return round(float(np.median(lat)) * 1e3, 2)
+    return round(float(np.median(single_latencies_ms(lambda one: r.search(one, **kw), singles, warmup=5))), 2)
 
 
 def measure(name: str, args) -> list[dict]:

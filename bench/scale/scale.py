@@ -51,7 +51,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # bench/, for common
 
 from build_memory import rss_bytes as rss  # noqa: E402  (this script's folder)
-from common import RESULTS_DIR, ROOT, append_rows, collection_dir  # noqa: E402  (also puts the repository root on sys.path)
+from common import RESULTS_DIR, ROOT, append_rows, collection_dir, single_latencies_ms  # noqa: E402  (also puts the repository root on sys.path)
 
 from retriever.cli.args import auto_or_int  # noqa: E402
 from retriever.index.search import auto_rule, candidate_stage  # noqa: E402
@@ -159,17 +159,10 @@ def measure_search(r, q_gt, gt: np.ndarray, q_t, singles: list, **kw) -> dict:
     p99 over ``singles`` (one query per call, after a warm-up of 10); batch QPS of ``q_t`` in one call."""
     res = r.search(q_gt, **kw)
     recall = float(np.mean([len(set(a) & set(b)) / 10 for a, b in zip(res.rows.tolist(), np.asarray(gt).tolist())]))
-    for one in singles[:10]:  # warm-up
-        r.search(one, **kw)
-    lat = []
-    for one in singles:
-        t = time.perf_counter()
-        r.search(one, **kw)
-        lat.append(time.perf_counter() - t)
+    lat = np.array(single_latencies_ms(lambda one: r.search(one, **kw), singles, warmup=10))
     t = time.perf_counter()
     r.search(q_t, **kw)
     qps = len(q_t) / (time.perf_counter() - t)
-    lat = np.array(lat) * 1e3
     return {"chamfer_recall_at_10": round(recall, 4), "p50_ms": round(float(np.median(lat)), 2),
             "p99_ms": round(float(np.percentile(lat, 99)), 2), "batch_qps": round(qps, 1)}
 
