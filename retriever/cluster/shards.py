@@ -47,7 +47,6 @@ from retriever.index.search import (
     auto_n_candidates,
     auto_rule,
     candidate_stage,
-    merge_query_groups,
     search_in_groups,
     stage_groups,
 )
@@ -640,16 +639,18 @@ def sharded_search(call, get_encoder, hybrid_config, live: list[int], queries, k
         by_stage = stage_groups(queries.lengths, has_centroids, mode, max_query_tokens)
         stage = by_stage[0][0]
         if len(by_stage) > 1:  # long queries take the FDE stage, the others the centroid stage
-            parts = []
-            for _, idx in by_stage:
+            def search_stage(_, q_g, texts_g, pooled_g):
                 kw = dict(base_kw)
-                for name in ("query_texts", "query_pooled"):
-                    if kw.get(name) is not None:
-                        kw[name] = [kw[name][i] for i in idx] if name == "query_texts" else np.asarray(kw[name])[idx]
-                parts.append((idx, sharded_search(call, get_encoder, hybrid_config, live, queries.select(idx), k,
-                                                  n_candidates=n_candidates, has_centroids=has_centroids,
-                                                  max_query_tokens=max_query_tokens, chunked=chunked, **kw)))
-            return merge_query_groups(parts, len(queries))
+                if texts_g is not None:
+                    kw["query_texts"] = texts_g
+                if pooled_g is not None:
+                    kw["query_pooled"] = pooled_g
+                return sharded_search(call, get_encoder, hybrid_config, live, q_g, k, n_candidates=n_candidates,
+                                      has_centroids=has_centroids, max_query_tokens=max_query_tokens, chunked=chunked,
+                                      **kw)
+
+            return search_in_groups(by_stage, queries, base_kw.get("query_texts"), base_kw.get("query_pooled"),
+                                    search_stage)
     cands = shard_candidates(n_candidates, k, kwargs.get("subset"), live, auto_rule(stage))
     by_document = fused and chunked and not kwargs.get("passages", False)
     total = max(1, int(sum(live)))

@@ -56,7 +56,7 @@ from retriever.core.storage import file_sha256
 from retriever.evaluation.metrics import DEFAULT_METRICS, chamfer_recall, evaluate, run_from_arrays
 from retriever.index.config import IndexConfig
 from retriever.index.retriever import Retriever
-from retriever.index.search import auto_rule, merge_query_groups, stage_groups
+from retriever.index.search import auto_rule, search_in_groups, stage_groups
 from retriever.store.tokens import TokenEmbeddings
 
 log = logging.getLogger(__name__)
@@ -784,13 +784,11 @@ def run_benchmark(
 
             def pipeline(qs, qtexts=None, qpooled=None, n_of=n_of):
                 """The queries ``qs`` (with their texts and pooled vectors: hybrid) through their stages."""
-                def side(idx):
-                    return {} if qtexts is None else {"query_texts": [qtexts[i] for i in idx],
-                                                       "query_pooled": qpooled[idx]}
+                def search(group_stage, q_g, texts_g, pooled_g):
+                    side = {} if texts_g is None else {"query_texts": texts_g, "query_pooled": pooled_g}
+                    return r.search(q_g, k=k, n_candidates=n_of[group_stage], mode=group_stage, **side)
 
-                parts = [(idx, r.search(qs.select(idx), k=k, n_candidates=n_of[st], mode=st, **side(idx)))
-                         for st, idx in stage_groups(qs.lengths, has_c, "auto", max_qt)]
-                return parts[0][1] if len(parts) == 1 else merge_query_groups(parts, len(qs))
+                return search_in_groups(stage_groups(qs.lengths, has_c, "auto", max_qt), qs, qtexts, qpooled, search)
 
             what = f"pipeline ({stage} candidates, N={n_label}, {r.config.faiss_factory}, {r.codec.config.name})"
             m = _measure(lambda i: pipeline(singles[i]), lambda ix: pipeline(subset), timed, warm,

@@ -552,6 +552,8 @@ class Retriever:
         by_stage = stage_groups(q.lengths, self.centroid_stage is not None, mode,
                                 self.config.centroids.query_token_limit(len(self.doc_ids)))
         if len(by_stage) > 1:  # mode="auto": long queries take the FDE stage, the others the centroid stage
+            if union_only and fusion is None:
+                return None
             parts = [(idx, self._search(
                 q.select(idx), k, n_candidates=n_candidates, mode=mode, ef_search=ef_search, nprobe=nprobe,
                 subset=subset, where=where, hybrid=fusion if fusion is not None else False,
@@ -560,8 +562,6 @@ class Retriever:
                 union_only=union_only, passages=passages)) for _, idx in by_stage]
             if not union_only:
                 return merge_query_groups(parts, len(q))
-            if fusion is None:
-                return None
             scored = [None] * len(q)
             for idx, (_, part) in parts:
                 for j, i in enumerate(idx):

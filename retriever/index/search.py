@@ -188,13 +188,16 @@ def _py(x):
     return x.item() if isinstance(x, np.generic) else x
 
 
-def search_in_groups(groups, queries: TokenEmbeddings, texts: list[str], pooled, search) -> SearchResults:
-    """A batch searched group by group and merged back in query order: ``groups`` = [(fusion, query
-    indices), ...] (``FusionConfig.groups``); ``search(fusion, queries, texts, pooled)`` runs on each group's
-    slice of the queries, their texts and pooled vectors (None when there are none)."""
-    parts = [(idx, search(f, queries.select(idx), [texts[i] for i in idx],
+def search_in_groups(groups, queries: TokenEmbeddings, texts: list[str] | None, pooled, search) -> SearchResults:
+    """A batch searched group by group and merged back in query order: ``groups`` = [(key, query indices),
+    ...] (``FusionConfig.groups``: keys are fusions; :func:`stage_groups`: candidate stages);
+    ``search(key, queries, texts, pooled)`` runs on each group's slice of the queries, their texts and pooled
+    vectors (None when there are none). One group is searched as the whole batch."""
+    if len(groups) == 1:
+        return search(groups[0][0], queries, texts, pooled)
+    parts = [(idx, search(key, queries.select(idx), None if texts is None else [texts[i] for i in idx],
                           None if pooled is None else np.asarray(pooled)[idx]))
-             for f, idx in groups]
+             for key, idx in groups]
     return merge_query_groups(parts, len(queries))
 
 
