@@ -301,10 +301,9 @@ def _grouped_pairs_kernel(qp, q_chunks, q_ntok, q_vectors, q_offsets, tokens, do
                             pq[ch, k, ln] = q_vectors[row, k]
                     lanes += q_ntok[qi]
                     pe += 1
+                # the last chunk's unused lanes hold earlier packs' (finite) values: lanes are scored
+                # independently and those are never summed
                 n_ch = (lanes + LANES - 1) // LANES
-                for lane in range(lanes, n_ch * LANES):  # the last chunk's unused lanes: zero, never read
-                    for k in range(dim):
-                        pq[n_ch - 1, k, lane % LANES] = np.float32(0.0)
                 for j in range(n_ch * LANES):
                     mx[j] = -np.inf
                 for c in range(n_ch):
